@@ -1,0 +1,64 @@
+//! The seam between consensus and game rules: the application trait that each
+//! group's state machine calls.
+//!
+//! This crate replicates and persists; it never interprets a payload. A group's
+//! [`GroupApp`] decides what an entry means. The root crate supplies the game's
+//! app for location groups through an [`AppFactory`]; the meta group's app is
+//! [`crate::meta::MetaApp`].
+//!
+//! # The apply contract
+//!
+//! `apply` is called on every replica with the same entries in the same order.
+//! It must be a pure function of the app's state, the entry's payload and the
+//! [`ApplyContext`]: no wall clock (use `log_time_ms`), no randomness, no I/O,
+//! no hash-map iteration order, no caches, no thread timing. It must not fail:
+//! a command that cannot be carried out is answered with a rejection inside the
+//! reply bytes, leaving the state as it was. A panic in apply is a bug and
+//! stops the node rather than let replicas diverge.
+//!
+//! `snapshot` and `restore` are inverses: restoring a snapshot and applying the
+//! entries after it gives the state a replica that applied everything has.
+
+use std::any::Any;
+
+use crate::typ::{GroupId, Membership, NodeId};
+
+/// What apply may know besides the payload: all of it comes from the log.
+#[derive(Debug)]
+pub struct ApplyContext<'a> {
+    /// The group the entry belongs to.
+    pub group: GroupId,
+    /// The entry's log index.
+    pub index: u64,
+    /// The term of the leader that proposed the entry.
+    pub term: u64,
+    /// The node that proposed the entry as leader.
+    pub leader: NodeId,
+    /// The entry's log time in milliseconds since the Unix epoch, never
+    /// smaller than the previous entry's.
+    pub log_time_ms: u64,
+    /// The group's membership as of this entry.
+    pub membership: &'a Membership,
+}
+
+/// A replicated state machine's rules. See the module docs for the contract.
+pub trait GroupApp: Send + Sync + 'static {
+    /// Applies one committed payload and returns the encoded reply.
+    fn apply(&mut self, ctx: &ApplyContext<'_>, payload: &[u8]) -> Vec<u8>;
+
+    /// Encodes the whole state.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a decoded snapshot; on error the state is
+    /// left as it was.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+
+    /// Gives read access to the concrete type, for queries.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Makes the app of a new location group.
+pub trait AppFactory: Send + Sync + 'static {
+    /// A fresh, empty app for the location `location` held in group `group`.
+    fn create(&self, group: GroupId, location: &str) -> Box<dyn GroupApp>;
+}

@@ -1,0 +1,179 @@
+//! Node and Raft configuration: every tunable and every limit a peer can hit,
+//! each a named field with its unit last.
+//!
+//! The defaults aim at a three-node cluster on one loaded two-core machine: a
+//! dead leader is replaced in well under a second (election timeout 300–600 ms
+//! after the last heartbeat), while a heartbeat every 60 ms leaves five missed
+//! heartbeats of slack before a follower suspects a quiet, healthy leader.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DECODE_LIMIT_BYTES;
+use crate::error::Error;
+use crate::typ::NodeId;
+
+/// Bytes of framing and headers an append-entries frame may add on top of its
+/// entries' payloads, per entry and per frame. Used to check that the limits
+/// below fit inside one frame.
+const ENTRY_OVERHEAD_BYTES: u64 = 128;
+const FRAME_OVERHEAD_BYTES: u64 = 4096;
+
+/// Raft timing, snapshots and the limits of the peer protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// How often a leader sends heartbeats to each follower of each group.
+    pub heartbeat_interval_ms: u64,
+    /// The shortest time a follower waits without hearing from a leader
+    /// before it stands for election.
+    pub election_timeout_min_ms: u64,
+    /// The longest such wait; each follower picks at random in the range.
+    pub election_timeout_max_ms: u64,
+    /// A group builds a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag a little.
+    pub snapshot_logs_to_keep: u64,
+    /// Largest chunk of snapshot data sent in one install-snapshot frame.
+    pub snapshot_chunk_bytes: u64,
+    /// Largest number of entries a leader sends, or a follower accepts, in one
+    /// append-entries request.
+    pub max_entries_per_append: u64,
+    /// Largest application payload one proposal may carry.
+    pub max_proposal_bytes: u64,
+    /// Largest frame a node sends or accepts on a peer connection; a larger
+    /// length prefix closes the connection.
+    pub max_frame_bytes: u64,
+    /// Requests one peer connection may have in flight, in each direction.
+    pub max_in_flight_requests_per_connection: usize,
+    /// Inbound peer connections a node accepts at once.
+    pub max_peer_connections: usize,
+    /// How long to wait for a TCP connection to a peer.
+    pub connect_timeout_ms: u64,
+    /// First wait before reconnecting to an unreachable peer; doubles per failure.
+    pub reconnect_backoff_min_ms: u64,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_backoff_max_ms: u64,
+    /// How many nodes replicate a location when its creator does not name them.
+    pub replication_factor: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 60,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_logs_since_last: 10_000,
+            snapshot_logs_to_keep: 1_000,
+            snapshot_chunk_bytes: 4 * 1024 * 1024,
+            max_entries_per_append: 512,
+            max_proposal_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024 * 1024,
+            max_in_flight_requests_per_connection: 1024,
+            max_peer_connections: 64,
+            connect_timeout_ms: 500,
+            reconnect_backoff_min_ms: 20,
+            reconnect_backoff_max_ms: 500,
+            replication_factor: 3,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// Checks that the values make sense together; the error names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Config(why));
+        if self.heartbeat_interval_ms == 0 {
+            return bad("heartbeat_interval_ms must be positive".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return bad(format!(
+                "election_timeout_min_ms ({}) must exceed heartbeat_interval_ms ({})",
+                self.election_timeout_min_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return bad(format!(
+                "election_timeout_max_ms ({}) must exceed election_timeout_min_ms ({})",
+                self.election_timeout_max_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.max_frame_bytes > DECODE_LIMIT_BYTES as u64 {
+            return bad(format!("max_frame_bytes may be at most {DECODE_LIMIT_BYTES}"));
+        }
+        if self.max_entries_per_append == 0 || self.max_proposal_bytes == 0 || self.snapshot_chunk_bytes == 0 {
+            return bad("max_entries_per_append, max_proposal_bytes and snapshot_chunk_bytes must be positive".into());
+        }
+        let largest_append = self.max_entries_per_append * (self.max_proposal_bytes + ENTRY_OVERHEAD_BYTES) + FRAME_OVERHEAD_BYTES;
+        if largest_append > self.max_frame_bytes {
+            return bad(format!(
+                "max_entries_per_append × max_proposal_bytes needs frames of {largest_append} bytes, above max_frame_bytes ({})",
+                self.max_frame_bytes
+            ));
+        }
+        if self.snapshot_chunk_bytes + FRAME_OVERHEAD_BYTES > self.max_frame_bytes {
+            return bad("snapshot_chunk_bytes does not fit in max_frame_bytes".into());
+        }
+        if self.max_in_flight_requests_per_connection == 0 || self.max_peer_connections == 0 {
+            return bad("max_in_flight_requests_per_connection and max_peer_connections must be positive".into());
+        }
+        if self.reconnect_backoff_min_ms == 0 || self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms {
+            return bad("reconnect_backoff_min_ms must be positive and at most reconnect_backoff_max_ms".into());
+        }
+        if self.replication_factor == 0 {
+            return bad("replication_factor must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration these values stand for.
+    pub(crate) fn to_openraft(&self, cluster_name: &str) -> Result<Arc<openraft::Config>, Error> {
+        let config = openraft::Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            max_payload_entries: self.max_entries_per_append,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            max_in_snapshot_log_to_keep: self.snapshot_logs_to_keep,
+            purge_batch_size: 256,
+            ..Default::default()
+        };
+        Ok(Arc::new(config.validate().map_err(|e| Error::Config(e.to_string()))?))
+    }
+}
+
+/// Everything one node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id; must be a key of `members` when bootstrapping.
+    pub node_id: NodeId,
+    /// Address the peer listener binds to.
+    pub listen_addr: SocketAddr,
+    /// Directory of this node's sled database.
+    pub data_dir: PathBuf,
+    /// A name for the cluster; every node of one cluster uses the same.
+    pub cluster_name: String,
+    /// The initial members (id → peer address). Every node of a new cluster is
+    /// started with the same map and initializes the meta group with it; a
+    /// node that already holds state ignores it.
+    pub members: BTreeMap<NodeId, String>,
+    /// Raft timing and limits.
+    pub raft: RaftConfig,
+}
+
+impl NodeConfig {
+    /// Checks the whole configuration.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.members.is_empty() && !self.members.contains_key(&self.node_id) {
+            return Err(Error::Config(format!("node_id {} is not among the members", self.node_id)));
+        }
+        self.raft.validate()
+    }
+}

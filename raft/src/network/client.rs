@@ -1,0 +1,278 @@
+//! The sending side: one tarpc connection per peer node, shared by every
+//! group, reconnected with exponential backoff; and the per-group
+//! [`RaftNetworkFactory`] openraft uses to reach its peers over it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{NetworkError, RPCError, RemoteError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use tarpc::client::RpcError;
+use tarpc::{client, context, serde_transport};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::{Header, PeerClient, PeerError, WriteReply, PEER_PROTOCOL_VERSION};
+use crate::codec::Bincode2;
+use crate::config::RaftConfig;
+use crate::error::Error;
+use crate::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest, InstallSnapshotResponse, Node,
+    NodeId, TypeConfig, VoteRequest, VoteResponse,
+};
+
+/// The connections of one node to its peers.
+pub struct PeerPool {
+    me: NodeId,
+    config: Arc<RaftConfig>,
+    slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+/// One peer's connection state.
+struct Slot {
+    addr: String,
+    client: Option<(PeerClient, u64)>,
+    generation: u64,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Opens a tarpc connection to a peer's listener with the configured limits.
+pub async fn connect(addr: &str, config: &RaftConfig) -> std::io::Result<PeerClient> {
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} took over {timeout:?}")))??;
+    stream.set_nodelay(true)?;
+    let framed = Framed::new(stream, frame_codec(config));
+    let transport = serde_transport::new(framed, Bincode2::default());
+    let mut client_config = client::Config::default();
+    client_config.max_in_flight_requests = config.max_in_flight_requests_per_connection;
+    Ok(PeerClient::new(client_config, transport).spawn())
+}
+
+/// The length-prefix framing of peer connections, with the frame limit.
+pub(crate) fn frame_codec(config: &RaftConfig) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(config.max_frame_bytes as usize)
+        .new_codec()
+}
+
+/// A tarpc context whose deadline is `ttl` from now.
+fn deadline(ttl: Duration) -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + ttl;
+    ctx
+}
+
+impl PeerPool {
+    /// An empty pool for node `me`.
+    pub fn new(me: NodeId, config: Arc<RaftConfig>) -> Arc<Self> {
+        Arc::new(Self { me, config, slots: Mutex::new(HashMap::new()) })
+    }
+
+    /// The header for a request about `group`.
+    pub fn header(&self, group: GroupId) -> Header {
+        Header { version: PEER_PROTOCOL_VERSION, from: self.me, group }
+    }
+
+    fn slot(&self, node: NodeId, addr: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().expect("peer table lock");
+        slots
+            .entry(node)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Slot {
+                    addr: addr.to_string(),
+                    client: None,
+                    generation: 0,
+                    retry_at: None,
+                    backoff: Duration::from_millis(self.config.reconnect_backoff_min_ms),
+                }))
+            })
+            .clone()
+    }
+
+    /// The shared connection to `node` at `addr`, connecting if there is none
+    /// and the backoff after the last failure has passed. Returns the client
+    /// and its generation, to hand back to [`Self::forget`] on failure.
+    pub async fn client(&self, node: NodeId, addr: &str) -> Result<(PeerClient, u64), Error> {
+        let slot = self.slot(node, addr);
+        let mut slot = slot.lock().await;
+        if slot.addr != addr {
+            // The peer moved: drop the old connection.
+            slot.addr = addr.to_string();
+            slot.client = None;
+            slot.retry_at = None;
+        }
+        if let Some((client, generation)) = &slot.client {
+            return Ok((client.clone(), *generation));
+        }
+        if let Some(at) = slot.retry_at {
+            if Instant::now() < at {
+                return Err(Error::Unreachable { node, reason: format!("backing off after failing to connect to {addr}") });
+            }
+        }
+        match connect(addr, &self.config).await {
+            Ok(client) => {
+                slot.generation += 1;
+                slot.client = Some((client.clone(), slot.generation));
+                slot.retry_at = None;
+                slot.backoff = Duration::from_millis(self.config.reconnect_backoff_min_ms);
+                tracing::debug!(peer = node, addr, "connected");
+                Ok((client, slot.generation))
+            }
+            Err(e) => {
+                slot.retry_at = Some(Instant::now() + slot.backoff);
+                slot.backoff = (slot.backoff * 2).min(Duration::from_millis(self.config.reconnect_backoff_max_ms));
+                Err(Error::Unreachable { node, reason: format!("connecting to {addr}: {e}") })
+            }
+        }
+    }
+
+    /// Drops the connection of `generation` to `node` after it failed, so the
+    /// next call reconnects. A newer connection is left alone.
+    pub async fn forget(&self, node: NodeId, generation: u64) {
+        let slot = self.slots.lock().expect("peer table lock").get(&node).cloned();
+        if let Some(slot) = slot {
+            let mut slot = slot.lock().await;
+            if matches!(&slot.client, Some((_, g)) if *g == generation) {
+                slot.client = None;
+                tracing::debug!(peer = node, "connection dropped");
+            }
+        }
+    }
+
+    /// Sends a client write for `group` to `node`, which should lead it.
+    pub async fn forward_write(
+        &self,
+        node: NodeId,
+        addr: &str,
+        group: GroupId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<WriteReply, Error> {
+        let (client, generation) = self.client(node, addr).await?;
+        match client.forward_write(deadline(timeout), self.header(group), payload).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(PeerError::NotLeader { group, leader })) => Err(Error::NotLeader { group, leader }),
+            Ok(Err(PeerError::UnknownGroup(group))) => Err(Error::UnknownGroup(group)),
+            Ok(Err(error)) => Err(Error::Remote { node, error: Box::new(error) }),
+            Err(RpcError::DeadlineExceeded) => Err(Error::Timeout(format!("write forwarded to node {node}"))),
+            Err(e) => {
+                self.forget(node, generation).await;
+                Err(Error::Unreachable { node, reason: e.to_string() })
+            }
+        }
+    }
+}
+
+/// Makes openraft's per-peer clients for one group.
+#[derive(Clone)]
+pub struct GroupNetworkFactory {
+    pool: Arc<PeerPool>,
+    group: GroupId,
+}
+
+impl GroupNetworkFactory {
+    /// A factory for `group`'s traffic over `pool`.
+    pub fn new(pool: Arc<PeerPool>, group: GroupId) -> Self {
+        Self { pool, group }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupNetwork {
+        GroupNetwork { pool: self.pool.clone(), group: self.group, target, addr: node.addr.clone() }
+    }
+}
+
+/// openraft's view of one peer of one group.
+pub struct GroupNetwork {
+    pool: Arc<PeerPool>,
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+}
+
+type Rpc<T, E> = Result<T, RPCError<NodeId, Node, E>>;
+
+impl GroupNetwork {
+    /// Maps a tarpc outcome to what openraft expects: transport failures are
+    /// `Unreachable` (openraft backs off), a missing group too (the peer has
+    /// not created it yet), and the remote Raft's own refusals are
+    /// `RemoteError`.
+    async fn outcome<T, E: std::error::Error>(
+        &self,
+        generation: u64,
+        result: Result<Result<T, PeerError>, RpcError>,
+        remote: impl FnOnce(PeerError) -> Result<E, PeerError>,
+    ) -> Rpc<T, E> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => match remote(error) {
+                Ok(e) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+                Err(e @ PeerError::UnknownGroup(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+                Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+            },
+            Err(e @ RpcError::DeadlineExceeded) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e) => {
+                self.pool.forget(self.target, generation).await;
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+        }
+    }
+
+    async fn connection<E: std::error::Error>(&self) -> Rpc<(PeerClient, u64), E> {
+        self.pool.client(self.target, &self.addr).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse, crate::typ::RaftError> {
+        let (client, generation) = self.connection().await?;
+        let result = client.append_entries(deadline(option.hard_ttl()), self.pool.header(self.group), rpc).await;
+        self.outcome(generation, result, |e| match e {
+            PeerError::Raft(e) => Ok(*e),
+            other => Err(other),
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse, crate::typ::InstallSnapshotError> {
+        let (client, generation) = self.connection().await?;
+        let result = client.install_snapshot(deadline(option.hard_ttl()), self.pool.header(self.group), rpc).await;
+        self.outcome(generation, result, |e| match e {
+            PeerError::InstallSnapshot(e) => Ok(*e),
+            other => Err(other),
+        })
+        .await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Rpc<VoteResponse, crate::typ::RaftError> {
+        let (client, generation) = self.connection().await?;
+        let result = client.vote(deadline(option.hard_ttl()), self.pool.header(self.group), rpc).await;
+        self.outcome(generation, result, |e| match e {
+            PeerError::Raft(e) => Ok(*e),
+            other => Err(other),
+        })
+        .await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // openraft waits this long after `Unreachable` before trying the peer
+        // again; the pool's own reconnect backoff caps connection attempts.
+        let wait = Duration::from_millis(self.pool.config.heartbeat_interval_ms);
+        Backoff::new(std::iter::repeat(wait))
+    }
+}

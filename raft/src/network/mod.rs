@@ -1,0 +1,113 @@
+//! The peer protocol: Raft RPCs and forwarded writes between nodes, on tarpc
+//! over TCP, one connection per peer shared by every group.
+//!
+//! Every request carries a [`Header`] naming the protocol version, the sender
+//! and the group; the receiver dispatches it to that group's Raft, or answers
+//! [`PeerError::UnknownGroup`]. Frames are length-prefixed (4 bytes,
+//! big-endian) bincode 2 ([`crate::codec`]); a frame longer than
+//! `max_frame_bytes` or one that does not decode closes that connection and
+//! nothing else. `docs/formats.md` describes the frames.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotError, InstallSnapshotRequest,
+    InstallSnapshotResponse, NodeId, RaftError, VoteRequest, VoteResponse,
+};
+
+pub use client::{GroupNetworkFactory, PeerPool};
+pub use server::PeerListener;
+
+/// Version of the peer protocol; a node refuses requests of another version.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+
+/// Sent with every peer request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// [`PEER_PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// The sending node.
+    pub from: NodeId,
+    /// The group the request is for.
+    pub group: GroupId,
+}
+
+/// The outcome of a write a follower forwarded to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReply {
+    /// The log index the write was committed at.
+    pub index: u64,
+    /// The app's reply.
+    pub reply: Vec<u8>,
+}
+
+/// Why a peer refused a request.
+#[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize)]
+pub enum PeerError {
+    /// The sender speaks another protocol version.
+    #[error("peer protocol version {got} is not supported; this node speaks {supported}")]
+    Version {
+        /// The version the request carried.
+        got: u16,
+        /// The version this node speaks.
+        supported: u16,
+    },
+    /// The receiving node does not host the group (yet, or any more).
+    #[error("group {0} is not hosted on this node")]
+    UnknownGroup(GroupId),
+    /// An append-entries request carried more entries than allowed.
+    #[error("append of {entries} entries exceeds max_entries_per_append ({max})")]
+    TooManyEntries {
+        /// Entries in the request.
+        entries: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A forwarded proposal is larger than allowed.
+    #[error("proposal of {bytes} bytes exceeds max_proposal_bytes ({max})")]
+    ProposalTooLarge {
+        /// Size of the payload.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The receiver is not the group's leader.
+    #[error("not the leader of group {group}; last known leader: {leader:?}")]
+    NotLeader {
+        /// The group.
+        group: GroupId,
+        /// The leader the receiver knows of.
+        leader: Option<NodeId>,
+    },
+    /// The receiving Raft refused or failed.
+    #[error("raft: {0}")]
+    Raft(Box<RaftError>),
+    /// The receiving Raft refused a snapshot chunk.
+    #[error("raft: {0}")]
+    InstallSnapshot(Box<InstallSnapshotError>),
+    /// A forwarded write failed on the leader for another reason.
+    #[error("write failed on the leader: {0}")]
+    WriteFailed(String),
+    /// The receiving node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// The RPCs one node serves to its peers.
+#[tarpc::service]
+pub trait Peer {
+    /// Raft append-entries (and heartbeats) for the header's group.
+    async fn append_entries(header: Header, rpc: AppendEntriesRequest) -> Result<AppendEntriesResponse, PeerError>;
+    /// Raft request-vote for the header's group.
+    async fn vote(header: Header, rpc: VoteRequest) -> Result<VoteResponse, PeerError>;
+    /// One chunk of a snapshot for the header's group.
+    async fn install_snapshot(
+        header: Header,
+        rpc: InstallSnapshotRequest,
+    ) -> Result<InstallSnapshotResponse, PeerError>;
+    /// A client write forwarded by a node that is not the group's leader.
+    async fn forward_write(header: Header, payload: Vec<u8>) -> Result<WriteReply, PeerError>;
+}

@@ -1,0 +1,165 @@
+//! The receiving side: a TCP listener that serves the [`Peer`] RPCs and
+//! dispatches each request to the group its header names.
+//!
+//! Limits enforced here: `max_peer_connections` open connections (more are
+//! closed at once), `max_frame_bytes` per frame and
+//! `max_in_flight_requests_per_connection` concurrent requests per
+//! connection (tarpc answers further ones with an error). A frame that is too
+//! long or does not decode ends that connection only.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tarpc::server::{self, BaseChannel, Channel};
+use tarpc::{context, serde_transport};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::client::frame_codec;
+use super::{Header, Peer, PeerError, WriteReply, PEER_PROTOCOL_VERSION};
+use crate::codec::Bincode2;
+use crate::config::RaftConfig;
+use crate::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest, InstallSnapshotResponse, Raft,
+    VoteRequest, VoteResponse,
+};
+
+/// What the listener needs from the node: its groups, and a way to propose.
+pub trait Dispatch: Send + Sync + 'static {
+    /// The local Raft of `group`, if this node hosts it.
+    fn raft(&self, group: GroupId) -> Option<Raft>;
+
+    /// Proposes `payload` to `group` if this node leads it (no further forwarding).
+    fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> impl Future<Output = Result<WriteReply, PeerError>> + Send;
+}
+
+/// A running peer listener; it stops when cancelled through its token.
+pub struct PeerListener {
+    local_addr: SocketAddr,
+}
+
+impl PeerListener {
+    /// Binds `addr` and serves peers until `stop` is cancelled.
+    pub async fn start<D: Dispatch>(
+        addr: SocketAddr,
+        config: Arc<RaftConfig>,
+        dispatch: Arc<D>,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        Self::start_on(TcpListener::bind(addr).await?, config, dispatch, stop)
+    }
+
+    /// Serves peers on an already bound listener until `stop` is cancelled.
+    pub fn start_on<D: Dispatch>(
+        listener: TcpListener,
+        config: Arc<RaftConfig>,
+        dispatch: Arc<D>,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let connections = Arc::new(Semaphore::new(config.max_peer_connections));
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a peer connection failed");
+                            continue;
+                        }
+                    },
+                };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = config.max_peer_connections, "refusing peer connection: max_peer_connections reached");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let transport = serde_transport::new(Framed::new(stream, frame_codec(&config)), Bincode2::default());
+                let server = PeerServer { dispatch: dispatch.clone(), config: config.clone() };
+                let channel = BaseChannel::new(server::Config::default(), transport)
+                    .max_concurrent_requests(config.max_in_flight_requests_per_connection);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let serve = channel.execute(server.serve()).for_each(|request| async {
+                        tokio::spawn(request);
+                    });
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = serve => tracing::debug!(%peer, "peer connection closed"),
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Self { local_addr })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+/// Serves one connection's requests.
+struct PeerServer<D> {
+    dispatch: Arc<D>,
+    config: Arc<RaftConfig>,
+}
+
+impl<D> Clone for PeerServer<D> {
+    fn clone(&self) -> Self {
+        Self { dispatch: self.dispatch.clone(), config: self.config.clone() }
+    }
+}
+
+impl<D: Dispatch> PeerServer<D> {
+    fn group(&self, header: &Header) -> Result<Raft, PeerError> {
+        if header.version != PEER_PROTOCOL_VERSION {
+            return Err(PeerError::Version { got: header.version, supported: PEER_PROTOCOL_VERSION });
+        }
+        self.dispatch.raft(header.group).ok_or(PeerError::UnknownGroup(header.group))
+    }
+}
+
+impl<D: Dispatch> Peer for PeerServer<D> {
+    async fn append_entries(
+        self,
+        _: context::Context,
+        header: Header,
+        rpc: AppendEntriesRequest,
+    ) -> Result<AppendEntriesResponse, PeerError> {
+        let raft = self.group(&header)?;
+        let entries = rpc.entries.len() as u64;
+        if entries > self.config.max_entries_per_append {
+            return Err(PeerError::TooManyEntries { entries, max: self.config.max_entries_per_append });
+        }
+        raft.append_entries(rpc).await.map_err(|e| PeerError::Raft(Box::new(e)))
+    }
+
+    async fn vote(self, _: context::Context, header: Header, rpc: VoteRequest) -> Result<VoteResponse, PeerError> {
+        self.group(&header)?.vote(rpc).await.map_err(|e| PeerError::Raft(Box::new(e)))
+    }
+
+    async fn install_snapshot(
+        self,
+        _: context::Context,
+        header: Header,
+        rpc: InstallSnapshotRequest,
+    ) -> Result<InstallSnapshotResponse, PeerError> {
+        self.group(&header)?.install_snapshot(rpc).await.map_err(|e| PeerError::InstallSnapshot(Box::new(e)))
+    }
+
+    async fn forward_write(self, _: context::Context, header: Header, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
+        self.group(&header)?;
+        let bytes = payload.len() as u64;
+        if bytes > self.config.max_proposal_bytes {
+            return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
+        }
+        self.dispatch.write_as_leader(header.group, payload).await
+    }
+}

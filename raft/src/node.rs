@@ -1,0 +1,555 @@
+//! The registry of groups on one node: start-up, creating, finding, writing
+//! to and removing groups, and shutdown.
+//!
+//! # Group lifecycle
+//!
+//! 1. **Start.** [`Node::start`] opens the node's sled database, binds the
+//!    peer listener, reopens the meta group and every location group recorded
+//!    in the `groups` tree, and, if the meta group has never been initialized
+//!    and `members` is set, initializes it with those members (every node of a
+//!    new cluster does so with the same map; openraft accepts that).
+//! 2. **Create.** [`Node::create_location`] writes a `CreateLocation` command
+//!    to the meta group (from any node; it is forwarded to the leader). Apply
+//!    allocates a group id and chooses replicas; asking again returns the same
+//!    record.
+//! 3. **Open.** Every node runs a reconciler that follows the meta group's
+//!    applied directory. For each location it replicates but does not hold,
+//!    it records the group in `groups` (flushed), opens it, and initializes it
+//!    with the replicas from the directory. All replicas initialize with the
+//!    same membership, so it does not matter which one is first.
+//! 4. **Remove.** When the directory no longer lists a group whose id it has
+//!    handed out, the reconciler shuts that group down and deletes its data.
+//!    A group with an id the local directory has not reached yet (the meta
+//!    group is still catching up) is never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppFactory;
+use crate::codec;
+use crate::config::{NodeConfig, RaftConfig};
+use crate::error::Error;
+use crate::meta::{Directory, LocationRecord, MetaApp, MetaCommand, MetaReply};
+use crate::network::server::Dispatch;
+use crate::network::{GroupNetworkFactory, PeerError, PeerListener, PeerPool, WriteReply};
+use crate::storage::state::AppliedState;
+use crate::storage::{GroupRecord, StateMachineStore, Storage};
+use crate::typ::{GroupId, Node as RaftNode, NodeId, Proposal, Raft, META_GROUP};
+
+/// How many times a write is re-routed (to a new leader, another replica)
+/// before the caller gets the last error.
+pub const MAX_WRITE_ATTEMPTS: usize = 8;
+
+/// How long a write may take, routing and retries included.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the reconciler re-checks the directory when nothing changed
+/// (it also wakes on every meta apply).
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One group open on this node.
+#[derive(Clone)]
+struct Group {
+    raft: Raft,
+    sm: StateMachineStore,
+    record: GroupRecord,
+}
+
+/// What the outside sees of one local group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// The location it holds (`None` for the meta group).
+    pub location: Option<String>,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    /// This replica's current term.
+    pub term: u64,
+    /// Index of this replica's last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry this replica applied.
+    pub applied_index: Option<u64>,
+    /// The group's voters.
+    pub voters: BTreeSet<NodeId>,
+}
+
+struct Shared {
+    id: NodeId,
+    config: NodeConfig,
+    limits: Arc<RaftConfig>,
+    raft_config: Arc<openraft::Config>,
+    storage: Storage,
+    pool: Arc<PeerPool>,
+    groups: RwLock<BTreeMap<GroupId, Group>>,
+    factory: Arc<dyn AppFactory>,
+    stop: CancellationToken,
+}
+
+/// A running garrison node: its storage, its peer listener and its groups.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+    peer_addr: SocketAddr,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    /// Starts a node: binds `config.listen_addr`, opens storage and every
+    /// stored group, and bootstraps the meta group if it is new.
+    pub async fn start(config: NodeConfig, factory: Arc<dyn AppFactory>) -> Result<Self, Error> {
+        let listener = tokio::net::TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        Self::start_with_listener(config, listener, factory).await
+    }
+
+    /// Like [`Node::start`], on a listener the caller has bound already
+    /// (`config.listen_addr` is then only informative).
+    pub async fn start_with_listener(
+        config: NodeConfig,
+        listener: tokio::net::TcpListener,
+        factory: Arc<dyn AppFactory>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let limits = Arc::new(config.raft.clone());
+        let raft_config = limits.to_openraft(&config.cluster_name)?;
+        let storage = Storage::open(&config.data_dir)?;
+        let shared = Arc::new(Shared {
+            id: config.node_id,
+            pool: PeerPool::new(config.node_id, limits.clone()),
+            limits: limits.clone(),
+            raft_config,
+            storage,
+            groups: RwLock::new(BTreeMap::new()),
+            factory,
+            stop: CancellationToken::new(),
+            config,
+        });
+        let listener = PeerListener::start_on(listener, limits, shared.clone(), shared.stop.clone())
+            .map_err(|e| Error::Config(format!("cannot serve peers: {e}")))?;
+        let node = Node { peer_addr: listener.local_addr(), shared };
+        if let Err(e) = node.open_stored_groups().await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        tokio::spawn(reconcile_loop(node.shared.clone()));
+        Ok(node)
+    }
+
+    async fn open_stored_groups(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let stored = shared.storage.groups()?;
+        if !stored.iter().any(|(g, _)| *g == META_GROUP) {
+            shared.storage.add_group(META_GROUP, &GroupRecord::Meta).await?;
+        }
+        shared.open_group(META_GROUP, GroupRecord::Meta).await?;
+        for (group, record) in stored {
+            if group != META_GROUP {
+                shared.open_group(group, record).await?;
+            }
+        }
+        if !shared.config.members.is_empty() {
+            let members: BTreeMap<NodeId, RaftNode> =
+                shared.config.members.iter().map(|(id, addr)| (*id, RaftNode::new(addr.clone()))).collect();
+            shared.initialize(META_GROUP, members).await?;
+        }
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The address the peer listener is bound to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The node's storage (for flush statistics and inspection).
+    pub fn storage(&self) -> &Storage {
+        &self.shared.storage
+    }
+
+    /// Creates a location (or returns the existing one of that name) through
+    /// the meta group. `replicas` empty lets the meta group place it.
+    pub async fn create_location(&self, name: &str, replicas: &[NodeId]) -> Result<LocationRecord, Error> {
+        let command = MetaCommand::CreateLocation {
+            name: name.to_string(),
+            replicas: replicas.to_vec(),
+            replication_factor: self.shared.limits.replication_factor as u32,
+        };
+        match self.meta_command(command).await? {
+            MetaReply::Created(record) | MetaReply::Exists(record) => Ok(record),
+            other => Err(Error::Meta(format!("{other:?}"))),
+        }
+    }
+
+    /// Removes a location through the meta group; every replica then deletes
+    /// its group's data.
+    pub async fn remove_location(&self, name: &str) -> Result<LocationRecord, Error> {
+        match self.meta_command(MetaCommand::RemoveLocation { name: name.to_string() }).await? {
+            MetaReply::Removed(record) => Ok(record),
+            other => Err(Error::Meta(format!("{other:?}"))),
+        }
+    }
+
+    async fn meta_command(&self, command: MetaCommand) -> Result<MetaReply, Error> {
+        let reply = self.write(META_GROUP, codec::encode(&command)).await?;
+        match codec::decode::<MetaReply>(&reply.reply)? {
+            MetaReply::Refused(why) => Err(Error::Meta(why)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// The location directory as this node's meta replica has applied it
+    /// (possibly behind the leader's).
+    pub fn directory(&self) -> Directory {
+        self.shared
+            .read_app(META_GROUP, |state| {
+                state.app.as_any().downcast_ref::<MetaApp>().map(|m| m.directory().clone()).unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Proposes `payload` to `group` and waits until it is applied on the
+    /// leader; from any node (forwarded to the leader). The same payload may
+    /// be applied twice if the leader changes while the write is in flight:
+    /// applications that need exactly-once deduplicate in apply.
+    pub async fn write(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
+        self.shared.write(group, payload).await
+    }
+
+    /// Reads the local replica's applied state of `group` (may lag the leader).
+    pub fn read_local<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
+        self.shared.read_app(group, read)
+    }
+
+    /// Reads `group`'s state after confirming with a quorum that this node
+    /// still leads it and has applied everything committed before the call.
+    pub async fn read_linearizable<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
+        let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
+        match raft.ensure_linearizable().await {
+            Ok(_) => self.shared.read_app(group, read),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader { group, leader: f.leader_id })
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// The ids of the groups open on this node.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.shared.groups.read().expect("group table lock").keys().copied().collect()
+    }
+
+    /// Status of one local group.
+    pub fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
+        let g = self.shared.groups.read().expect("group table lock").get(&group).cloned()?;
+        let m = g.raft.metrics().borrow().clone();
+        Some(GroupStatus {
+            group,
+            location: match g.record {
+                GroupRecord::Meta => None,
+                GroupRecord::Location { name } => Some(name),
+            },
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+        })
+    }
+
+    /// Status of every local group, by id.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups().into_iter().filter_map(|g| self.group_status(g)).collect()
+    }
+
+    /// The leader of a local group, as this replica knows it.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.group_status(group).and_then(|s| s.leader)
+    }
+
+    /// Asks a local group to build a snapshot now and purge its log up to it
+    /// (operators use it before backups; tests use it to force catch-up by
+    /// snapshot). Returns once the snapshot covers `applied` at the call.
+    pub async fn compact(&self, group: GroupId, timeout: Duration) -> Result<u64, Error> {
+        let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
+        let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        raft.trigger().snapshot().await.map_err(|e| Error::Raft(e.to_string()))?;
+        raft.wait(Some(timeout))
+            .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied, "snapshot")
+            .await
+            .map_err(|e| Error::Timeout(e.to_string()))?;
+        raft.trigger().purge_log(applied).await.map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(applied)
+    }
+
+    /// The last log index covered by the local replica's current snapshot.
+    pub fn snapshot_index(&self, group: GroupId) -> Option<u64> {
+        self.shared.raft(group).and_then(|r| r.metrics().borrow().snapshot.map(|s| s.index))
+    }
+
+    /// The last log index the local replica has purged from its log.
+    pub fn purged_index(&self, group: GroupId) -> Option<u64> {
+        self.shared.raft(group).and_then(|r| r.metrics().borrow().purged.map(|s| s.index))
+    }
+
+    /// Waits until the local replica of `group` has applied `index`.
+    pub async fn wait_applied(&self, group: GroupId, index: u64, timeout: Duration) -> Result<(), Error> {
+        let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
+        raft.wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Timeout(format!("group {group} to apply index {index}: {e}")))
+    }
+
+    /// Stops every group and the listener, and flushes storage. In-flight
+    /// requests fail; the data stays on disk for the next start.
+    pub async fn shutdown(&self) {
+        self.shared.stop.cancel();
+        let groups: Vec<(GroupId, Group)> =
+            std::mem::take(&mut *self.shared.groups.write().expect("group table lock")).into_iter().collect();
+        for (id, group) in groups {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = id, error = %e, "raft shutdown failed");
+            }
+        }
+        let _ = self.shared.storage.flusher().flush().await;
+    }
+}
+
+impl Shared {
+    fn raft(&self, group: GroupId) -> Option<Raft> {
+        self.groups.read().expect("group table lock").get(&group).map(|g| g.raft.clone())
+    }
+
+    fn read_app<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
+        let sm = self.groups.read().expect("group table lock").get(&group).map(|g| g.sm.clone());
+        let sm = sm.ok_or(Error::UnknownGroup(group))?;
+        let state = sm.read();
+        Ok(read(&state))
+    }
+
+    async fn open_group(&self, group: GroupId, record: GroupRecord) -> Result<(), Error> {
+        if self.stop.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let app = match &record {
+            GroupRecord::Meta => Box::new(MetaApp::new()) as Box<dyn crate::GroupApp>,
+            GroupRecord::Location { name } => self.factory.create(group, name),
+        };
+        let sm = StateMachineStore::open(&self.storage, group, app)?;
+        let network = GroupNetworkFactory::new(self.pool.clone(), group);
+        let raft = Raft::new(self.id, self.raft_config.clone(), network, self.storage.log_store(group), sm.clone())
+            .await
+            .map_err(|e| Error::Raft(format!("opening group {group}: {e}")))?;
+        self.groups.write().expect("group table lock").insert(group, Group { raft, sm, record });
+        Ok(())
+    }
+
+    /// Initializes `group` with `members` unless it already has state.
+    async fn initialize(&self, group: GroupId, members: BTreeMap<NodeId, RaftNode>) -> Result<(), Error> {
+        let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
+        match raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::Raft(format!("initializing group {group}: {e}"))),
+        }
+    }
+
+    /// Proposes `payload` if this node leads `group`; never forwards.
+    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
+        let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
+        let proposal = Proposal { log_time_ms: now_ms(), payload };
+        match raft.client_write(proposal).await {
+            Ok(written) => Ok(WriteReply { index: written.log_id.index, reply: written.data.0 }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader { group, leader: f.leader_id })
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// The peer address of `node` as `group` (or the meta group) knows it.
+    fn address_of(&self, group: GroupId, node: NodeId) -> Option<String> {
+        let groups = self.groups.read().expect("group table lock");
+        for g in [group, META_GROUP] {
+            if let Some(addr) = groups
+                .get(&g)
+                .and_then(|g| g.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.addr.clone()))
+            {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// The nodes to try for `group` when this node does not hold it.
+    fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
+        let directory = self
+            .read_app(META_GROUP, |s| s.app.as_any().downcast_ref::<MetaApp>().map(|m| m.directory().clone()))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        directory.by_group(group).map(|l| l.replicas.iter().copied().collect()).unwrap_or_default()
+    }
+
+    async fn write(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
+        let bytes = payload.len() as u64;
+        if bytes > self.limits.max_proposal_bytes {
+            return Err(Error::ProposalTooLarge { bytes, max: self.limits.max_proposal_bytes });
+        }
+        let started = Instant::now();
+        let mut target: Option<NodeId> = None;
+        let mut remote_replicas = Vec::new();
+        let mut last_error = Error::NoLeader { group };
+        for attempt in 0..MAX_WRITE_ATTEMPTS {
+            if self.stop.is_cancelled() {
+                return Err(Error::ShuttingDown);
+            }
+            let left = WRITE_TIMEOUT.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let local = self.raft(group);
+            let to = match (target, &local) {
+                (Some(node), _) => node,
+                (None, Some(raft)) => {
+                    // Wait (bounded) for an election to finish.
+                    let wait = raft.wait(Some(left.min(Duration::from_secs(2))));
+                    match wait.metrics(|m| m.current_leader.is_some(), "a leader").await {
+                        Ok(m) => m.current_leader.expect("waited for a leader"),
+                        Err(_) => {
+                            last_error = Error::NoLeader { group };
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => {
+                    if remote_replicas.is_empty() {
+                        remote_replicas = self.replicas_of(group);
+                        if remote_replicas.is_empty() {
+                            return Err(Error::UnknownGroup(group));
+                        }
+                    }
+                    remote_replicas[attempt % remote_replicas.len()]
+                }
+            };
+            target = None;
+            let result = if to == self.id {
+                self.write_as_leader(group, payload.clone()).await
+            } else {
+                match self.address_of(group, to) {
+                    None => Err(Error::Unreachable { node: to, reason: "no known address".into() }),
+                    Some(addr) => self.pool.forward_write(to, &addr, group, payload.clone(), left).await,
+                }
+            };
+            match result {
+                Ok(reply) => return Ok(reply),
+                Err(Error::NotLeader { leader: Some(leader), .. }) if leader != to => {
+                    target = Some(leader);
+                    last_error = Error::NotLeader { group, leader: Some(leader) };
+                }
+                Err(e @ (Error::NotLeader { .. } | Error::Unreachable { .. } | Error::NoLeader { .. } | Error::UnknownGroup(_)))
+                    if local.is_some() || !remote_replicas.is_empty() =>
+                {
+                    last_error = e;
+                    // Give the group a moment to elect before the next try.
+                    tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_interval_ms)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Brings the local groups in line with the meta group's directory.
+    async fn reconcile(&self) -> Result<(), Error> {
+        let (directory, members) = self.read_app(META_GROUP, |s| {
+            let directory = s.app.as_any().downcast_ref::<MetaApp>().map(|m| m.directory().clone()).unwrap_or_default();
+            let members: BTreeMap<NodeId, RaftNode> =
+                s.membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+            (directory, members)
+        })?;
+        let local: BTreeMap<GroupId, GroupRecord> =
+            self.groups.read().expect("group table lock").iter().map(|(id, g)| (*id, g.record.clone())).collect();
+        for location in directory.locations.values() {
+            if !location.replicas.contains(&self.id) || local.contains_key(&location.group) {
+                continue;
+            }
+            let replicas: BTreeMap<NodeId, RaftNode> =
+                location.replicas.iter().filter_map(|id| members.get(id).map(|n| (*id, n.clone()))).collect();
+            if replicas.len() != location.replicas.len() {
+                tracing::warn!(location = %location.name, "some replicas have no address in the meta membership");
+                continue;
+            }
+            let record = GroupRecord::Location { name: location.name.clone() };
+            self.storage.add_group(location.group, &record).await?;
+            self.open_group(location.group, record).await?;
+            self.initialize(location.group, replicas).await?;
+            tracing::info!(location = %location.name, group = location.group, "opened location group");
+        }
+        for (group, record) in local {
+            let GroupRecord::Location { name } = record else { continue };
+            // Only a group id the directory has handed out and no longer lists
+            // was removed; a higher id means our meta replica is behind.
+            let listed = directory.locations.values().any(|l| l.group == group && l.replicas.contains(&self.id));
+            if group < directory.next_group && !listed {
+                let removed = self.groups.write().expect("group table lock").remove(&group);
+                if let Some(g) = removed {
+                    let _ = g.raft.shutdown().await;
+                    drop(g);
+                    self.storage.remove_group(group).await?;
+                    tracing::info!(location = %name, group, "removed location group");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn reconcile_loop(shared: Arc<Shared>) {
+    let Some(meta) = shared.raft(META_GROUP) else { return };
+    let mut metrics = meta.metrics();
+    drop(meta);
+    loop {
+        if let Err(e) = shared.reconcile().await {
+            if shared.stop.is_cancelled() {
+                break;
+            }
+            tracing::warn!(error = %e, "reconciling groups with the directory failed; will retry");
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            changed = metrics.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+        }
+    }
+}
+
+impl Dispatch for Shared {
+    fn raft(&self, group: GroupId) -> Option<Raft> {
+        Shared::raft(self, group)
+    }
+
+    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
+        Shared::write_as_leader(self, group, payload).await.map_err(|e| match e {
+            Error::NotLeader { group, leader } => PeerError::NotLeader { group, leader },
+            Error::UnknownGroup(group) => PeerError::UnknownGroup(group),
+            Error::ShuttingDown => PeerError::ShuttingDown,
+            other => PeerError::WriteFailed(other.to_string()),
+        })
+    }
+}

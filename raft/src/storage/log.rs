@@ -1,0 +1,160 @@
+//! openraft's log storage for one group, on the node's shared sled trees.
+//!
+//! Writes are applied to sled in call order (openraft requires log and vote
+//! I/O to be serialized) and are readable at once; they are durable only
+//! after the node's [`Flusher`](super::Flusher) reports the flush that covers
+//! them. Votes wait for that flush before returning; appends return at once
+//! and let the flusher call openraft back.
+
+// openraft's trait methods return its StorageError by value; the helpers here
+// return the same type rather than box it and unbox it again.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, StorageIOError};
+
+use super::{log_key, raft_key, Flusher, RaftVar};
+use crate::codec;
+use crate::typ::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+
+/// The Raft log, vote and purge/commit marks of one group.
+#[derive(Clone)]
+pub struct LogStore {
+    group: GroupId,
+    log: sled::Tree,
+    raft: sled::Tree,
+    flusher: Flusher,
+}
+
+impl LogStore {
+    pub(crate) fn new(group: GroupId, log: sled::Tree, raft: sled::Tree, flusher: Flusher) -> Self {
+        Self { group, log, raft, flusher }
+    }
+
+    fn read_var<T: serde::de::DeserializeOwned>(&self, var: RaftVar) -> Result<Option<T>, StorageError> {
+        let read_err = |e: &dyn std::fmt::Display| StorageIOError::read(openraft::AnyError::error(e)).into();
+        match self.raft.get(raft_key(self.group, var)).map_err(|e| read_err(&e))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| read_err(&e)),
+        }
+    }
+
+    fn write_var<T: serde::Serialize>(&self, var: RaftVar, value: &T) -> Result<(), StorageError> {
+        self.raft
+            .insert(raft_key(self.group, var), codec::encode(value))
+            .map(|_| ())
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let range = log_key(self.group, 0)..=log_key(self.group, u64::MAX);
+        match self.log.range(range).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry: Entry = codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+
+    /// Removes the log keys in `[from, to)` of this group in one batch.
+    fn remove_range(&self, from: u64, to_inclusive: u64) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(log_key(self.group, from)..=log_key(self.group, to_inclusive)).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i),
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&i) => Some(i - 1),
+            Bound::Unbounded => None,
+        };
+        let end = end.unwrap_or(u64::MAX);
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::new();
+        for item in self.log.range(log_key(self.group, start)..=log_key(self.group, end)) {
+            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(codec::decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_var(RaftVar::LastPurged)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_var(RaftVar::Vote, vote)?;
+        // A vote counts only once it is on disk: a node that forgot its vote
+        // after a crash could vote twice in one term.
+        self.flusher.flush().await.map_err(|e| StorageIOError::write_vote(openraft::AnyError::error(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_var(RaftVar::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on its own: it rides on the next flush. A stale value
+        // after a crash only means re-applying fewer entries at start-up.
+        self.write_var(RaftVar::Committed, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_var::<Option<LogId>>(RaftVar::Committed)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&log_key(self.group, entry.log_id.index), codec::encode(&entry));
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flusher.after_next_flush(callback).await
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(log_id.index, u64::MAX)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the mark before deleting, so a crash in between never leaves a
+        // log that starts later than its purge mark says.
+        self.write_var(RaftVar::LastPurged, &log_id)?;
+        self.remove_range(0, log_id.index)
+    }
+}

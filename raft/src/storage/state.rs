@@ -1,0 +1,221 @@
+//! openraft's state machine for one group: the log-side bookkeeping around a
+//! [`GroupApp`].
+//!
+//! The app's state lives in memory. It is persisted only as a snapshot record
+//! (applied log id, membership, log time and the app's encoded state in one
+//! sled value), written when openraft builds or installs a snapshot. At
+//! start-up the store restores the last record and reports its log id as
+//! applied; openraft then re-applies the committed entries after it from the
+//! log. Applied index and state are therefore always persisted together.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::{Flusher, Storage};
+use crate::app::{ApplyContext, GroupApp};
+use crate::codec;
+use crate::typ::{Entry, GroupId, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Version of [`SnapshotImage`]; bumped when its layout changes.
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+
+/// What a group keeps in the `snapshot` tree: the snapshot's metadata and data
+/// together, so the applied log id and the state it produced are one value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Last included log id, membership and snapshot id.
+    pub meta: SnapshotMeta,
+    /// The encoded [`SnapshotImage`].
+    pub data: Vec<u8>,
+}
+
+/// The bytes of a snapshot, as stored and as sent to followers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotImage {
+    /// [`SNAPSHOT_FORMAT_VERSION`] when written.
+    pub format_version: u16,
+    /// The log time of the last included entry.
+    pub log_time_ms: u64,
+    /// The app's [`GroupApp::snapshot`] bytes.
+    pub app: Vec<u8>,
+}
+
+/// The applied state of one group, readable by queries.
+pub struct AppliedState {
+    /// The last applied log id.
+    pub last_applied: Option<LogId>,
+    /// The membership as of the last applied entry.
+    pub membership: StoredMembership,
+    /// The log time of the last applied entry.
+    pub log_time_ms: u64,
+    /// The group's application.
+    pub app: Box<dyn GroupApp>,
+}
+
+/// The state machine store of one group. Clones share the same state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    group: GroupId,
+    tree: sled::Tree,
+    flusher: Flusher,
+    state: Arc<RwLock<AppliedState>>,
+    snapshots_built: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine of `group` around `app`, restoring the last
+    /// persisted snapshot if there is one.
+    pub fn open(storage: &Storage, group: GroupId, app: Box<dyn GroupApp>) -> Result<Self, crate::Error> {
+        let tree = storage.snapshot_tree();
+        let mut state = AppliedState { last_applied: None, membership: StoredMembership::default(), log_time_ms: 0, app };
+        if let Some(bytes) = tree.get(group.to_be_bytes())? {
+            let record: SnapshotRecord = codec::decode(&bytes)?;
+            let image: SnapshotImage = codec::decode(&record.data)?;
+            check_version(&image).map_err(crate::Error::Storage)?;
+            state.app.restore(&image.app).map_err(crate::Error::Storage)?;
+            state.last_applied = record.meta.last_log_id;
+            state.membership = record.meta.last_membership;
+            state.log_time_ms = image.log_time_ms;
+        }
+        Ok(Self {
+            group,
+            tree,
+            flusher: storage.flusher(),
+            state: Arc::new(RwLock::new(state)),
+            snapshots_built: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Read access to the applied state. Hold it briefly: apply waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
+        self.state.read().expect("a panic in apply poisons the state machine; the node must stop")
+    }
+
+    async fn persist(&self, record: &SnapshotRecord) -> Result<(), StorageError> {
+        let signature = Some(record.meta.signature());
+        self.tree
+            .insert(self.group.to_be_bytes(), codec::encode(record))
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into())
+    }
+}
+
+fn check_version(image: &SnapshotImage) -> Result<(), String> {
+    if image.format_version != SNAPSHOT_FORMAT_VERSION {
+        return Err(format!(
+            "snapshot format version {} is not supported (expected {})",
+            image.format_version, SNAPSHOT_FORMAT_VERSION
+        ));
+    }
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.read();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = self.state.write().expect("a panic in apply poisons the state machine; the node must stop");
+        let state = &mut *state;
+        let mut replies = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            if let Some(last) = state.last_applied {
+                // openraft applies in log order; its storage suite skips
+                // indexes, so only monotonicity is asserted.
+                assert!(log_id.index > last.index, "group {}: apply of {} after {}", self.group, log_id.index, last.index);
+            }
+            let reply = match entry.payload {
+                EntryPayload::Blank => Reply::default(),
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(log_id), membership);
+                    Reply::default()
+                }
+                EntryPayload::Normal(proposal) => {
+                    state.log_time_ms = state.log_time_ms.max(proposal.log_time_ms);
+                    let ctx = ApplyContext {
+                        group: self.group,
+                        index: log_id.index,
+                        term: log_id.leader_id.term,
+                        leader: log_id.leader_id.node_id,
+                        log_time_ms: state.log_time_ms,
+                        membership: state.membership.membership(),
+                    };
+                    Reply(state.app.apply(&ctx, &proposal.payload))
+                }
+            };
+            state.last_applied = Some(log_id);
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let bad = |e: String| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e));
+        let image: SnapshotImage = codec::decode(&data).map_err(|e| bad(e.to_string()))?;
+        check_version(&image).map_err(bad)?;
+        {
+            let mut state = self.state.write().expect("a panic in apply poisons the state machine; the node must stop");
+            state.app.restore(&image.app).map_err(bad)?;
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            state.log_time_ms = image.log_time_ms;
+        }
+        self.persist(&SnapshotRecord { meta: meta.clone(), data }).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let bytes = self.tree.get(self.group.to_be_bytes()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let record: SnapshotRecord = codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(record.data)) }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = {
+            let state = self.read();
+            let image = SnapshotImage {
+                format_version: SNAPSHOT_FORMAT_VERSION,
+                log_time_ms: state.log_time_ms,
+                app: state.app.snapshot(),
+            };
+            let seq = self.snapshots_built.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match state.last_applied {
+                Some(id) => format!("{}-{}-{}-{seq}", id.leader_id.term, id.leader_id.node_id, id.index),
+                None => format!("empty-{seq}"),
+            };
+            let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
+            (meta, codec::encode(&image))
+        };
+        let record = SnapshotRecord { meta, data };
+        self.persist(&record).await?;
+        Ok(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(record.data)) })
+    }
+}

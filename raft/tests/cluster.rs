@@ -1,0 +1,243 @@
+//! In-process three-node clusters: real nodes, real sled in temporary
+//! directories, real tarpc on loopback. Each test is named after the property
+//! it defends.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{eventually, payloads, record, test_config, Cluster, WAIT};
+use garrison_raft::{Error, GroupId, NodeId, META_GROUP};
+
+/// Writes `count` payloads `"{tag}-{i}"` to `group` through `via`, retrying
+/// each one (bounded) across leader changes; returns the acknowledged ones.
+async fn write_all(cluster: &Cluster, via: NodeId, group: GroupId, tag: &str, count: usize) -> Vec<Vec<u8>> {
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let payload = format!("{tag}-{i}").into_bytes();
+        let started = Instant::now();
+        loop {
+            match cluster.node(via).write(group, payload.clone()).await {
+                Ok(_) => break,
+                Err(e) => assert!(started.elapsed() < WAIT, "write {tag}-{i} never succeeded: {e}"),
+            }
+        }
+        acked.push(payload);
+    }
+    acked
+}
+
+/// Every running replica of `group` applied exactly `expected`, in order.
+async fn assert_replicas_hold(cluster: &Cluster, group: GroupId, expected: &[Vec<u8>]) {
+    let nodes: Vec<NodeId> = cluster.running().into_iter().filter(|id| cluster.node(*id).groups().contains(&group)).collect();
+    assert!(!nodes.is_empty());
+    eventually(&format!("replicas of group {group} to apply {} entries", expected.len()), || {
+        let done = nodes.iter().all(|id| cluster.node(*id).read_local(group, payloads).unwrap().len() >= expected.len());
+        async move { done }
+    })
+    .await;
+    let first = cluster.node(nodes[0]).read_local(group, record).unwrap();
+    for id in &nodes {
+        let state = cluster.node(*id).read_local(group, record).unwrap();
+        assert_eq!(state, first, "replica on node {id} differs from node {}", nodes[0]);
+    }
+    let applied: Vec<Vec<u8>> = first.applied.iter().map(|(_, _, p)| p.clone()).collect();
+    // Retried writes may apply twice (the raft layer is at-least-once); every
+    // acknowledged payload is there, in acknowledgement order.
+    let mut at = 0;
+    for payload in expected {
+        at += applied[at..].iter().position(|p| p == payload).unwrap_or_else(|| panic!("{payload:?} lost")) + 1;
+    }
+}
+
+async fn location_on_all(cluster: &Cluster, name: &str) -> GroupId {
+    let record = cluster.node(1).create_location(name, &[]).await.expect("create location");
+    let group = record.group;
+    eventually(&format!("every node to open {name}"), || {
+        let open = cluster.running().iter().all(|id| cluster.node(*id).groups().contains(&group));
+        async move { open }
+    })
+    .await;
+    group
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_every_group_apply_the_same_entries_in_the_same_order() {
+    let cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let mut groups = Vec::new();
+    for name in ["north/ridge", "south/ford", "east/mill"] {
+        groups.push(location_on_all(&cluster, name).await);
+    }
+    // Concurrent writers, each through a different node, one per group.
+    let mut tasks = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let via = (i as NodeId % 3) + 1;
+        let node = cluster.node(via).clone();
+        let group = *group;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..40 {
+                let payload = format!("g{group}-{n}").into_bytes();
+                node.write(group, payload.clone()).await.expect("write");
+                acked.push(payload);
+            }
+            acked
+        }));
+    }
+    for (group, task) in groups.iter().zip(tasks) {
+        let acked = task.await.unwrap();
+        assert_replicas_hold(&cluster, *group, &acked).await;
+    }
+    // The meta group agrees too.
+    let directory = cluster.node(1).directory();
+    for id in cluster.running() {
+        eventually("meta replicas to agree", || {
+            let same = cluster.node(id).directory() == directory;
+            async move { same }
+        })
+        .await;
+    }
+    assert_eq!(directory.locations.len(), 3);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is_lost() {
+    let mut cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let group = location_on_all(&cluster, "bridge").await;
+    let old_leader = cluster.leader(group).await;
+    let survivor = cluster.running().into_iter().find(|id| *id != old_leader).unwrap();
+    let mut acked = write_all(&cluster, survivor, group, "before", 30).await;
+
+    let killed_at = Instant::now();
+    cluster.stop(old_leader).await;
+    let new_leader = cluster.leader(group).await;
+    assert_ne!(new_leader, old_leader);
+    acked.extend(write_all(&cluster, survivor, group, "after", 30).await);
+    eprintln!("leader {old_leader} stopped; {new_leader} leads and accepted writes after {:?}", killed_at.elapsed());
+
+    assert_replicas_hold(&cluster, group, &acked).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_from_its_own_log() {
+    let mut cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let group = location_on_all(&cluster, "depot").await;
+    let mut acked = write_all(&cluster, 1, group, "first", 20).await;
+    assert_replicas_hold(&cluster, group, &acked).await;
+
+    cluster.stop(3).await;
+    acked.extend(write_all(&cluster, 1, group, "while-down", 20).await);
+    cluster.restart(3).await;
+    acked.extend(write_all(&cluster, 2, group, "after", 5).await);
+    assert_replicas_hold(&cluster, group, &acked).await;
+    // It caught up by replication: nothing was purged, so no snapshot.
+    assert_eq!(cluster.node(3).read_local(group, |s| s.last_applied.map(|l| l.index)).unwrap(),
+        cluster.node(1).read_local(group, |s| s.last_applied.map(|l| l.index)).unwrap());
+    cluster.shutdown().await;
+}
+
+/// A leader keeps the entries a down follower still needs (openraft does not
+/// purge a range it is replicating), but a follower purges freely. So: node 3
+/// goes down, the others move on and compact, the leader dies, and the
+/// follower that purged becomes leader when node 3 returns. Node 3 can then
+/// only catch up by snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_log_purge_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let group = location_on_all(&cluster, "quarry").await;
+    let mut acked = write_all(&cluster, 1, group, "first", 10).await;
+    assert_replicas_hold(&cluster, group, &acked).await;
+
+    cluster.stop(3).await;
+    acked.extend(write_all(&cluster, 1, group, "missed", 50).await);
+    let leader = cluster.leader(group).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut purged_to = 0;
+    for id in [1, 2] {
+        let compacted = cluster.node(id).compact(group, WAIT).await.expect("compact");
+        if id == follower {
+            purged_to = compacted;
+        }
+    }
+    eventually("the follower to purge its log", || {
+        let purged = cluster.node(follower).purged_index(group) >= Some(purged_to);
+        async move { purged }
+    })
+    .await;
+
+    cluster.stop(leader).await;
+    cluster.restart(3).await;
+    assert_eq!(cluster.leader(group).await, follower, "only the purged follower's log is complete");
+    acked.extend(write_all(&cluster, 3, group, "after", 5).await);
+    assert_replicas_hold(&cluster, group, &acked).await;
+    let snapshot_index = cluster.node(3).snapshot_index(group);
+    assert!(snapshot_index >= Some(purged_to), "node 3 installed no snapshot covering {purged_to}: {snapshot_index:?}");
+
+    cluster.restart(leader).await;
+    assert_replicas_hold(&cluster, group, &acked).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_location_is_idempotent_and_survives_a_full_restart() {
+    let mut cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let first = cluster.node(2).create_location("keep", &[]).await.unwrap();
+    let again = cluster.node(3).create_location("keep", &[1]).await.unwrap();
+    assert_eq!(first, again);
+    let group = location_on_all(&cluster, "keep").await;
+    let acked = write_all(&cluster, 1, group, "x", 10).await;
+    assert_replicas_hold(&cluster, group, &acked).await;
+
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    assert!(cluster.node(1).groups().contains(&group), "group reopened from sled at start-up");
+    assert_replicas_hold(&cluster, group, &acked).await;
+    assert_eq!(cluster.node(1).create_location("keep", &[]).await.unwrap(), first);
+    let more = write_all(&cluster, 3, group, "y", 3).await;
+    assert_replicas_hold(&cluster, group, &[acked, more].concat()).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_location_deletes_its_group_everywhere() {
+    let cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let group = location_on_all(&cluster, "ruins").await;
+    write_all(&cluster, 1, group, "x", 3).await;
+    cluster.node(2).remove_location("ruins").await.unwrap();
+    eventually("every node to drop the group", || {
+        let gone = cluster.running().iter().all(|id| !cluster.node(*id).groups().contains(&group));
+        async move { gone }
+    })
+    .await;
+    assert!(matches!(cluster.node(1).remove_location("ruins").await, Err(Error::Meta(_))));
+    assert!(matches!(cluster.node(1).write(group, b"late".to_vec()).await, Err(Error::UnknownGroup(_))));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let node = cluster.node(1);
+    let before = node.directory();
+    assert!(matches!(node.create_location("bad name!", &[]).await, Err(Error::Meta(_))));
+    assert!(matches!(node.create_location("x", &[1, 7]).await, Err(Error::Meta(_))));
+    assert!(matches!(node.write(999, b"x".to_vec()).await, Err(Error::UnknownGroup(999))));
+    let limit = garrison_raft::RaftConfig::default().max_proposal_bytes;
+    let err = node.write(META_GROUP, vec![0; limit as usize + 1]).await.unwrap_err();
+    assert!(matches!(err, Error::ProposalTooLarge { .. }), "{err}");
+    assert_eq!(node.directory(), before);
+    cluster.shutdown().await;
+}

@@ -1,0 +1,78 @@
+//! The log and state-machine stores keep openraft's storage contract, and the
+//! durability rules garrison adds to it.
+
+mod common;
+
+use common::RecordApp;
+use garrison_raft::storage::{LogStore, StateMachineStore, Storage};
+use garrison_raft::typ::{StorageError, TypeConfig};
+use openraft::storage::RaftLogStorage;
+use openraft::testing::{StoreBuilder, Suite};
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let storage = Storage::open(dir.path()).expect("sled opens");
+        // A group id other than 0 checks that keys are really prefixed.
+        let log = storage.log_store(42);
+        let sm = StateMachineStore::open(&storage, 42, Box::new(RecordApp::default())).expect("state machine opens");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_sled() {
+    Suite::test_all(SledBuilder).expect("openraft's storage suite");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn flushes_requested_together_share_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let before = storage.flush_stats();
+    let callers = 64u64;
+    // On a current-thread runtime every caller queues its request before the
+    // flusher task gets to run, so they ride on one flush (two if the
+    // flusher woke between two of them).
+    let results = futures::future::join_all((0..callers).map(|_| storage.flush())).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    let stats = storage.flush_stats();
+    assert_eq!(stats.waiters - before.waiters, callers);
+    let flushes = stats.flushes - before.flushes;
+    assert!(flushes <= 2, "{flushes} flushes for {callers} callers");
+}
+
+/// Set in the child process of the crash test: the database directory.
+const CRASH_CHILD_DIR: &str = "GARRISON_TEST_CRASH_CHILD_DIR";
+
+/// A vote that `save_vote` reported saved is on disk even if the process dies
+/// the next instant without closing the database (no destructor, no sled
+/// shutdown flush): the child aborts right after saving, the parent reads.
+#[test]
+fn a_saved_vote_survives_an_abort_of_the_process() {
+    let vote = openraft::Vote::new(7, 3);
+    if let Ok(dir) = std::env::var(CRASH_CHILD_DIR) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let storage = Storage::open(std::path::Path::new(&dir)).unwrap();
+            storage.log_store(9).save_vote(&vote).await.unwrap();
+        });
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_saved_vote_survives_an_abort_of_the_process", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must have aborted");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(storage.log_store(9).read_vote().await.unwrap(), Some(vote));
+    });
+}
