@@ -46,6 +46,10 @@ pub trait GroupApp: Send + Sync + 'static {
     /// Applies one committed payload and returns the encoded reply.
     fn apply(&mut self, ctx: &ApplyContext<'_>, payload: &[u8]) -> Vec<u8>;
 
+    /// Answers a read-only query about the current state. Like apply, it
+    /// must not fail: a query it cannot answer gets an error inside the reply.
+    fn query(&self, query: &[u8]) -> Vec<u8>;
+
     /// Encodes the whole state.
     fn snapshot(&self) -> Vec<u8>;
 

@@ -37,6 +37,16 @@ pub enum Error {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,
     },
+    /// A replica had not applied the index a read needs within the read's time.
+    #[error("group {group}: the replica has applied index {applied} but the read needs {wanted}; retry or read elsewhere")]
+    Behind {
+        /// The group.
+        group: GroupId,
+        /// What the replica has applied.
+        applied: u64,
+        /// What the read needs.
+        wanted: u64,
+    },
     /// A proposal is larger than the configured limit.
     #[error("proposal of {bytes} bytes exceeds max_proposal_bytes ({max})")]
     ProposalTooLarge {

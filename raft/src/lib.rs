@@ -60,5 +60,6 @@ pub mod typ;
 pub use app::{AppFactory, ApplyContext, GroupApp};
 pub use config::{NodeConfig, RaftConfig};
 pub use error::Error;
-pub use node::{GroupStatus, Node};
+pub use network::{ReadConsistency, ReadReply, WriteReply};
+pub use node::{ConsistencyReport, GroupStatus, Node};
 pub use typ::{GroupId, NodeId, META_GROUP};

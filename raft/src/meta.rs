@@ -87,6 +87,15 @@ pub enum MetaReply {
     Refused(String),
 }
 
+/// A read of the meta group's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaQuery {
+    /// The whole directory; the reply is an encoded `Option<Directory>`.
+    Directory,
+    /// One location; the reply is an encoded `Option<LocationRecord>`.
+    Location(String),
+}
+
 /// The meta group's [`GroupApp`].
 #[derive(Debug, Default)]
 pub struct MetaApp {
@@ -179,6 +188,16 @@ impl GroupApp for MetaApp {
             },
         };
         codec::encode(&reply)
+    }
+
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        match codec::decode::<MetaQuery>(query) {
+            Ok(MetaQuery::Directory) => codec::encode(&Some(self.directory.clone())),
+            Ok(MetaQuery::Location(name)) => codec::encode(&self.directory.locations.get(&name)),
+            // An undecodable query gets an empty reply, which no query's
+            // reply type decodes from.
+            Err(_) => Vec::new(),
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {

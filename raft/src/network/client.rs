@@ -13,7 +13,7 @@ use tarpc::{client, context, serde_transport};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::{Header, PeerClient, PeerError, WriteReply, PEER_PROTOCOL_VERSION};
+use super::{Header, PeerClient, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION};
 use crate::codec::Bincode2;
 use crate::config::RaftConfig;
 use crate::error::Error;
@@ -153,12 +153,42 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<WriteReply, Error> {
         let (client, generation) = self.client(node, addr).await?;
-        match client.forward_write(deadline(timeout), self.header(group), payload).await {
-            Ok(Ok(reply)) => Ok(reply),
+        let result = client.forward_write(deadline(timeout), self.header(group), payload).await;
+        self.reply(node, generation, result).await
+    }
+
+    /// Asks `node`, which should lead `group`, for a read index.
+    pub async fn read_index(&self, node: NodeId, addr: &str, group: GroupId, timeout: Duration) -> Result<u64, Error> {
+        let (client, generation) = self.client(node, addr).await?;
+        let result = client.read_index(deadline(timeout), self.header(group)).await;
+        self.reply(node, generation, result).await
+    }
+
+    /// Asks `node`, a replica of `group`, to answer a query.
+    pub async fn forward_read(
+        &self,
+        node: NodeId,
+        addr: &str,
+        group: GroupId,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> Result<ReadReply, Error> {
+        let (client, generation) = self.client(node, addr).await?;
+        let result = client.forward_read(deadline(timeout), self.header(group), query, consistency).await;
+        self.reply(node, generation, result).await
+    }
+
+    /// Maps a forwarded request's outcome to the crate's errors, dropping
+    /// the connection when the transport failed.
+    async fn reply<T>(&self, node: NodeId, generation: u64, result: Result<Result<T, PeerError>, RpcError>) -> Result<T, Error> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(PeerError::NotLeader { group, leader })) => Err(Error::NotLeader { group, leader }),
             Ok(Err(PeerError::UnknownGroup(group))) => Err(Error::UnknownGroup(group)),
+            Ok(Err(PeerError::Behind { group, applied, wanted })) => Err(Error::Behind { group, applied, wanted }),
             Ok(Err(error)) => Err(Error::Remote { node, error: Box::new(error) }),
-            Err(RpcError::DeadlineExceeded) => Err(Error::Timeout(format!("write forwarded to node {node}"))),
+            Err(RpcError::DeadlineExceeded) => Err(Error::Timeout(format!("request forwarded to node {node}"))),
             Err(e) => {
                 self.forget(node, generation).await;
                 Err(Error::Unreachable { node, reason: e.to_string() })

@@ -44,6 +44,30 @@ pub struct WriteReply {
     pub reply: Vec<u8>,
 }
 
+/// The answer to a query, with the log index of the state it reflects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The replica's applied index when it answered.
+    pub index: u64,
+    /// The app's answer.
+    pub reply: Vec<u8>,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read began: the replica
+    /// waits until it has applied the leader's read index (the leader
+    /// confirms its leadership with a quorum first).
+    Linearizable,
+    /// Served by whichever replica answers, once it has applied at least
+    /// `min_index` (0: whatever it has).
+    Stale {
+        /// The lowest applied index acceptable.
+        min_index: u64,
+    },
+}
+
 /// Why a peer refused a request.
 #[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum PeerError {
@@ -88,8 +112,18 @@ pub enum PeerError {
     /// The receiving Raft refused a snapshot chunk.
     #[error("raft: {0}")]
     InstallSnapshot(Box<InstallSnapshotError>),
-    /// A forwarded write failed on the leader for another reason.
-    #[error("write failed on the leader: {0}")]
+    /// The replica has not applied the index a read asked for in time.
+    #[error("group {group} replica has applied {applied}, the read wants {wanted}")]
+    Behind {
+        /// The group.
+        group: GroupId,
+        /// What the replica has applied.
+        applied: u64,
+        /// What the read asked for.
+        wanted: u64,
+    },
+    /// A forwarded request failed on the receiver for another reason.
+    #[error("request failed on the peer: {0}")]
     WriteFailed(String),
     /// The receiving node is shutting down.
     #[error("node is shutting down")]
@@ -110,4 +144,9 @@ pub trait Peer {
     ) -> Result<InstallSnapshotResponse, PeerError>;
     /// A client write forwarded by a node that is not the group's leader.
     async fn forward_write(header: Header, payload: Vec<u8>) -> Result<WriteReply, PeerError>;
+    /// The leader's read index for the header's group, after it confirmed
+    /// its leadership with a quorum.
+    async fn read_index(header: Header) -> Result<u64, PeerError>;
+    /// A query for a replica of the header's group (no further forwarding).
+    async fn forward_read(header: Header, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, PeerError>;
 }

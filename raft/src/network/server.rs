@@ -20,7 +20,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::client::frame_codec;
-use super::{Header, Peer, PeerError, WriteReply, PEER_PROTOCOL_VERSION};
+use super::{Header, Peer, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION};
 use crate::codec::Bincode2;
 use crate::config::RaftConfig;
 use crate::typ::{
@@ -35,6 +35,17 @@ pub trait Dispatch: Send + Sync + 'static {
 
     /// Proposes `payload` to `group` if this node leads it (no further forwarding).
     fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> impl Future<Output = Result<WriteReply, PeerError>> + Send;
+
+    /// The read index of `group` if this node leads it.
+    fn read_index_as_leader(&self, group: GroupId) -> impl Future<Output = Result<u64, PeerError>> + Send;
+
+    /// Answers a query from the local replica of `group`.
+    fn read_here(
+        &self,
+        group: GroupId,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> impl Future<Output = Result<ReadReply, PeerError>> + Send;
 }
 
 /// A running peer listener; it stops when cancelled through its token.
@@ -161,5 +172,25 @@ impl<D: Dispatch> Peer for PeerServer<D> {
             return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
         }
         self.dispatch.write_as_leader(header.group, payload).await
+    }
+
+    async fn read_index(self, _: context::Context, header: Header) -> Result<u64, PeerError> {
+        self.group(&header)?;
+        self.dispatch.read_index_as_leader(header.group).await
+    }
+
+    async fn forward_read(
+        self,
+        _: context::Context,
+        header: Header,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, PeerError> {
+        self.group(&header)?;
+        let bytes = query.len() as u64;
+        if bytes > self.config.max_proposal_bytes {
+            return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
+        }
+        self.dispatch.read_here(header.group, query, consistency).await
     }
 }

@@ -8,6 +8,7 @@
 //! applied; openraft then re-applies the committed entries after it from the
 //! log. Applied index and state are therefore always persisted together.
 
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -15,6 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{Flusher, Storage};
 use crate::app::{ApplyContext, GroupApp};
@@ -34,6 +36,13 @@ pub struct SnapshotRecord {
     pub data: Vec<u8>,
 }
 
+/// How many recent (index, chain value) pairs a group keeps, so replicas at
+/// slightly different indexes can still be compared at a common one.
+pub const CHAIN_HISTORY_LEN: usize = 4096;
+
+/// Domain separation for the hash chain.
+const CHAIN_DOMAIN: &[u8] = b"garrison/chain/v1";
+
 /// The bytes of a snapshot, as stored and as sent to followers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotImage {
@@ -41,6 +50,8 @@ pub struct SnapshotImage {
     pub format_version: u16,
     /// The log time of the last included entry.
     pub log_time_ms: u64,
+    /// The hash chain value at the last included entry.
+    pub chain: [u8; 32],
     /// The app's [`GroupApp::snapshot`] bytes.
     pub app: Vec<u8>,
 }
@@ -55,6 +66,58 @@ pub struct AppliedState {
     pub log_time_ms: u64,
     /// The group's application.
     pub app: Box<dyn GroupApp>,
+    /// The rolling hash over every applied entry:
+    /// `h(i) = SHA-256(domain ‖ h(i-1) ‖ index ‖ term ‖ encoded payload)`.
+    pub chain: [u8; 32],
+    /// Recent chain values, oldest first, at most [`CHAIN_HISTORY_LEN`].
+    history: VecDeque<(u64, [u8; 32])>,
+}
+
+impl AppliedState {
+    /// The chain value after applying `index`, if this replica still holds it.
+    pub fn chain_at(&self, index: u64) -> Option<[u8; 32]> {
+        let at = self.history.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        Some(self.history[at].1)
+    }
+
+    /// SHA-256 of the app's snapshot: equal states give equal digests.
+    pub fn state_digest(&self) -> [u8; 32] {
+        Sha256::digest(self.app.snapshot()).into()
+    }
+
+    /// Advances the hash chain over one applied entry.
+    fn extend_chain(&mut self, entry: &Entry) {
+        let mut h = Sha256::new();
+        h.update(CHAIN_DOMAIN);
+        h.update(self.chain);
+        h.update(entry.log_id.index.to_be_bytes());
+        h.update(entry.log_id.leader_id.term.to_be_bytes());
+        h.update(codec::encode(&entry.payload));
+        self.chain = h.finalize().into();
+        self.remember_chain(entry.log_id.index);
+    }
+
+    fn remember_chain(&mut self, index: u64) {
+        if self.history.len() == CHAIN_HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back((index, self.chain));
+    }
+
+    /// Replaces the state with a restored snapshot's.
+    fn restore_from(&mut self, meta: &SnapshotMeta, image: &SnapshotImage) -> Result<(), String> {
+        check_version(image)?;
+        self.app.restore(&image.app)?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.log_time_ms = image.log_time_ms;
+        self.chain = image.chain;
+        self.history.clear();
+        if let Some(id) = meta.last_log_id {
+            self.remember_chain(id.index);
+        }
+        Ok(())
+    }
 }
 
 /// The state machine store of one group. Clones share the same state.
@@ -72,15 +135,18 @@ impl StateMachineStore {
     /// persisted snapshot if there is one.
     pub fn open(storage: &Storage, group: GroupId, app: Box<dyn GroupApp>) -> Result<Self, crate::Error> {
         let tree = storage.snapshot_tree();
-        let mut state = AppliedState { last_applied: None, membership: StoredMembership::default(), log_time_ms: 0, app };
+        let mut state = AppliedState {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            log_time_ms: 0,
+            app,
+            chain: [0; 32],
+            history: VecDeque::new(),
+        };
         if let Some(bytes) = tree.get(group.to_be_bytes())? {
             let record: SnapshotRecord = codec::decode(&bytes)?;
             let image: SnapshotImage = codec::decode(&record.data)?;
-            check_version(&image).map_err(crate::Error::Storage)?;
-            state.app.restore(&image.app).map_err(crate::Error::Storage)?;
-            state.last_applied = record.meta.last_log_id;
-            state.membership = record.meta.last_membership;
-            state.log_time_ms = image.log_time_ms;
+            state.restore_from(&record.meta, &image).map_err(crate::Error::Storage)?;
         }
         Ok(Self {
             group,
@@ -136,6 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
+            state.extend_chain(&entry);
             if let Some(last) = state.last_applied {
                 // openraft applies in log order; its storage suite skips
                 // indexes, so only monotonicity is asserted.
@@ -178,13 +245,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let bad = |e: String| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e));
         let image: SnapshotImage = codec::decode(&data).map_err(|e| bad(e.to_string()))?;
-        check_version(&image).map_err(bad)?;
         {
             let mut state = self.state.write().expect("a panic in apply poisons the state machine; the node must stop");
-            state.app.restore(&image.app).map_err(bad)?;
-            state.last_applied = meta.last_log_id;
-            state.membership = meta.last_membership.clone();
-            state.log_time_ms = image.log_time_ms;
+            state.restore_from(meta, &image).map_err(bad)?;
         }
         self.persist(&SnapshotRecord { meta: meta.clone(), data }).await
     }
@@ -204,6 +267,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let image = SnapshotImage {
                 format_version: SNAPSHOT_FORMAT_VERSION,
                 log_time_ms: state.log_time_ms,
+                chain: state.chain,
                 app: state.app.snapshot(),
             };
             let seq = self.snapshots_built.fetch_add(1, Ordering::Relaxed);

@@ -31,6 +31,9 @@ impl GroupApp for RecordApp {
         self.applied.push((ctx.index, ctx.log_time_ms, payload.to_vec()));
         codec::encode(&(self.applied.len() as u64))
     }
+    fn query(&self, _query: &[u8]) -> Vec<u8> {
+        codec::encode(&(self.applied.len() as u64))
+    }
     fn snapshot(&self) -> Vec<u8> {
         codec::encode(self)
     }

@@ -25,9 +25,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppFactory;
@@ -35,22 +35,24 @@ use crate::codec;
 use crate::config::{NodeConfig, RaftConfig};
 use crate::error::Error;
 use crate::meta::{Directory, LocationRecord, MetaApp, MetaCommand, MetaReply};
-use crate::network::server::Dispatch;
-use crate::network::{GroupNetworkFactory, PeerError, PeerListener, PeerPool, WriteReply};
+use crate::network::{GroupNetworkFactory, PeerListener, PeerPool, ReadConsistency, ReadReply, WriteReply};
 use crate::storage::state::AppliedState;
 use crate::storage::{GroupRecord, StateMachineStore, Storage};
-use crate::typ::{GroupId, Node as RaftNode, NodeId, Proposal, Raft, META_GROUP};
+use crate::typ::{GroupId, Node as RaftNode, NodeId, Raft, META_GROUP};
 
-/// How many times a write is re-routed (to a new leader, another replica)
+mod reconcile;
+mod route;
+
+/// How many times a request is re-routed (to a new leader, another replica)
 /// before the caller gets the last error.
-pub const MAX_WRITE_ATTEMPTS: usize = 8;
+pub const MAX_ROUTING_ATTEMPTS: usize = 8;
 
-/// How long a write may take, routing and retries included.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write or read may take, routing and retries included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the reconciler re-checks the directory when nothing changed
 /// (it also wakes on every meta apply).
-const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One group open on this node.
 #[derive(Clone)]
@@ -79,6 +81,22 @@ pub struct GroupStatus {
     pub voters: BTreeSet<NodeId>,
 }
 
+/// One replica's account of a group, for comparison with the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsistencyReport {
+    /// The group.
+    pub group: GroupId,
+    /// The replica's applied index.
+    pub applied_index: u64,
+    /// The index `chain` belongs to.
+    pub index: u64,
+    /// The hash chain after applying `index`; `None` if the replica no longer
+    /// (or not yet) holds that index.
+    pub chain: Option<[u8; 32]>,
+    /// SHA-256 of the replica's state at `applied_index`.
+    pub state_digest: [u8; 32],
+}
+
 struct Shared {
     id: NodeId,
     config: NodeConfig,
@@ -96,10 +114,6 @@ struct Shared {
 pub struct Node {
     shared: Arc<Shared>,
     peer_addr: SocketAddr,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Node {
@@ -141,7 +155,7 @@ impl Node {
             node.shutdown().await;
             return Err(e);
         }
-        tokio::spawn(reconcile_loop(node.shared.clone()));
+        tokio::spawn(reconcile::reconcile_loop(node.shared.clone()));
         Ok(node)
     }
 
@@ -229,22 +243,28 @@ impl Node {
         self.shared.write(group, payload).await
     }
 
-    /// Reads the local replica's applied state of `group` (may lag the leader).
+    /// Reads the local replica's applied state of `group` (may lag the
+    /// leader): for inspection and tests; clients use [`Node::read`].
     pub fn read_local<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
         self.shared.read_app(group, read)
     }
 
-    /// Reads `group`'s state after confirming with a quorum that this node
-    /// still leads it and has applied everything committed before the call.
-    pub async fn read_linearizable<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
-        let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
-        match raft.ensure_linearizable().await {
-            Ok(_) => self.shared.read_app(group, read),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { group, leader: f.leader_id })
-            }
-            Err(e) => Err(Error::Raft(e.to_string())),
-        }
+    /// Answers `query` with `group`'s app, from any node: linearizable
+    /// (reflects every write acknowledged before the call) or stale (from
+    /// whichever replica answers, at least at `min_index`).
+    pub async fn read(&self, group: GroupId, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, Error> {
+        self.shared.read(group, query, consistency).await
+    }
+
+    /// This replica's consistency report for `group`: its applied index,
+    /// the hash chain at `at` (default: the applied index) if it still holds
+    /// that index, and the digest of its state at the applied index.
+    pub fn consistency(&self, group: GroupId, at: Option<u64>) -> Result<ConsistencyReport, Error> {
+        self.shared.read_app(group, |s| {
+            let applied_index = s.last_applied.map(|l| l.index).unwrap_or(0);
+            let index = at.unwrap_or(applied_index);
+            ConsistencyReport { group, applied_index, index, chain: s.chain_at(index), state_digest: s.state_digest() }
+        })
     }
 
     /// The ids of the groups open on this node.
@@ -369,187 +389,4 @@ impl Shared {
         }
     }
 
-    /// Proposes `payload` if this node leads `group`; never forwards.
-    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
-        let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
-        let proposal = Proposal { log_time_ms: now_ms(), payload };
-        match raft.client_write(proposal).await {
-            Ok(written) => Ok(WriteReply { index: written.log_id.index, reply: written.data.0 }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { group, leader: f.leader_id })
-            }
-            Err(e) => Err(Error::Raft(e.to_string())),
-        }
-    }
-
-    /// The peer address of `node` as `group` (or the meta group) knows it.
-    fn address_of(&self, group: GroupId, node: NodeId) -> Option<String> {
-        let groups = self.groups.read().expect("group table lock");
-        for g in [group, META_GROUP] {
-            if let Some(addr) = groups
-                .get(&g)
-                .and_then(|g| g.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.addr.clone()))
-            {
-                return Some(addr);
-            }
-        }
-        None
-    }
-
-    /// The nodes to try for `group` when this node does not hold it.
-    fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
-        let directory = self
-            .read_app(META_GROUP, |s| s.app.as_any().downcast_ref::<MetaApp>().map(|m| m.directory().clone()))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        directory.by_group(group).map(|l| l.replicas.iter().copied().collect()).unwrap_or_default()
-    }
-
-    async fn write(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
-        let bytes = payload.len() as u64;
-        if bytes > self.limits.max_proposal_bytes {
-            return Err(Error::ProposalTooLarge { bytes, max: self.limits.max_proposal_bytes });
-        }
-        let started = Instant::now();
-        let mut target: Option<NodeId> = None;
-        let mut remote_replicas = Vec::new();
-        let mut last_error = Error::NoLeader { group };
-        for attempt in 0..MAX_WRITE_ATTEMPTS {
-            if self.stop.is_cancelled() {
-                return Err(Error::ShuttingDown);
-            }
-            let left = WRITE_TIMEOUT.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                break;
-            }
-            let local = self.raft(group);
-            let to = match (target, &local) {
-                (Some(node), _) => node,
-                (None, Some(raft)) => {
-                    // Wait (bounded) for an election to finish.
-                    let wait = raft.wait(Some(left.min(Duration::from_secs(2))));
-                    match wait.metrics(|m| m.current_leader.is_some(), "a leader").await {
-                        Ok(m) => m.current_leader.expect("waited for a leader"),
-                        Err(_) => {
-                            last_error = Error::NoLeader { group };
-                            continue;
-                        }
-                    }
-                }
-                (None, None) => {
-                    if remote_replicas.is_empty() {
-                        remote_replicas = self.replicas_of(group);
-                        if remote_replicas.is_empty() {
-                            return Err(Error::UnknownGroup(group));
-                        }
-                    }
-                    remote_replicas[attempt % remote_replicas.len()]
-                }
-            };
-            target = None;
-            let result = if to == self.id {
-                self.write_as_leader(group, payload.clone()).await
-            } else {
-                match self.address_of(group, to) {
-                    None => Err(Error::Unreachable { node: to, reason: "no known address".into() }),
-                    Some(addr) => self.pool.forward_write(to, &addr, group, payload.clone(), left).await,
-                }
-            };
-            match result {
-                Ok(reply) => return Ok(reply),
-                Err(Error::NotLeader { leader: Some(leader), .. }) if leader != to => {
-                    target = Some(leader);
-                    last_error = Error::NotLeader { group, leader: Some(leader) };
-                }
-                Err(e @ (Error::NotLeader { .. } | Error::Unreachable { .. } | Error::NoLeader { .. } | Error::UnknownGroup(_)))
-                    if local.is_some() || !remote_replicas.is_empty() =>
-                {
-                    last_error = e;
-                    // Give the group a moment to elect before the next try.
-                    tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_interval_ms)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error)
-    }
-
-    /// Brings the local groups in line with the meta group's directory.
-    async fn reconcile(&self) -> Result<(), Error> {
-        let (directory, members) = self.read_app(META_GROUP, |s| {
-            let directory = s.app.as_any().downcast_ref::<MetaApp>().map(|m| m.directory().clone()).unwrap_or_default();
-            let members: BTreeMap<NodeId, RaftNode> =
-                s.membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
-            (directory, members)
-        })?;
-        let local: BTreeMap<GroupId, GroupRecord> =
-            self.groups.read().expect("group table lock").iter().map(|(id, g)| (*id, g.record.clone())).collect();
-        for location in directory.locations.values() {
-            if !location.replicas.contains(&self.id) || local.contains_key(&location.group) {
-                continue;
-            }
-            let replicas: BTreeMap<NodeId, RaftNode> =
-                location.replicas.iter().filter_map(|id| members.get(id).map(|n| (*id, n.clone()))).collect();
-            if replicas.len() != location.replicas.len() {
-                tracing::warn!(location = %location.name, "some replicas have no address in the meta membership");
-                continue;
-            }
-            let record = GroupRecord::Location { name: location.name.clone() };
-            self.storage.add_group(location.group, &record).await?;
-            self.open_group(location.group, record).await?;
-            self.initialize(location.group, replicas).await?;
-            tracing::info!(location = %location.name, group = location.group, "opened location group");
-        }
-        for (group, record) in local {
-            let GroupRecord::Location { name } = record else { continue };
-            // Only a group id the directory has handed out and no longer lists
-            // was removed; a higher id means our meta replica is behind.
-            let listed = directory.locations.values().any(|l| l.group == group && l.replicas.contains(&self.id));
-            if group < directory.next_group && !listed {
-                let removed = self.groups.write().expect("group table lock").remove(&group);
-                if let Some(g) = removed {
-                    let _ = g.raft.shutdown().await;
-                    drop(g);
-                    self.storage.remove_group(group).await?;
-                    tracing::info!(location = %name, group, "removed location group");
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn reconcile_loop(shared: Arc<Shared>) {
-    let Some(meta) = shared.raft(META_GROUP) else { return };
-    let mut metrics = meta.metrics();
-    drop(meta);
-    loop {
-        if let Err(e) = shared.reconcile().await {
-            if shared.stop.is_cancelled() {
-                break;
-            }
-            tracing::warn!(error = %e, "reconciling groups with the directory failed; will retry");
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            changed = metrics.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
-        }
-    }
-}
-
-impl Dispatch for Shared {
-    fn raft(&self, group: GroupId) -> Option<Raft> {
-        Shared::raft(self, group)
-    }
-
-    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
-        Shared::write_as_leader(self, group, payload).await.map_err(|e| match e {
-            Error::NotLeader { group, leader } => PeerError::NotLeader { group, leader },
-            Error::UnknownGroup(group) => PeerError::UnknownGroup(group),
-            Error::ShuttingDown => PeerError::ShuttingDown,
-            other => PeerError::WriteFailed(other.to_string()),
-        })
-    }
 }

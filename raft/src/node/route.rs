@@ -1,0 +1,254 @@
+//! Routing of writes and reads: to the group's leader for writes, to a local
+//! or remote replica for reads, over the shared peer connections.
+//!
+//! A write goes to the leader (local, or forwarded once); a `NotLeader`
+//! answer names the leader to try next. A linearizable read is served by any
+//! replica: it asks the leader for a read index (the leader confirms its
+//! leadership with a quorum first), waits until it has applied that index,
+//! and answers from its own state. A stale read waits only for the index the
+//! caller names. A node that does not host the group forwards the read to a
+//! replica.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+
+use super::{Shared, MAX_ROUTING_ATTEMPTS, REQUEST_TIMEOUT};
+use crate::error::Error;
+use crate::meta::MetaApp;
+use crate::network::server::Dispatch;
+use crate::network::{PeerError, ReadConsistency, ReadReply, WriteReply};
+use crate::typ::{GroupId, NodeId, Proposal, Raft, META_GROUP};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Shared {
+    /// Proposes `payload` if this node leads `group`; never forwards.
+    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
+        let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
+        let proposal = Proposal { log_time_ms: now_ms(), payload };
+        match raft.client_write(proposal).await {
+            Ok(written) => Ok(WriteReply { index: written.log_id.index, reply: written.data.0 }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader { group, leader: f.leader_id })
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// The read index of `group` if this node leads it: the leader confirms
+    /// with a quorum that it still leads, and has applied up to the index.
+    async fn read_index_as_leader(&self, group: GroupId) -> Result<u64, Error> {
+        let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
+        match raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader { group, leader: f.leader_id })
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// The peer address of `node` as `group` (or the meta group) knows it.
+    fn address_of(&self, group: GroupId, node: NodeId) -> Option<String> {
+        [group, META_GROUP].into_iter().find_map(|g| {
+            let raft = self.raft(g)?;
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().get_node(&node).map(|n| n.addr.clone())
+        })
+    }
+
+    /// The replicas of `group` according to the local directory.
+    fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
+        self.read_app(META_GROUP, |s| {
+            let meta = s.app.as_any().downcast_ref::<MetaApp>();
+            meta.and_then(|m| m.directory().by_group(group)).map(|l| l.replicas.iter().copied().collect())
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    }
+
+    /// Waits (bounded by `left`) until the local replica of `group` knows a leader.
+    async fn known_leader(&self, raft: &Raft, group: GroupId, left: Duration) -> Result<NodeId, Error> {
+        let wait = raft.wait(Some(left.min(Duration::from_secs(2))));
+        match wait.metrics(|m| m.current_leader.is_some(), "a leader").await {
+            Ok(m) => Ok(m.current_leader.expect("waited for a leader")),
+            Err(_) => Err(Error::NoLeader { group }),
+        }
+    }
+
+    /// Runs `attempt` against the node that should serve it, following
+    /// `NotLeader` hints, for at most [`MAX_ROUTING_ATTEMPTS`] tries within
+    /// [`REQUEST_TIMEOUT`]. `None` as target means "this node's idea of the
+    /// leader" for a hosted group, or the next replica for a remote one.
+    async fn route<T, F, Fut>(&self, group: GroupId, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(NodeId, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let started = Instant::now();
+        let mut hint: Option<NodeId> = None;
+        let mut replicas = Vec::new();
+        let mut last_error = Error::NoLeader { group };
+        for round in 0..MAX_ROUTING_ATTEMPTS {
+            if self.stop.is_cancelled() {
+                return Err(Error::ShuttingDown);
+            }
+            let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let target = match (hint.take(), self.raft(group)) {
+                (Some(node), _) => node,
+                (None, Some(raft)) => match self.known_leader(&raft, group, left).await {
+                    Ok(leader) => leader,
+                    Err(e) => {
+                        last_error = e;
+                        continue;
+                    }
+                },
+                (None, None) => {
+                    if replicas.is_empty() {
+                        replicas = self.replicas_of(group);
+                        if replicas.is_empty() {
+                            return Err(Error::UnknownGroup(group));
+                        }
+                    }
+                    replicas[round % replicas.len()]
+                }
+            };
+            match attempt(target, left).await {
+                Ok(value) => return Ok(value),
+                Err(Error::NotLeader { leader: Some(leader), .. }) if leader != target => {
+                    hint = Some(leader);
+                    last_error = Error::NotLeader { group, leader: Some(leader) };
+                }
+                Err(e @ (Error::NotLeader { .. } | Error::Unreachable { .. } | Error::NoLeader { .. } | Error::UnknownGroup(_) | Error::Timeout(_))) => {
+                    if self.raft(group).is_none() && replicas.is_empty() {
+                        return Err(e);
+                    }
+                    last_error = e;
+                    // Give the group a heartbeat's time to settle before the next try.
+                    tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_interval_ms)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error)
+    }
+
+    fn peer_address(&self, group: GroupId, node: NodeId) -> Result<String, Error> {
+        self.address_of(group, node).ok_or(Error::Unreachable { node, reason: "no known address".into() })
+    }
+
+    /// Proposes `payload` to `group` through its leader, wherever it is.
+    pub(super) async fn write(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
+        let bytes = payload.len() as u64;
+        if bytes > self.limits.max_proposal_bytes {
+            return Err(Error::ProposalTooLarge { bytes, max: self.limits.max_proposal_bytes });
+        }
+        self.route(group, |target, left| {
+            let payload = payload.clone();
+            async move {
+                if target == self.id {
+                    self.write_as_leader(group, payload).await
+                } else {
+                    let addr = self.peer_address(group, target)?;
+                    self.pool.forward_write(target, &addr, group, payload, left).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// The leader's read index for `group`, asked of the leader wherever it is.
+    async fn read_index(&self, group: GroupId) -> Result<u64, Error> {
+        self.route(group, |target, left| async move {
+            if target == self.id {
+                self.read_index_as_leader(group).await
+            } else {
+                let addr = self.peer_address(group, target)?;
+                self.pool.read_index(target, &addr, group, left).await
+            }
+        })
+        .await
+    }
+
+    /// Answers `query` from the local replica of `group`, once it has applied
+    /// what `consistency` requires.
+    pub(super) async fn read_here(&self, group: GroupId, query: &[u8], consistency: ReadConsistency) -> Result<ReadReply, Error> {
+        let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
+        let wanted = match consistency {
+            ReadConsistency::Linearizable => self.read_index(group).await?,
+            ReadConsistency::Stale { min_index } => min_index,
+        };
+        if wanted > 0 {
+            let reached = raft.wait(Some(REQUEST_TIMEOUT)).applied_index_at_least(Some(wanted), "read index").await;
+            if reached.is_err() {
+                let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+                return Err(Error::Behind { group, applied, wanted });
+            }
+        }
+        self.read_app(group, |state| ReadReply {
+            index: state.last_applied.map(|l| l.index).unwrap_or(0),
+            reply: state.app.query(query),
+        })
+    }
+
+    /// Answers `query` on `group` from this node if it hosts the group, or
+    /// from one of its replicas.
+    pub(super) async fn read(&self, group: GroupId, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, Error> {
+        let bytes = query.len() as u64;
+        if bytes > self.limits.max_proposal_bytes {
+            return Err(Error::ProposalTooLarge { bytes, max: self.limits.max_proposal_bytes });
+        }
+        if self.raft(group).is_some() {
+            return self.read_here(group, &query, consistency).await;
+        }
+        let replicas = self.replicas_of(group);
+        if replicas.is_empty() {
+            return Err(Error::UnknownGroup(group));
+        }
+        let mut last_error = Error::UnknownGroup(group);
+        for replica in replicas {
+            let Ok(addr) = self.peer_address(group, replica) else { continue };
+            match self.pool.forward_read(replica, &addr, group, query.clone(), consistency, REQUEST_TIMEOUT).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+}
+
+fn to_peer_error(e: Error) -> PeerError {
+    match e {
+        Error::NotLeader { group, leader } => PeerError::NotLeader { group, leader },
+        Error::UnknownGroup(group) => PeerError::UnknownGroup(group),
+        Error::Behind { group, applied, wanted } => PeerError::Behind { group, applied, wanted },
+        Error::ShuttingDown => PeerError::ShuttingDown,
+        other => PeerError::WriteFailed(other.to_string()),
+    }
+}
+
+impl Dispatch for Shared {
+    fn raft(&self, group: GroupId) -> Option<Raft> {
+        Shared::raft(self, group)
+    }
+
+    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
+        Shared::write_as_leader(self, group, payload).await.map_err(to_peer_error)
+    }
+
+    async fn read_index_as_leader(&self, group: GroupId) -> Result<u64, PeerError> {
+        Shared::read_index_as_leader(self, group).await.map_err(to_peer_error)
+    }
+
+    async fn read_here(&self, group: GroupId, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, PeerError> {
+        Shared::read_here(self, group, &query, consistency).await.map_err(to_peer_error)
+    }
+}
