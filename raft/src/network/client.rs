@@ -54,9 +54,7 @@ pub async fn connect(addr: &str, config: &RaftConfig) -> std::io::Result<PeerCli
 
 /// The length-prefix framing of peer connections, with the frame limit.
 pub(crate) fn frame_codec(config: &RaftConfig) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(config.max_frame_bytes as usize)
-        .new_codec()
+    garrison_wire::frame_codec(config.max_frame_bytes as usize)
 }
 
 /// A tarpc context whose deadline is `ttl` from now.
@@ -301,8 +299,9 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
 
     fn backoff(&self) -> Backoff {
         // openraft waits this long after `Unreachable` before trying the peer
-        // again; the pool's own reconnect backoff caps connection attempts.
-        let wait = Duration::from_millis(self.pool.config.heartbeat_interval_ms);
+        // again (and logs each failure): a returning peer is found within
+        // reconnect_backoff_max_ms.
+        let wait = Duration::from_millis(self.pool.config.reconnect_backoff_max_ms);
         Backoff::new(std::iter::repeat(wait))
     }
 }

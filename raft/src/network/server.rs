@@ -15,7 +15,6 @@ use futures::StreamExt;
 use tarpc::server::{self, BaseChannel, Channel};
 use tarpc::{context, serde_transport};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -72,41 +71,24 @@ impl PeerListener {
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
-        let connections = Arc::new(Semaphore::new(config.max_peer_connections));
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accepting a peer connection failed");
-                            continue;
-                        }
-                    },
-                };
-                let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, limit = config.max_peer_connections, "refusing peer connection: max_peer_connections reached");
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let transport = serde_transport::new(Framed::new(stream, frame_codec(&config)), Bincode2::default());
-                let server = PeerServer { dispatch: dispatch.clone(), config: config.clone() };
-                let channel = BaseChannel::new(server::Config::default(), transport)
-                    .max_concurrent_requests(config.max_in_flight_requests_per_connection);
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let serve = channel.execute(server.serve()).for_each(|request| async {
-                        tokio::spawn(request);
-                    });
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = serve => tracing::debug!(%peer, "peer connection closed"),
-                    }
-                    drop(permit);
+        let limit = config.max_peer_connections;
+        tokio::spawn(garrison_wire::accept_connections(listener, limit, "peer", stop.clone(), move |stream, peer, permit| {
+            let transport = serde_transport::new(Framed::new(stream, frame_codec(&config)), Bincode2::default());
+            let server = PeerServer { dispatch: dispatch.clone(), config: config.clone() };
+            let channel = BaseChannel::new(server::Config::default(), transport)
+                .max_concurrent_requests(config.max_in_flight_requests_per_connection);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let serve = channel.execute(server.serve()).for_each(|request| async {
+                    tokio::spawn(request);
                 });
-            }
-        });
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = serve => tracing::debug!(%peer, "peer connection closed"),
+                }
+                drop(permit);
+            });
+        }));
         Ok(Self { local_addr })
     }
 

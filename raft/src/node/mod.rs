@@ -44,8 +44,16 @@ mod reconcile;
 mod route;
 
 /// How many times a request is re-routed (to a new leader, another replica)
-/// before the caller gets the last error.
-pub const MAX_ROUTING_ATTEMPTS: usize = 8;
+/// before the caller gets the last error; the waits between tries double
+/// from `ROUTING_BACKOFF_MIN` to `ROUTING_BACKOFF_MAX`, so the tries span
+/// several election timeouts.
+pub const MAX_ROUTING_ATTEMPTS: usize = 32;
+
+/// First wait before re-routing a request.
+pub const ROUTING_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Longest wait between two tries of a request.
+pub const ROUTING_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// How long a write or read may take, routing and retries included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

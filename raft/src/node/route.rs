@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
-use super::{Shared, MAX_ROUTING_ATTEMPTS, REQUEST_TIMEOUT};
+use super::{Shared, MAX_ROUTING_ATTEMPTS, REQUEST_TIMEOUT, ROUTING_BACKOFF_MAX, ROUTING_BACKOFF_MIN};
 use crate::error::Error;
 use crate::meta::MetaApp;
 use crate::network::server::Dispatch;
@@ -94,6 +94,7 @@ impl Shared {
         let mut hint: Option<NodeId> = None;
         let mut replicas = Vec::new();
         let mut last_error = Error::NoLeader { group };
+        let mut backoff = ROUTING_BACKOFF_MIN;
         for round in 0..MAX_ROUTING_ATTEMPTS {
             if self.stop.is_cancelled() {
                 return Err(Error::ShuttingDown);
@@ -132,8 +133,9 @@ impl Shared {
                         return Err(e);
                     }
                     last_error = e;
-                    // Give the group a heartbeat's time to settle before the next try.
-                    tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_interval_ms)).await;
+                    // Give the group time to settle (an election, a restart).
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
                 }
                 Err(e) => return Err(e),
             }
