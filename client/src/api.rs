@@ -1,0 +1,348 @@
+//! The client API: the tarpc service every node serves on its client port,
+//! and the types it sends. Framing and encoding are `garrison-wire`'s
+//! (4-byte big-endian length, bincode 2); `docs/formats.md` lists them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
+
+/// Version of the client API; a node refuses clients of another version.
+pub const API_VERSION: u16 = 1;
+
+/// Most entities one location read returns.
+pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// Reflects every transaction acknowledged before the read began.
+    Linearizable,
+    /// Served by the replica that answers, once it has applied `min_index`
+    /// (0: whatever it has); the reply says which index it reflects.
+    Stale {
+        /// The lowest log index the answer may reflect.
+        min_index: u64,
+    },
+}
+
+/// One entity of a location's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entity {
+    /// The player that created it.
+    pub owner: PlayerKey,
+    /// The log index of its last change: it changes on every write.
+    pub version: u64,
+    /// Its fields.
+    pub fields: BTreeMap<String, Value>,
+}
+
+/// What a committed transaction did to one entity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The entity did not exist before.
+    Created,
+    /// The entity existed and was changed.
+    Changed,
+    /// The entity was deleted.
+    Deleted,
+}
+
+/// An event derived from a committed transaction, tagged with where and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The location.
+    pub location: String,
+    /// The log index of the transaction.
+    pub index: u64,
+    /// The entity.
+    pub entity: String,
+    /// What happened to it.
+    pub kind: EventKind,
+}
+
+/// Why apply refused a transaction; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The sequence number skips ahead.
+    #[error("sequence {got} skips ahead; the player's next sequence here is {expected}")]
+    SequenceGap {
+        /// The next expected sequence number.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The sequence number was already used by another transaction (a replay
+    /// or a reuse).
+    #[error("sequence {got} was already used by another transaction; the next is {next}")]
+    SequenceReused {
+        /// The transaction's.
+        got: u64,
+        /// The player's next sequence number here.
+        next: u64,
+    },
+    /// The transaction names another cluster.
+    #[error("the transaction is for cluster {got:?}, this is {expected:?}")]
+    WrongCluster {
+        /// This cluster.
+        expected: String,
+        /// The transaction's.
+        got: String,
+    },
+    /// The transaction names another location.
+    #[error("the transaction is for location {got:?}, this group holds {expected:?}")]
+    WrongLocation {
+        /// This group's location.
+        expected: String,
+        /// The transaction's.
+        got: String,
+    },
+    /// The entity does not exist.
+    #[error("entity {entity:?} does not exist")]
+    NotFound {
+        /// The entity.
+        entity: String,
+    },
+    /// The entity's version is not the expected one.
+    #[error("entity {entity:?} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// The entity.
+        entity: String,
+        /// The expected version.
+        expected: u64,
+        /// Its version (0: absent).
+        actual: u64,
+    },
+    /// A field does not hold the expected value.
+    #[error("field {field:?} of {entity:?} is {actual:?}, not {expected:?}")]
+    FieldMismatch {
+        /// The entity.
+        entity: String,
+        /// The field.
+        field: String,
+        /// The expected value.
+        expected: Option<Value>,
+        /// Its value.
+        actual: Option<Value>,
+    },
+    /// An increment on a field that is not an integer.
+    #[error("field {field:?} of {entity:?} is not an integer")]
+    NotAnInteger {
+        /// The entity.
+        entity: String,
+        /// The field.
+        field: String,
+    },
+    /// An increment would leave its bounds (or overflow i64).
+    #[error("field {field:?} of {entity:?} would become {result}, outside [{}, {}]", bound(min), bound(max))]
+    OutOfBounds {
+        /// The entity.
+        entity: String,
+        /// The field.
+        field: String,
+        /// The value it would have had.
+        result: i128,
+        /// The lower bound.
+        min: Option<i64>,
+        /// The upper bound.
+        max: Option<i64>,
+    },
+    /// The entity would have more fields than allowed.
+    #[error("entity {entity:?} would have more than {max} fields")]
+    TooManyFields {
+        /// The entity.
+        entity: String,
+        /// The limit.
+        max: u64,
+    },
+    /// The location would have more entities than allowed.
+    #[error("the location would have more than {max} entities")]
+    TooManyEntities {
+        /// The limit.
+        max: u64,
+    },
+    /// The logged command does not decode (a bug or a newer format).
+    #[error("malformed command: {0}")]
+    Malformed(String),
+}
+
+fn bound(b: &Option<i64>) -> String {
+    b.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// What became of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every operation applied.
+    Committed {
+        /// What changed.
+        events: Vec<Event>,
+    },
+    /// Nothing changed: the operation `op` (if the failure was in one) failed for `reason`.
+    Rejected {
+        /// Index of the failing operation; `None` for sequence, cluster and location checks.
+        op: Option<u32>,
+        /// Why.
+        reason: Rejection,
+    },
+}
+
+/// A node's answer to a submitted transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxReceipt {
+    /// The location.
+    pub location: String,
+    /// The log index at which the outcome was decided.
+    pub index: u64,
+    /// The transaction's sequence number.
+    pub sequence: u64,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// True when this is the remembered outcome of an earlier submission of
+    /// the same signed transaction (nothing was applied again).
+    pub duplicate: bool,
+}
+
+/// One entity read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityRead {
+    /// The log index the answer reflects.
+    pub index: u64,
+    /// The entity, if it exists.
+    pub entity: Option<Entity>,
+}
+
+/// A whole location read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationRead {
+    /// The log index the answer reflects.
+    pub index: u64,
+    /// The entities, by key (at most the requested number).
+    pub entities: BTreeMap<String, Entity>,
+    /// True when more entities exist than were returned.
+    pub truncated: bool,
+}
+
+/// A location and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationInfo {
+    /// Its name.
+    pub name: String,
+    /// Its Raft group.
+    pub group: u64,
+    /// The nodes that replicate it.
+    pub replicas: Vec<u64>,
+}
+
+/// One group as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group.
+    pub group: u64,
+    /// Its location (`None`: the meta group).
+    pub location: Option<String>,
+    /// The leader this replica knows.
+    pub leader: Option<u64>,
+    /// This replica's term.
+    pub term: u64,
+    /// Index of this replica's last log entry.
+    pub last_log_index: u64,
+    /// Index this replica has applied.
+    pub applied_index: u64,
+    /// The group's voters.
+    pub voters: Vec<u64>,
+}
+
+/// One node's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The cluster's name (transactions must carry it).
+    pub cluster: String,
+    /// The node's id.
+    pub node: u64,
+    /// Client API address of every node, by id.
+    pub api_addrs: BTreeMap<u64, String>,
+    /// The groups this node holds.
+    pub groups: Vec<GroupInfo>,
+}
+
+/// One replica's consistency report of one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConsistency {
+    /// The group.
+    pub group: u64,
+    /// Its location (`None`: the meta group).
+    pub location: Option<String>,
+    /// The replica's applied index.
+    pub applied_index: u64,
+    /// The index `chain` is for.
+    pub index: u64,
+    /// The hash chain after `index`, if the replica holds that index.
+    pub chain: Option<[u8; 32]>,
+    /// SHA-256 of the replica's state at `applied_index`.
+    pub state_digest: [u8; 32],
+}
+
+/// Why a request failed. Every variant says what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApiError {
+    /// The client speaks another API version.
+    #[error("client API version {got} is not supported; this node speaks {supported}")]
+    Version {
+        /// The client's.
+        got: u16,
+        /// The node's.
+        supported: u16,
+    },
+    /// The transaction failed an ingress check; fix it, nothing was proposed.
+    #[error(transparent)]
+    Transaction(#[from] TxError),
+    /// The transaction is for another cluster; nothing was proposed.
+    #[error("the transaction is for cluster {got:?}, this is {expected:?}")]
+    WrongCluster {
+        /// This cluster.
+        expected: String,
+        /// The transaction's.
+        got: String,
+    },
+    /// No such location; create it first.
+    #[error("location {0:?} does not exist; create it first")]
+    UnknownLocation(String),
+    /// A request argument is invalid; the message says which.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The cluster cannot serve this now (no leader, peers unreachable);
+    /// retry, the same signed transaction if it was one.
+    #[error("unavailable, retry: {0}")]
+    Unavailable(String),
+    /// The outcome is unknown: the transaction may or may not commit;
+    /// resubmit the same signed transaction to learn it.
+    #[error("timed out; the outcome is unknown: resubmit the same signed transaction")]
+    Timeout,
+    /// Something failed inside the node; the message says what.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The service each node serves on its client port.
+#[tarpc::service]
+pub trait Garrison {
+    /// Checks, proposes and waits for a signed transaction; from any node.
+    async fn submit(version: u16, tx: SignedTransaction) -> Result<TxReceipt, ApiError>;
+    /// Reads one entity.
+    async fn get_entity(version: u16, location: String, entity: String, mode: ReadMode) -> Result<EntityRead, ApiError>;
+    /// Reads up to `max_entities` entities of a location, in key order.
+    async fn get_location(version: u16, location: String, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ApiError>;
+    /// The player's next sequence number at a location.
+    async fn next_sequence(version: u16, location: String, player: PlayerKey, mode: ReadMode) -> Result<u64, ApiError>;
+    /// Creates a location (or returns the existing one).
+    async fn create_location(version: u16, name: String) -> Result<LocationInfo, ApiError>;
+    /// Every location.
+    async fn locations(version: u16) -> Result<Vec<LocationInfo>, ApiError>;
+    /// This node's status.
+    async fn status(version: u16) -> Result<NodeStatus, ApiError>;
+    /// This node's consistency reports for its groups; `at` asks for the
+    /// chain at that index in `group`.
+    async fn consistency(version: u16, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ApiError>;
+}

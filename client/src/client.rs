@@ -1,0 +1,341 @@
+//! [`Client`]: talks to a garrison cluster through any of its nodes.
+//!
+//! Every node accepts every request and forwards it where it must go, so any
+//! endpoint works. The client still learns each location's leader from the
+//! nodes' status and sends transactions there first, to save the forwarding
+//! hop; when a node cannot be reached, or answers that the cluster is
+//! unavailable, the client moves on to the next endpoint.
+//!
+//! Submitting is exactly-once: a signed transaction whose outcome was not
+//! learned (timeout, lost connection) is resubmitted byte for byte, and the
+//! cluster answers a resubmission with the original outcome.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tarpc::client::RpcError;
+use tarpc::{context, serde_transport};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::api::{
+    ApiError, EntityRead, GarrisonClient, GroupConsistency, LocationInfo, LocationRead, NodeStatus, Outcome, ReadMode,
+    Rejection, TxReceipt, API_VERSION,
+};
+use crate::error::ClientError;
+use crate::keys::Keypair;
+use crate::tx::{Op, SignedTransaction, Transaction};
+
+/// Largest frame the client sends or accepts.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// How long one request may take before the client tries elsewhere.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Client::submit`] keeps resubmitting before it gives up.
+pub const SUBMIT_DEADLINE: Duration = Duration::from_secs(30);
+/// How many times a request is sent before the client gives up.
+pub const MAX_ATTEMPTS: u32 = 30;
+/// How long to wait for a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection pool to one cluster.
+pub struct Client {
+    endpoints: Vec<String>,
+    connections: Mutex<HashMap<String, GarrisonClient>>,
+    /// Index in `endpoints` of the endpoint that answered last.
+    preferred: Mutex<usize>,
+    cluster: String,
+    /// Location → API address of its leader, as last learned.
+    leaders: Mutex<HashMap<String, String>>,
+}
+
+async fn connect(addr: &str) -> Result<GarrisonClient, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let transport = serde_transport::new(Framed::new(stream, garrison_wire::frame_codec(MAX_FRAME_BYTES)), garrison_wire::Bincode2::default());
+    Ok(GarrisonClient::new(tarpc::client::Config::default(), transport).spawn())
+}
+
+fn ctx() -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + REQUEST_TIMEOUT;
+    ctx
+}
+
+/// What one attempt at an endpoint came to.
+enum Attempt<T> {
+    Done(Result<T, ApiError>),
+    /// Try another endpoint (transport failure or an `Unavailable`/`Timeout` answer).
+    Elsewhere(String),
+}
+
+impl Client {
+    /// Connects to the cluster behind `endpoints` (client API addresses) and
+    /// learns its name and its other nodes from the first that answers.
+    pub async fn connect(endpoints: &[String]) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints given".into()));
+        }
+        let mut client = Client {
+            endpoints: endpoints.to_vec(),
+            connections: Mutex::new(HashMap::new()),
+            preferred: Mutex::new(0),
+            cluster: String::new(),
+            leaders: Mutex::new(HashMap::new()),
+        };
+        let status = client.status().await?;
+        client.cluster = status.cluster.clone();
+        for addr in status.api_addrs.values() {
+            if !client.endpoints.contains(addr) {
+                client.endpoints.push(addr.clone());
+            }
+        }
+        Ok(client)
+    }
+
+    /// The cluster's name, which transactions must carry.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The endpoints the client knows.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    async fn connection(&self, addr: &str) -> Result<GarrisonClient, String> {
+        if let Some(c) = self.connections.lock().expect("connection table").get(addr) {
+            return Ok(c.clone());
+        }
+        let c = connect(addr).await?;
+        self.connections.lock().expect("connection table").insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn drop_connection(&self, addr: &str) {
+        self.connections.lock().expect("connection table").remove(addr);
+    }
+
+    /// Runs `call` against `first` (if given), then the endpoints in turn,
+    /// until one gives a definite answer.
+    async fn with_retries<T, F, Fut>(&self, first: Option<String>, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(GarrisonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        let started = Instant::now();
+        let mut last = String::from("no attempt made");
+        let mut backoff = Duration::from_millis(20);
+        let start = *self.preferred.lock().expect("preferred endpoint");
+        let mut order: Vec<String> = first.into_iter().collect();
+        for attempt in 0..MAX_ATTEMPTS {
+            if started.elapsed() > SUBMIT_DEADLINE {
+                break;
+            }
+            let addr = if order.is_empty() {
+                self.endpoints[(start + attempt as usize) % self.endpoints.len()].clone()
+            } else {
+                order.remove(0)
+            };
+            let outcome = match self.connection(&addr).await {
+                Err(e) => Attempt::Elsewhere(e),
+                Ok(client) => match call(client).await {
+                    Ok(Err(ApiError::Unavailable(why))) => Attempt::Elsewhere(format!("{addr}: unavailable: {why}")),
+                    Ok(Err(ApiError::Timeout)) => Attempt::Elsewhere(format!("{addr}: timed out")),
+                    Ok(answer) => Attempt::Done(answer),
+                    Err(e) => {
+                        self.drop_connection(&addr);
+                        Attempt::Elsewhere(format!("{addr}: {e}"))
+                    }
+                },
+            };
+            match outcome {
+                Attempt::Done(answer) => {
+                    if let Some(i) = self.endpoints.iter().position(|e| *e == addr) {
+                        *self.preferred.lock().expect("preferred endpoint") = i;
+                    }
+                    return answer.map_err(ClientError::Api);
+                }
+                Attempt::Elsewhere(why) => {
+                    tracing::debug!(%why, "trying another endpoint");
+                    last = why;
+                    // After a full round without an answer, wait a little:
+                    // an election or a restart is under way.
+                    if (attempt as usize + 1) % self.endpoints.len() == 0 {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        Err(ClientError::OutcomeUnknown { attempts: MAX_ATTEMPTS, last })
+    }
+
+    /// Submits a signed transaction, resubmitting the same bytes until a node
+    /// gives its outcome. Safe to call again with the same transaction.
+    pub async fn submit(&self, signed: &SignedTransaction) -> Result<TxReceipt, ClientError> {
+        let location = Transaction::from_canonical_bytes(&signed.transaction).map(|t| t.location).ok();
+        let leader = match &location {
+            Some(l) => self.leaders.lock().expect("leader table").get(l).cloned(),
+            None => None,
+        };
+        let result = self
+            .with_retries(leader.clone(), |c| {
+                let signed = signed.clone();
+                async move { c.submit(ctx(), API_VERSION, signed).await }
+            })
+            .await;
+        if let (Some(location), None) = (location, leader) {
+            // Learn the leader for next time (best effort).
+            if let Ok(addr) = self.find_leader(&location).await {
+                self.leaders.lock().expect("leader table").insert(location, addr);
+            }
+        }
+        result
+    }
+
+    /// The API address of the node that leads `location`, from the nodes' status.
+    pub async fn find_leader(&self, location: &str) -> Result<String, ClientError> {
+        let status = self.status().await?;
+        let group = status.groups.iter().find(|g| g.location.as_deref() == Some(location));
+        let leader = group.and_then(|g| g.leader).ok_or_else(|| ApiError::Unavailable(format!("no known leader for {location}")))?;
+        status
+            .api_addrs
+            .get(&leader)
+            .cloned()
+            .ok_or_else(|| ClientError::Api(ApiError::Unavailable(format!("no address for node {leader}"))))
+    }
+
+    /// Reads one entity.
+    pub async fn get_entity(&self, location: &str, entity: &str, mode: ReadMode) -> Result<EntityRead, ClientError> {
+        self.with_retries(None, |c| {
+            let (location, entity) = (location.to_string(), entity.to_string());
+            async move { c.get_entity(ctx(), API_VERSION, location, entity, mode).await }
+        })
+        .await
+    }
+
+    /// Reads up to `max_entities` entities of a location.
+    pub async fn get_location(&self, location: &str, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ClientError> {
+        self.with_retries(None, |c| {
+            let location = location.to_string();
+            async move { c.get_location(ctx(), API_VERSION, location, mode, max_entities).await }
+        })
+        .await
+    }
+
+    /// The player's next sequence number at `location`.
+    pub async fn next_sequence(&self, location: &str, player: crate::tx::PlayerKey) -> Result<u64, ClientError> {
+        self.with_retries(None, |c| {
+            let location = location.to_string();
+            async move { c.next_sequence(ctx(), API_VERSION, location, player, ReadMode::Linearizable).await }
+        })
+        .await
+    }
+
+    /// Creates a location, or returns the existing one of that name.
+    pub async fn create_location(&self, name: &str) -> Result<LocationInfo, ClientError> {
+        self.with_retries(None, |c| {
+            let name = name.to_string();
+            async move { c.create_location(ctx(), API_VERSION, name).await }
+        })
+        .await
+    }
+
+    /// Every location.
+    pub async fn locations(&self) -> Result<Vec<LocationInfo>, ClientError> {
+        self.with_retries(None, |c| async move { c.locations(ctx(), API_VERSION).await }).await
+    }
+
+    /// The status of whichever node answers.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.with_retries(None, |c| async move { c.status(ctx(), API_VERSION).await }).await
+    }
+
+    /// The status of one node, without retrying elsewhere.
+    pub async fn status_of(&self, addr: &str) -> Result<NodeStatus, ClientError> {
+        let c = self.connection(addr).await.map_err(|last| ClientError::Unreachable { endpoints: addr.into(), last })?;
+        match c.status(ctx(), API_VERSION).await {
+            Ok(answer) => answer.map_err(ClientError::Api),
+            Err(e) => {
+                self.drop_connection(addr);
+                Err(ClientError::Unreachable { endpoints: addr.into(), last: e.to_string() })
+            }
+        }
+    }
+
+    /// One node's consistency reports, without retrying elsewhere.
+    pub async fn consistency_of(&self, addr: &str, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ClientError> {
+        let c = self.connection(addr).await.map_err(|last| ClientError::Unreachable { endpoints: addr.into(), last })?;
+        match c.consistency(ctx(), API_VERSION, group, at).await {
+            Ok(answer) => answer.map_err(ClientError::Api),
+            Err(e) => {
+                self.drop_connection(addr);
+                Err(ClientError::Unreachable { endpoints: addr.into(), last: e.to_string() })
+            }
+        }
+    }
+}
+
+/// A player: a key and the next sequence number at each location it acts in.
+#[derive(Debug)]
+pub struct Player {
+    key: Keypair,
+    next: HashMap<String, u64>,
+}
+
+impl Player {
+    /// A player with `key`; sequence numbers are fetched from the cluster
+    /// the first time the player acts at a location.
+    pub fn new(key: Keypair) -> Self {
+        Self { key, next: HashMap::new() }
+    }
+
+    /// The player's key.
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// Builds and signs the player's next transaction at `location`.
+    pub async fn sign(&mut self, client: &Client, location: &str, ops: Vec<Op>) -> Result<SignedTransaction, ClientError> {
+        let sequence = match self.next.get(location) {
+            Some(n) => *n,
+            None => client.next_sequence(location, self.key.public()).await?,
+        };
+        let tx = Transaction {
+            cluster: client.cluster().to_string(),
+            location: location.to_string(),
+            player: self.key.public(),
+            sequence,
+            ops,
+        };
+        tx.check_limits().map_err(ApiError::from)?;
+        Ok(tx.sign(self.key.signing_key()))
+    }
+
+    /// Signs and submits a transaction, exactly once, and tracks the
+    /// sequence number. A rejection is an `Ok` receipt: inspect its outcome.
+    pub async fn transact(&mut self, client: &Client, location: &str, ops: Vec<Op>) -> Result<TxReceipt, ClientError> {
+        let signed = self.sign(client, location, ops).await?;
+        let receipt = client.submit(&signed).await?;
+        self.record(location, &receipt);
+        Ok(receipt)
+    }
+
+    /// Updates the sequence tracking after a receipt for this player.
+    pub fn record(&mut self, location: &str, receipt: &TxReceipt) {
+        match &receipt.outcome {
+            Outcome::Rejected { reason: Rejection::SequenceGap { .. } | Rejection::SequenceReused { .. }, .. } => {
+                // Out of step with the cluster: ask again next time.
+                self.next.remove(location);
+            }
+            Outcome::Rejected { op: None, .. } => {}
+            _ => {
+                self.next.insert(location.to_string(), receipt.sequence + 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Transactions: what a player asks a location to do, encoded canonically
+//! and signed with ed25519 (RFC 8032). This is the only module that touches
+//! ed25519.
+//!
+//! # Canonical bytes
+//!
+//! A [`Transaction`] is encoded with bincode 2 in one fixed configuration:
+//! little-endian, **fixed-width** integers (u16 = 2 bytes, u32 = 4, u64 and
+//! i64 = 8), strings and vectors as a u64 length then their contents, enums
+//! as a u32 variant index then their fields, `Option` as a byte 0/1 then the
+//! value, and the 32-byte public key as 32 raw bytes. Fixed widths make the
+//! bytes easy to produce from any language; `docs/formats.md` lays them out
+//! field by field and gives test vectors.
+//!
+//! The signature covers [`SIGNING_DOMAIN`] followed by the canonical bytes,
+//! so a transaction signature can never be replayed as anything else a
+//! player's key signs.
+//!
+//! # Ingress checks
+//!
+//! [`SignedTransaction::verify`] is what a node runs before it proposes
+//! anything: size, canonical decoding, static limits, a well-formed and
+//! non-weak public key, then `verify_strict`. Each failure is a distinct
+//! [`TxError`] that says what was wrong.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Prefix of every signed message: the transaction format's name and version.
+pub const SIGNING_DOMAIN: &[u8] = b"garrison/tx/v1";
+/// Largest canonical transaction, in bytes.
+pub const MAX_TRANSACTION_BYTES: usize = 16 * 1024;
+/// Most operations in one transaction.
+pub const MAX_OPS_PER_TRANSACTION: usize = 64;
+/// Longest entity key, in bytes.
+pub const MAX_ENTITY_KEY_BYTES: usize = 128;
+/// Longest field name, in bytes.
+pub const MAX_FIELD_NAME_BYTES: usize = 64;
+/// Largest string or bytes value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 4096;
+/// Most fields one `Put` may set.
+pub const MAX_FIELDS_PER_PUT: usize = 64;
+/// Longest cluster or location name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Length of an ed25519 signature.
+pub const SIGNATURE_BYTES: usize = 64;
+
+/// A player's public key: 32 bytes of compressed Edwards point.
+pub type PlayerKey = [u8; 32];
+
+/// A field's value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// UTF-8 text.
+    Str(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Bytes(b) => write!(f, "0x{}", hex::encode(b)),
+        }
+    }
+}
+
+/// One operation of a transaction. Operations run in order; the first that
+/// fails rejects the whole transaction and nothing changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Sets fields on an entity, creating it (owned by the signer) if needed.
+    Put {
+        /// The entity's key, e.g. `unit/17`.
+        entity: String,
+        /// Field names and values to set.
+        fields: Vec<(String, Value)>,
+    },
+    /// Deletes an entity; it must exist.
+    Delete {
+        /// The entity's key.
+        entity: String,
+    },
+    /// Adds `by` to an integer field (a missing field counts as 0), refusing
+    /// a result outside `[min, max]`.
+    Increment {
+        /// The entity's key; it must exist.
+        entity: String,
+        /// The field.
+        field: String,
+        /// The amount, negative to subtract.
+        by: i64,
+        /// The lowest allowed result, if any.
+        min: Option<i64>,
+        /// The highest allowed result, if any.
+        max: Option<i64>,
+    },
+    /// Requires the entity's version to be `version` (0: it must not exist).
+    ExpectVersion {
+        /// The entity's key.
+        entity: String,
+        /// The required version.
+        version: u64,
+    },
+    /// Requires a field to hold `value` (`None`: the field, or the entity,
+    /// must be absent).
+    ExpectField {
+        /// The entity's key.
+        entity: String,
+        /// The field.
+        field: String,
+        /// The required value.
+        value: Option<Value>,
+    },
+}
+
+impl Op {
+    /// The entity the operation is about.
+    pub fn entity(&self) -> &str {
+        match self {
+            Op::Put { entity, .. }
+            | Op::Delete { entity }
+            | Op::Increment { entity, .. }
+            | Op::ExpectVersion { entity, .. }
+            | Op::ExpectField { entity, .. } => entity,
+        }
+    }
+}
+
+/// What a player signs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// The cluster's name; another cluster refuses the transaction.
+    pub cluster: String,
+    /// The location the transaction acts on.
+    pub location: String,
+    /// The signer's public key.
+    pub player: PlayerKey,
+    /// The player's next sequence number at this location (the first is 1).
+    pub sequence: u64,
+    /// The operations, applied in order, all or none.
+    pub ops: Vec<Op>,
+}
+
+/// A transaction's canonical bytes and their signature, as sent to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTransaction {
+    /// [`Transaction::canonical_bytes`].
+    pub transaction: Vec<u8>,
+    /// The 64-byte ed25519 signature of `SIGNING_DOMAIN ‖ transaction`.
+    pub signature: Vec<u8>,
+}
+
+/// Why a transaction was refused before it reached the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum TxError {
+    /// The transaction is larger than [`MAX_TRANSACTION_BYTES`].
+    #[error("transaction is {bytes} bytes; the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The bytes are not a canonically encoded transaction.
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    /// A field breaks a static limit; the message names it.
+    #[error("transaction breaks a limit: {0}")]
+    Limit(String),
+    /// The public key is not a valid ed25519 point.
+    #[error("the player key is not a valid ed25519 public key")]
+    InvalidKey,
+    /// The public key has small order: anyone could forge its signatures.
+    #[error("the player key is a weak (small-order) ed25519 key; generate a new key")]
+    WeakKey,
+    /// The signature is malformed or does not verify for this key and these bytes.
+    #[error("the signature does not verify for this transaction and player key")]
+    BadSignature,
+}
+
+fn canonical_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_TRANSACTION_BYTES>()
+}
+
+impl Transaction {
+    /// The canonical bytes this transaction is signed and sent as.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, canonical_config()).expect("a transaction always encodes")
+    }
+
+    /// Decodes canonical bytes, refusing any other encoding of the same value.
+    pub fn from_canonical_bytes(bytes: &[u8]) -> Result<Self, TxError> {
+        if bytes.len() > MAX_TRANSACTION_BYTES {
+            return Err(TxError::TooLarge { bytes: bytes.len() as u64, max: MAX_TRANSACTION_BYTES as u64 });
+        }
+        let (tx, used): (Transaction, usize) =
+            bincode::serde::decode_from_slice(bytes, canonical_config()).map_err(|e| TxError::Malformed(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(TxError::Malformed(format!("{} bytes after the transaction", bytes.len() - used)));
+        }
+        if tx.canonical_bytes() != bytes {
+            return Err(TxError::Malformed("not the canonical encoding".into()));
+        }
+        Ok(tx)
+    }
+
+    /// Checks the static limits (sizes and counts); the error names the first broken one.
+    pub fn check_limits(&self) -> Result<(), TxError> {
+        let limit = |what: String| Err(TxError::Limit(what));
+        for (name, value) in [("cluster", &self.cluster), ("location", &self.location)] {
+            if value.is_empty() || value.len() > MAX_NAME_BYTES {
+                return limit(format!("{name} name must be 1 to {MAX_NAME_BYTES} bytes"));
+            }
+        }
+        if self.sequence == 0 {
+            return limit("sequence numbers start at 1".into());
+        }
+        if self.ops.is_empty() || self.ops.len() > MAX_OPS_PER_TRANSACTION {
+            return limit(format!("a transaction has 1 to {MAX_OPS_PER_TRANSACTION} operations, not {}", self.ops.len()));
+        }
+        for (i, op) in self.ops.iter().enumerate() {
+            check_op(op).map_err(|why| TxError::Limit(format!("operation {i}: {why}")))?;
+        }
+        Ok(())
+    }
+
+    /// Signs the transaction with the player's key.
+    pub fn sign(&self, key: &SigningKey) -> SignedTransaction {
+        let transaction = self.canonical_bytes();
+        let signature = key.sign(&signed_message(&transaction)).to_bytes().to_vec();
+        SignedTransaction { transaction, signature }
+    }
+}
+
+fn check_op(op: &Op) -> Result<(), String> {
+    let entity = op.entity();
+    if entity.is_empty() || entity.len() > MAX_ENTITY_KEY_BYTES {
+        return Err(format!("entity key must be 1 to {MAX_ENTITY_KEY_BYTES} bytes"));
+    }
+    if let Some(c) = entity.chars().find(|c| !(c.is_ascii_alphanumeric() || "_./:-".contains(*c))) {
+        return Err(format!("entity key {entity:?} contains {c:?}; use letters, digits and _ . / : -"));
+    }
+    let check_field = |field: &str| {
+        if field.is_empty() || field.len() > MAX_FIELD_NAME_BYTES {
+            return Err(format!("field name must be 1 to {MAX_FIELD_NAME_BYTES} bytes"));
+        }
+        Ok(())
+    };
+    let check_value = |value: &Value| match value {
+        Value::Str(s) if s.len() > MAX_VALUE_BYTES => Err(format!("value of {} bytes exceeds {MAX_VALUE_BYTES}", s.len())),
+        Value::Bytes(b) if b.len() > MAX_VALUE_BYTES => Err(format!("value of {} bytes exceeds {MAX_VALUE_BYTES}", b.len())),
+        _ => Ok(()),
+    };
+    match op {
+        Op::Put { fields, .. } => {
+            if fields.is_empty() || fields.len() > MAX_FIELDS_PER_PUT {
+                return Err(format!("a put sets 1 to {MAX_FIELDS_PER_PUT} fields"));
+            }
+            let mut seen = BTreeMap::new();
+            for (field, value) in fields {
+                check_field(field)?;
+                check_value(value)?;
+                if seen.insert(field.as_str(), ()).is_some() {
+                    return Err(format!("field {field:?} is set twice"));
+                }
+            }
+        }
+        Op::Delete { .. } | Op::ExpectVersion { .. } => {}
+        Op::Increment { field, min, max, .. } => {
+            check_field(field)?;
+            if let (Some(min), Some(max)) = (min, max) {
+                if min > max {
+                    return Err(format!("bounds [{min}, {max}] are empty"));
+                }
+            }
+        }
+        Op::ExpectField { field, value, .. } => {
+            check_field(field)?;
+            if let Some(value) = value {
+                check_value(value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn signed_message(canonical: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + canonical.len());
+    message.extend_from_slice(SIGNING_DOMAIN);
+    message.extend_from_slice(canonical);
+    message
+}
+
+/// A transaction that passed every ingress check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedTransaction {
+    /// The decoded transaction.
+    pub transaction: Transaction,
+    /// What was verified, to be proposed as is.
+    pub signed: SignedTransaction,
+}
+
+impl SignedTransaction {
+    /// Runs every ingress check, cheapest first, and `verify_strict` last.
+    pub fn verify(&self) -> Result<VerifiedTransaction, TxError> {
+        let transaction = Transaction::from_canonical_bytes(&self.transaction)?;
+        transaction.check_limits()?;
+        let key = VerifyingKey::from_bytes(&transaction.player).map_err(|_| TxError::InvalidKey)?;
+        if key.is_weak() {
+            return Err(TxError::WeakKey);
+        }
+        let signature: [u8; SIGNATURE_BYTES] = self.signature.as_slice().try_into().map_err(|_| TxError::BadSignature)?;
+        key.verify_strict(&signed_message(&self.transaction), &Signature::from_bytes(&signature))
+            .map_err(|_| TxError::BadSignature)?;
+        Ok(VerifiedTransaction { transaction, signed: self.clone() })
+    }
+
+    /// SHA-256 of the canonical transaction bytes: the transaction's identity
+    /// for duplicate detection.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(&self.transaction).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn tx(player: &SigningKey) -> Transaction {
+        Transaction {
+            cluster: "c".into(),
+            location: "hill".into(),
+            player: player.verifying_key().to_bytes(),
+            sequence: 1,
+            ops: vec![Op::Put { entity: "unit/1".into(), fields: vec![("hp".into(), Value::Int(10))] }],
+        }
+    }
+
+    #[test]
+    fn a_signed_transaction_verifies() {
+        let k = key(1);
+        assert_eq!(tx(&k).sign(&k).verify().unwrap().transaction, tx(&k));
+    }
+
+    #[test]
+    fn a_signature_by_another_key_is_refused() {
+        let (k, other) = (key(1), key(2));
+        let mut signed = tx(&k).sign(&other);
+        assert_eq!(signed.verify(), Err(TxError::BadSignature));
+        signed.signature.pop();
+        assert_eq!(signed.verify(), Err(TxError::BadSignature));
+    }
+
+    #[test]
+    fn a_changed_byte_breaks_the_signature() {
+        let k = key(1);
+        let mut signed = tx(&k).sign(&k);
+        let last = signed.transaction.len() - 1;
+        signed.transaction[last] ^= 1;
+        assert_eq!(signed.verify(), Err(TxError::BadSignature));
+    }
+
+    #[test]
+    fn weak_and_invalid_keys_are_refused() {
+        let k = key(1);
+        let mut t = tx(&k);
+        // The identity point (a small-order point): verify (non-strict) would
+        // accept a forged signature under it.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        t.player = identity;
+        let forged = SignedTransaction { transaction: t.canonical_bytes(), signature: [0u8; 64].to_vec() };
+        assert_eq!(forged.verify(), Err(TxError::WeakKey));
+        // Not a point at all: y = 2 has no x on the curve.
+        let mut bad = [0u8; 32];
+        bad[0] = 2;
+        t.player = bad;
+        let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: [0u8; 64].to_vec() };
+        assert_eq!(signed.verify(), Err(TxError::InvalidKey));
+    }
+
+    #[test]
+    fn non_canonical_and_trailing_bytes_are_malformed() {
+        let k = key(1);
+        let mut signed = tx(&k).sign(&k);
+        signed.transaction.push(0);
+        assert!(matches!(signed.verify(), Err(TxError::Malformed(_))));
+        let garbage = SignedTransaction { transaction: vec![0xff; 40], signature: vec![0; 64] };
+        assert!(matches!(garbage.verify(), Err(TxError::Malformed(_))));
+    }
+
+    #[test]
+    fn an_oversized_transaction_is_refused_before_decoding() {
+        let signed = SignedTransaction { transaction: vec![0; MAX_TRANSACTION_BYTES + 1], signature: vec![0; 64] };
+        assert_eq!(
+            signed.verify(),
+            Err(TxError::TooLarge { bytes: MAX_TRANSACTION_BYTES as u64 + 1, max: MAX_TRANSACTION_BYTES as u64 })
+        );
+    }
+
+    #[test]
+    fn static_limits_are_named() {
+        let k = key(1);
+        type Change = Box<dyn Fn(&mut Transaction)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|t| t.ops.clear()), "operations"),
+            (Box::new(|t| t.sequence = 0), "sequence"),
+            (Box::new(|t| t.location = String::new()), "location"),
+            (Box::new(|t| t.ops = vec![Op::Delete { entity: "x".repeat(MAX_ENTITY_KEY_BYTES + 1) }]), "entity key"),
+            (Box::new(|t| t.ops = vec![Op::Delete { entity: "a b".into() }]), "contains"),
+            (Box::new(|t| t.ops = vec![Op::Put { entity: "e".into(), fields: vec![] }]), "fields"),
+            (
+                Box::new(|t| t.ops = vec![Op::Put { entity: "e".into(), fields: vec![("f".into(), Value::Int(1)), ("f".into(), Value::Int(2))] }]),
+                "twice",
+            ),
+            (
+                Box::new(|t| t.ops = vec![Op::Put { entity: "e".into(), fields: vec![("f".into(), Value::Bytes(vec![0; MAX_VALUE_BYTES + 1]))] }]),
+                "exceeds",
+            ),
+            (
+                Box::new(|t| t.ops = vec![Op::Increment { entity: "e".into(), field: "f".into(), by: 1, min: Some(5), max: Some(1) }]),
+                "empty",
+            ),
+            (Box::new(|t| t.ops = vec![Op::Delete { entity: "e".into() }; MAX_OPS_PER_TRANSACTION + 1]), "operations"),
+        ];
+        for (change, words) in cases {
+            let mut t = tx(&k);
+            change(&mut t);
+            match t.sign(&k).verify() {
+                Err(TxError::Limit(why)) => assert!(why.contains(words), "{why:?} should mention {words:?}"),
+                other => panic!("expected a limit error mentioning {words:?}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The `garrison` command line: one subcommand per file, parsed with clap.
+//!
+//! Every command that talks to a cluster finds it the same way: `--cluster
+//! ADDR,...` (or `GARRISON_CLUSTER`), else the `cluster.toml` that `garrison
+//! dev` wrote in its data directory (`$GARRISON_HOME/dev`, by default
+//! `~/.garrison/dev`).
+
+pub mod bench;
+pub mod dev;
+pub mod ops;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use garrison_client::Client;
+use serde::{Deserialize, Serialize};
+
+/// garrison: a replicated, signed state store for persistent-world wargames.
+#[derive(Debug, Parser)]
+#[command(name = "garrison", version, about)]
+pub struct Cli {
+    /// Client API addresses of the cluster's nodes, comma-separated.
+    #[arg(long, global = true, env = "GARRISON_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local cluster of N nodes, each its own process and directory.
+    Dev(dev::DevArgs),
+    /// Run one node from a TOML configuration file.
+    Node {
+        /// The configuration file (see garrison.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Generate a player key and save it.
+    Keygen(ops::KeygenArgs),
+    /// Sign and submit a transaction; prints its index and outcome.
+    Tx(ops::TxArgs),
+    /// Read an entity or a whole location.
+    Get(ops::GetArgs),
+    /// Create a location (or show the existing one).
+    CreateLocation {
+        /// The location's name.
+        name: String,
+    },
+    /// List the locations.
+    Locations,
+    /// Show every node's view of every group.
+    Status,
+    /// Compare every replica of every group; exits non-zero on divergence.
+    Check(ops::CheckArgs),
+    /// Drive signed transactions at the cluster and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Where garrison keeps its local files: `$GARRISON_HOME`, else `~/.garrison`.
+pub fn home() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GARRISON_HOME") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".garrison")
+}
+
+/// What `garrison dev` records about the cluster it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Client API addresses, by node.
+    pub endpoints: Vec<String>,
+}
+
+impl ClusterFile {
+    /// The file's path in a dev data directory.
+    pub fn path(data_dir: &std::path::Path) -> PathBuf {
+        data_dir.join("cluster.toml")
+    }
+}
+
+/// The endpoints to use: the flag or variable, else the dev cluster's file.
+pub fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
+    if !cli.cluster.is_empty() {
+        return Ok(cli.cluster.clone());
+    }
+    let path = ClusterFile::path(&home().join("dev"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no cluster given and no dev cluster found ({} is missing): start one with `garrison dev`, or pass --cluster ADDR,...", path.display())
+    })?;
+    let file: ClusterFile = toml::from_str(&text).with_context(|| format!("{} is not a cluster file", path.display()))?;
+    Ok(file.endpoints)
+}
+
+/// Connects to the cluster the command line points at.
+pub async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let endpoints = endpoints(cli)?;
+    Client::connect(&endpoints)
+        .await
+        .with_context(|| format!("cannot reach the cluster at {}; is it running?", endpoints.join(",")))
+}
+
+/// Runs the parsed command line; returns the process exit code.
+/// `matches` are the parsed arguments `cli` came from (the order of `tx`'s
+/// operation flags is read from them).
+pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Node { config } => dev::run_node(config).await,
+        Command::Keygen(args) => ops::keygen(args),
+        Command::Tx(args) => ops::tx(&cli, args, matches.subcommand_matches("tx")).await,
+        Command::Get(args) => ops::get(&cli, args).await,
+        Command::CreateLocation { name } => ops::create_location(&cli, name).await,
+        Command::Locations => ops::locations(&cli).await,
+        Command::Status => ops::status(&cli).await,
+        Command::Check(args) => ops::check(&cli, args).await,
+        Command::Bench(args) => bench::run(&cli, args).await,
+    }
+}

@@ -1,0 +1,159 @@
+//! One garrison node: its configuration file, the consensus node, and the
+//! client API listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use garrison_client::api::Garrison;
+use garrison_raft::{Node, NodeConfig, RaftConfig};
+use serde::{Deserialize, Serialize};
+use tarpc::server::{self, BaseChannel, Channel};
+use tarpc::serde_transport;
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::location::LocationFactory;
+use crate::service::ApiService;
+
+/// One member of the cluster, as every node's configuration lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The node's id.
+    pub id: u64,
+    /// Its peer (Raft) address.
+    pub peer_addr: String,
+    /// Its client API address.
+    pub api_addr: String,
+}
+
+/// Limits of the client port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiLimits {
+    /// Largest frame a client may send.
+    pub max_frame_bytes: u64,
+    /// Client connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Requests one client connection may have in flight.
+    pub max_in_flight_requests_per_connection: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self { max_frame_bytes: 1024 * 1024, max_connections: 1024, max_in_flight_requests_per_connection: 256 }
+    }
+}
+
+/// A node's configuration file (TOML); `garrison.example.toml` shows one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's id (one of `members`).
+    pub node_id: u64,
+    /// The cluster's name; the same on every node, and in every transaction.
+    pub cluster: String,
+    /// Where this node keeps its sled database.
+    pub data_dir: PathBuf,
+    /// Every member of the cluster, this node included.
+    pub members: Vec<Member>,
+    /// Raft timing and peer limits.
+    #[serde(default)]
+    pub raft: RaftConfig,
+    /// Client port limits.
+    #[serde(default)]
+    pub api: ApiLimits,
+}
+
+impl ServerConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config: ServerConfig = toml::from_str(&text).with_context(|| format!("{} is not a valid garrison configuration", path.display()))?;
+        config.me()?;
+        Ok(config)
+    }
+
+    /// This node's entry in `members`.
+    pub fn me(&self) -> anyhow::Result<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.id == self.node_id)
+            .with_context(|| format!("node_id {} is not among the members", self.node_id))
+    }
+}
+
+/// A running node.
+pub struct Server {
+    /// The consensus node.
+    pub node: Node,
+    /// The bound client API address.
+    pub api_addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Server {
+    /// Starts the node described by `config`.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let me = config.me()?.clone();
+        let peer_addr: SocketAddr = me.peer_addr.parse().with_context(|| format!("peer_addr {:?} is not an address", me.peer_addr))?;
+        let api_addr: SocketAddr = me.api_addr.parse().with_context(|| format!("api_addr {:?} is not an address", me.api_addr))?;
+        let api_listener = TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
+        let peer_listener = TcpListener::bind(peer_addr).await.with_context(|| format!("cannot listen on {peer_addr}"))?;
+        Self::start_with_listeners(config, peer_listener, api_listener).await
+    }
+
+    /// Like [`Server::start`], on listeners the caller has bound already.
+    pub async fn start_with_listeners(config: ServerConfig, peer_listener: TcpListener, api_listener: TcpListener) -> anyhow::Result<Self> {
+        config.me()?;
+        let peer_addr = peer_listener.local_addr()?;
+        let node_config = NodeConfig {
+            node_id: config.node_id,
+            listen_addr: peer_addr,
+            data_dir: config.data_dir.clone(),
+            cluster_name: config.cluster.clone(),
+            members: config.members.iter().map(|m| (m.id, m.peer_addr.clone())).collect(),
+            raft: config.raft.clone(),
+        };
+        let factory = Arc::new(LocationFactory { cluster: config.cluster.clone() });
+        let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
+        let api_addrs: BTreeMap<u64, String> = config.members.iter().map(|m| (m.id, m.api_addr.clone())).collect();
+        let service = ApiService { node: node.clone(), cluster: config.cluster.clone(), api_addrs };
+        let stop = CancellationToken::new();
+        let api_addr = api_listener.local_addr()?;
+        tokio::spawn(serve_clients(api_listener, config.api.clone(), service, stop.clone()));
+        Ok(Self { node, api_addr, stop })
+    }
+
+    /// Stops serving clients, stops every group and flushes storage.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.node.shutdown().await;
+    }
+}
+
+async fn serve_clients(listener: TcpListener, limits: ApiLimits, service: ApiService, stop: CancellationToken) {
+    let max = limits.max_connections;
+    garrison_wire::accept_connections(listener, max, "client", stop.clone(), move |stream, peer, permit| {
+        let framed = Framed::new(stream, garrison_wire::frame_codec(limits.max_frame_bytes as usize));
+        let transport = serde_transport::new(framed, garrison_wire::Bincode2::default());
+        let channel = BaseChannel::new(server::Config::default(), transport).max_concurrent_requests(limits.max_in_flight_requests_per_connection);
+        let (service, stop) = (service.clone(), stop.clone());
+        tokio::spawn(async move {
+            let serve = channel.execute(service.serve()).for_each(|request| async {
+                tokio::spawn(request);
+            });
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve => tracing::debug!(%peer, "client connection closed"),
+            }
+            drop(permit);
+        });
+    })
+    .await;
+}

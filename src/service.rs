@@ -1,0 +1,198 @@
+//! The client API a node serves: ingress checks on transactions, routing of
+//! submissions to the location's leader and of reads to a replica.
+//!
+//! Ingress runs the cheap checks first (version, size, canonical decoding,
+//! static limits, cluster, known location) and `verify_strict` last, and
+//! proposes nothing that fails any of them. Everything after ingress is
+//! decided in apply, identically on every replica.
+
+use std::collections::BTreeMap;
+
+use garrison_client::api::{
+    ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead, NodeStatus, ReadMode,
+    TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
+};
+use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES};
+use garrison_client::Entity;
+use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
+use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
+use tarpc::context;
+
+use crate::location::{LocationCommand, LocationQuery};
+
+/// Serves one client connection's requests against this node.
+#[derive(Clone)]
+pub struct ApiService {
+    /// The local node.
+    pub node: Node,
+    /// The cluster's name.
+    pub cluster: String,
+    /// Client API address of every node, by id.
+    pub api_addrs: BTreeMap<u64, String>,
+}
+
+/// Maps the consensus layer's errors to what a client can act on.
+pub fn api_error(e: Error) -> ApiError {
+    match e {
+        Error::Timeout(_) => ApiError::Timeout,
+        Error::UnknownLocation(name) => ApiError::UnknownLocation(name),
+        Error::ProposalTooLarge { bytes, max } => ApiError::InvalidRequest(format!("request of {bytes} bytes exceeds {max}")),
+        Error::Meta(why) => ApiError::InvalidRequest(why),
+        e @ (Error::NoLeader { .. }
+        | Error::NotLeader { .. }
+        | Error::Unreachable { .. }
+        | Error::Remote { .. }
+        | Error::Behind { .. }
+        | Error::UnknownGroup(_)
+        | Error::Raft(_)
+        | Error::ShuttingDown) => ApiError::Unavailable(e.to_string()),
+        e @ (Error::Config(_) | Error::Storage(_) | Error::Decode(_)) => ApiError::Internal(e.to_string()),
+    }
+}
+
+fn consistency(mode: ReadMode) -> ReadConsistency {
+    match mode {
+        ReadMode::Linearizable => ReadConsistency::Linearizable,
+        ReadMode::Stale { min_index } => ReadConsistency::Stale { min_index },
+    }
+}
+
+fn check_version(version: u16) -> Result<(), ApiError> {
+    if version != API_VERSION {
+        return Err(ApiError::Version { got: version, supported: API_VERSION });
+    }
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    codec::decode(bytes).map_err(|e| ApiError::Internal(format!("undecodable reply: {e}")))
+}
+
+fn info(record: &LocationRecord) -> LocationInfo {
+    LocationInfo { name: record.name.clone(), group: record.group, replicas: record.replicas.iter().copied().collect() }
+}
+
+impl ApiService {
+    /// The group holding `location`: from the local directory, or, if this
+    /// node's meta replica has not seen it yet, from a linearizable read.
+    async fn group_of(&self, location: &str) -> Result<GroupId, ApiError> {
+        if let Some(record) = self.node.directory().locations.get(location) {
+            return Ok(record.group);
+        }
+        let query = codec::encode(&MetaQuery::Location(location.to_string()));
+        let reply = self.node.read(META_GROUP, query, ReadConsistency::Linearizable).await.map_err(api_error)?;
+        let record: Option<LocationRecord> = decode(&reply.reply)?;
+        record.map(|r| r.group).ok_or_else(|| ApiError::UnknownLocation(location.to_string()))
+    }
+
+    async fn query<T: serde::de::DeserializeOwned>(&self, location: &str, query: LocationQuery, mode: ReadMode) -> Result<(u64, T), ApiError> {
+        let group = self.group_of(location).await?;
+        let reply = self.node.read(group, codec::encode(&query), consistency(mode)).await.map_err(api_error)?;
+        Ok((reply.index, decode(&reply.reply)?))
+    }
+
+    /// Ingress: every check that needs no state, then the signature.
+    async fn admit(&self, signed: &SignedTransaction) -> Result<(GroupId, Transaction), ApiError> {
+        let bytes = signed.transaction.len();
+        if bytes > MAX_TRANSACTION_BYTES {
+            return Err(TxError::TooLarge { bytes: bytes as u64, max: MAX_TRANSACTION_BYTES as u64 }.into());
+        }
+        if signed.signature.len() != SIGNATURE_BYTES {
+            return Err(TxError::BadSignature.into());
+        }
+        let tx = Transaction::from_canonical_bytes(&signed.transaction)?;
+        tx.check_limits()?;
+        if tx.cluster != self.cluster {
+            return Err(ApiError::WrongCluster { expected: self.cluster.clone(), got: tx.cluster });
+        }
+        let group = self.group_of(&tx.location).await?;
+        signed.verify()?;
+        Ok((group, tx))
+    }
+}
+
+impl Garrison for ApiService {
+    async fn submit(self, _: context::Context, version: u16, signed: SignedTransaction) -> Result<TxReceipt, ApiError> {
+        check_version(version)?;
+        let (group, _) = self.admit(&signed).await?;
+        let written = self.node.write(group, codec::encode(&LocationCommand::Submit(signed))).await.map_err(api_error)?;
+        decode(&written.reply)
+    }
+
+    async fn get_entity(self, _: context::Context, version: u16, location: String, entity: String, mode: ReadMode) -> Result<EntityRead, ApiError> {
+        check_version(version)?;
+        let (index, entity): (u64, Option<Entity>) = self.query(&location, LocationQuery::Entity(entity), mode).await?;
+        Ok(EntityRead { index, entity })
+    }
+
+    async fn get_location(self, _: context::Context, version: u16, location: String, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ApiError> {
+        check_version(version)?;
+        if max_entities > MAX_ENTITIES_PER_READ {
+            return Err(ApiError::InvalidRequest(format!("max_entities {max_entities} exceeds {MAX_ENTITIES_PER_READ}")));
+        }
+        let (index, (entities, truncated)) = self.query(&location, LocationQuery::Entities { max: max_entities }, mode).await?;
+        Ok(LocationRead { index, entities, truncated })
+    }
+
+    async fn next_sequence(self, _: context::Context, version: u16, location: String, player: PlayerKey, mode: ReadMode) -> Result<u64, ApiError> {
+        check_version(version)?;
+        let (_, next) = self.query(&location, LocationQuery::NextSequence(player), mode).await?;
+        Ok(next)
+    }
+
+    async fn create_location(self, _: context::Context, version: u16, name: String) -> Result<LocationInfo, ApiError> {
+        check_version(version)?;
+        garrison_raft::meta::check_location_name(&name).map_err(ApiError::InvalidRequest)?;
+        let record = self.node.create_location(&name, &[]).await.map_err(api_error)?;
+        Ok(info(&record))
+    }
+
+    async fn locations(self, _: context::Context, version: u16) -> Result<Vec<LocationInfo>, ApiError> {
+        check_version(version)?;
+        let query = codec::encode(&MetaQuery::Directory);
+        let reply = self.node.read(META_GROUP, query, ReadConsistency::Linearizable).await.map_err(api_error)?;
+        let directory: Option<Directory> = decode(&reply.reply)?;
+        Ok(directory.unwrap_or_default().locations.values().map(info).collect())
+    }
+
+    async fn status(self, _: context::Context, version: u16) -> Result<NodeStatus, ApiError> {
+        check_version(version)?;
+        let groups = self
+            .node
+            .status()
+            .into_iter()
+            .map(|s| GroupInfo {
+                group: s.group,
+                location: s.location,
+                leader: s.leader,
+                term: s.term,
+                last_log_index: s.last_log_index.unwrap_or(0),
+                applied_index: s.applied_index.unwrap_or(0),
+                voters: s.voters.into_iter().collect(),
+            })
+            .collect();
+        Ok(NodeStatus { cluster: self.cluster.clone(), node: self.node.id(), api_addrs: self.api_addrs.clone(), groups })
+    }
+
+    async fn consistency(self, _: context::Context, version: u16, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ApiError> {
+        check_version(version)?;
+        let groups = match group {
+            Some(g) => vec![g],
+            None => self.node.groups(),
+        };
+        let mut reports = Vec::new();
+        for g in groups {
+            let location = self.node.group_status(g).and_then(|s| s.location);
+            let r = self.node.consistency(g, at).map_err(api_error)?;
+            reports.push(GroupConsistency {
+                group: g,
+                location,
+                applied_index: r.applied_index,
+                index: r.index,
+                chain: r.chain,
+                state_digest: r.state_digest,
+            });
+        }
+        Ok(reports)
+    }
+}

@@ -1,0 +1,35 @@
+//! The example configuration in the repository is valid, spells out the
+//! defaults, and bad files get errors that name the problem.
+
+use garrison::server::{ApiLimits, ServerConfig};
+use garrison_raft::RaftConfig;
+
+#[test]
+fn the_example_configuration_loads_and_states_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("garrison.example.toml");
+    let config = ServerConfig::load(&path).expect("garrison.example.toml loads");
+    assert_eq!(config.members.len(), 3);
+    assert_eq!(config.raft, RaftConfig::default(), "the example's [raft] section should show the defaults");
+    assert_eq!(config.api, ApiLimits::default(), "the example's [api] section should show the defaults");
+    config.raft.validate().unwrap();
+}
+
+#[test]
+fn bad_configurations_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("node_id = 9\ncluster = \"c\"\ndata_dir = \"d\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "not among the members"),
+        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\ncolour = \"blue\"\n", "unknown field"),
+        ("node_id = \"one\"\n", "invalid type"),
+    ];
+    for (i, (text, words)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", ServerConfig::load(&path).unwrap_err());
+        assert!(err.contains(words), "{err:?} should mention {words:?}");
+    }
+    let raft = RaftConfig { election_timeout_min_ms: 10, ..RaftConfig::default() };
+    assert!(raft.validate().unwrap_err().to_string().contains("election_timeout_min_ms"));
+    let raft = RaftConfig { max_frame_bytes: 1024, ..RaftConfig::default() };
+    assert!(raft.validate().unwrap_err().to_string().contains("max_frame_bytes"));
+}
