@@ -38,8 +38,29 @@ pub const MAX_ATTEMPTS: u32 = 30;
 /// How long to wait for a TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a [`Client`] waits and retries.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one request may take before the client tries elsewhere.
+    pub request_timeout: Duration,
+    /// How long a call keeps retrying before it gives up.
+    pub deadline: Duration,
+    /// How many times a call is sent before it gives up.
+    pub max_attempts: u32,
+    /// Learn the other nodes' addresses from the first that answers (off:
+    /// use only the endpoints given, e.g. to pin a test client to a node).
+    pub discover: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { request_timeout: REQUEST_TIMEOUT, deadline: SUBMIT_DEADLINE, max_attempts: MAX_ATTEMPTS, discover: true }
+    }
+}
+
 /// A connection pool to one cluster.
 pub struct Client {
+    options: ClientOptions,
     endpoints: Vec<String>,
     connections: Mutex<HashMap<String, GarrisonClient>>,
     /// Index in `endpoints` of the endpoint that answered last.
@@ -59,9 +80,9 @@ async fn connect(addr: &str) -> Result<GarrisonClient, String> {
     Ok(GarrisonClient::new(tarpc::client::Config::default(), transport).spawn())
 }
 
-fn ctx() -> context::Context {
+fn ctx_for(timeout: Duration) -> context::Context {
     let mut ctx = context::current();
-    ctx.deadline = Instant::now() + REQUEST_TIMEOUT;
+    ctx.deadline = Instant::now() + timeout;
     ctx
 }
 
@@ -76,10 +97,16 @@ impl Client {
     /// Connects to the cluster behind `endpoints` (client API addresses) and
     /// learns its name and its other nodes from the first that answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self, ClientError> {
+        Self::connect_with(endpoints, ClientOptions::default()).await
+    }
+
+    /// Like [`Client::connect`], with explicit timeouts and retries.
+    pub async fn connect_with(endpoints: &[String], options: ClientOptions) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::Config("no endpoints given".into()));
         }
         let mut client = Client {
+            options,
             endpoints: endpoints.to_vec(),
             connections: Mutex::new(HashMap::new()),
             preferred: Mutex::new(0),
@@ -88,12 +115,16 @@ impl Client {
         };
         let status = client.status().await?;
         client.cluster = status.cluster.clone();
-        for addr in status.api_addrs.values() {
+        for addr in status.api_addrs.values().filter(|_| client.options.discover) {
             if !client.endpoints.contains(addr) {
                 client.endpoints.push(addr.clone());
             }
         }
         Ok(client)
+    }
+
+    fn ctx(&self) -> context::Context {
+        ctx_for(self.options.request_timeout)
     }
 
     /// The cluster's name, which transactions must carry.
@@ -131,10 +162,12 @@ impl Client {
         let mut backoff = Duration::from_millis(20);
         let start = *self.preferred.lock().expect("preferred endpoint");
         let mut order: Vec<String> = first.into_iter().collect();
-        for attempt in 0..MAX_ATTEMPTS {
-            if started.elapsed() > SUBMIT_DEADLINE {
+        let mut attempts = 0;
+        for attempt in 0..self.options.max_attempts {
+            if started.elapsed() > self.options.deadline {
                 break;
             }
+            attempts += 1;
             let addr = if order.is_empty() {
                 self.endpoints[(start + attempt as usize) % self.endpoints.len()].clone()
             } else {
@@ -171,7 +204,7 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::OutcomeUnknown { attempts: MAX_ATTEMPTS, last })
+        Err(ClientError::OutcomeUnknown { attempts, last })
     }
 
     /// Submits a signed transaction, resubmitting the same bytes until a node
@@ -185,7 +218,7 @@ impl Client {
         let result = self
             .with_retries(leader.clone(), |c| {
                 let signed = signed.clone();
-                async move { c.submit(ctx(), API_VERSION, signed).await }
+                async move { c.submit(self.ctx(), API_VERSION, signed).await }
             })
             .await;
         if let (Some(location), None) = (location, leader) {
@@ -213,7 +246,7 @@ impl Client {
     pub async fn get_entity(&self, location: &str, entity: &str, mode: ReadMode) -> Result<EntityRead, ClientError> {
         self.with_retries(None, |c| {
             let (location, entity) = (location.to_string(), entity.to_string());
-            async move { c.get_entity(ctx(), API_VERSION, location, entity, mode).await }
+            async move { c.get_entity(self.ctx(), API_VERSION, location, entity, mode).await }
         })
         .await
     }
@@ -222,7 +255,7 @@ impl Client {
     pub async fn get_location(&self, location: &str, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ClientError> {
         self.with_retries(None, |c| {
             let location = location.to_string();
-            async move { c.get_location(ctx(), API_VERSION, location, mode, max_entities).await }
+            async move { c.get_location(self.ctx(), API_VERSION, location, mode, max_entities).await }
         })
         .await
     }
@@ -231,7 +264,7 @@ impl Client {
     pub async fn next_sequence(&self, location: &str, player: crate::tx::PlayerKey) -> Result<u64, ClientError> {
         self.with_retries(None, |c| {
             let location = location.to_string();
-            async move { c.next_sequence(ctx(), API_VERSION, location, player, ReadMode::Linearizable).await }
+            async move { c.next_sequence(self.ctx(), API_VERSION, location, player, ReadMode::Linearizable).await }
         })
         .await
     }
@@ -240,25 +273,25 @@ impl Client {
     pub async fn create_location(&self, name: &str) -> Result<LocationInfo, ClientError> {
         self.with_retries(None, |c| {
             let name = name.to_string();
-            async move { c.create_location(ctx(), API_VERSION, name).await }
+            async move { c.create_location(self.ctx(), API_VERSION, name).await }
         })
         .await
     }
 
     /// Every location.
     pub async fn locations(&self) -> Result<Vec<LocationInfo>, ClientError> {
-        self.with_retries(None, |c| async move { c.locations(ctx(), API_VERSION).await }).await
+        self.with_retries(None, |c| async move { c.locations(self.ctx(), API_VERSION).await }).await
     }
 
     /// The status of whichever node answers.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
-        self.with_retries(None, |c| async move { c.status(ctx(), API_VERSION).await }).await
+        self.with_retries(None, |c| async move { c.status(self.ctx(), API_VERSION).await }).await
     }
 
     /// The status of one node, without retrying elsewhere.
     pub async fn status_of(&self, addr: &str) -> Result<NodeStatus, ClientError> {
         let c = self.connection(addr).await.map_err(|last| ClientError::Unreachable { endpoints: addr.into(), last })?;
-        match c.status(ctx(), API_VERSION).await {
+        match c.status(self.ctx(), API_VERSION).await {
             Ok(answer) => answer.map_err(ClientError::Api),
             Err(e) => {
                 self.drop_connection(addr);
@@ -270,7 +303,7 @@ impl Client {
     /// One node's consistency reports, without retrying elsewhere.
     pub async fn consistency_of(&self, addr: &str, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ClientError> {
         let c = self.connection(addr).await.map_err(|last| ClientError::Unreachable { endpoints: addr.into(), last })?;
-        match c.consistency(ctx(), API_VERSION, group, at).await {
+        match c.consistency(self.ctx(), API_VERSION, group, at).await {
             Ok(answer) => answer.map_err(ClientError::Api),
             Err(e) => {
                 self.drop_connection(addr);
@@ -299,12 +332,20 @@ impl Player {
         &self.key
     }
 
+    /// The sequence number the player's next transaction at `location`
+    /// will carry (asked of the cluster the first time).
+    pub async fn next_sequence(&mut self, client: &Client, location: &str) -> Result<u64, ClientError> {
+        if let Some(n) = self.next.get(location) {
+            return Ok(*n);
+        }
+        let n = client.next_sequence(location, self.key.public()).await?;
+        self.next.insert(location.to_string(), n);
+        Ok(n)
+    }
+
     /// Builds and signs the player's next transaction at `location`.
     pub async fn sign(&mut self, client: &Client, location: &str, ops: Vec<Op>) -> Result<SignedTransaction, ClientError> {
-        let sequence = match self.next.get(location) {
-            Some(n) => *n,
-            None => client.next_sequence(location, self.key.public()).await?,
-        };
+        let sequence = self.next_sequence(client, location).await?;
         let tx = Transaction {
             cluster: client.cluster().to_string(),
             location: location.to_string(),

@@ -28,7 +28,7 @@ pub mod keys;
 pub mod tx;
 
 pub use api::{ApiError, Entity, EntityRead, Event, EventKind, LocationRead, Outcome, ReadMode, Rejection, TxReceipt};
-pub use client::{Client, Player};
+pub use client::{Client, ClientOptions, Player};
 pub use error::ClientError;
 pub use keys::Keypair;
 pub use tx::{Op, SignedTransaction, Transaction, TxError, Value};

@@ -142,6 +142,14 @@ impl Node {
         factory: Arc<dyn AppFactory>,
     ) -> Result<Self, Error> {
         config.validate()?;
+        for (broken, what) in [
+            (cfg!(garrison_unsafe_stale_reads), "serves linearizable reads without a read index"),
+            (cfg!(garrison_unsafe_early_ack), "acknowledges log appends before they are flushed"),
+        ] {
+            if broken {
+                tracing::error!("THIS IS A DELIBERATELY BROKEN TEST BUILD: it {what}; never use it for real data");
+            }
+        }
         let limits = Arc::new(config.raft.clone());
         let raft_config = limits.to_openraft(&config.cluster_name)?;
         let storage = Storage::open(&config.data_dir)?;

@@ -144,6 +144,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&log_key(self.group, entry.log_id.index), codec::encode(&entry));
         }
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        if cfg!(garrison_unsafe_early_ack) {
+            // The deliberately broken build: report entries durable before
+            // they are flushed, so a crash can lose acknowledged writes.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         self.flusher.after_next_flush(callback).await
     }
 
