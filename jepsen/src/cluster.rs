@@ -78,6 +78,8 @@ pub struct Cluster {
     /// The nodes, by id - 1.
     pub nodes: Vec<NodeProc>,
     bin: PathBuf,
+    /// The peer-link proxies, when the run uses them.
+    pub links: Option<std::sync::Arc<crate::proxy::Links>>,
 }
 
 /// Snapshot settings small enough that a follower cut off for a few seconds
@@ -151,7 +153,29 @@ impl Cluster {
             std::fs::write(&clock_file, "+0\n")?;
             nodes.push(NodeProc { ns, ip: ip.clone(), config, log: node_dir.join("node.log"), clock_file, child: None, paused: false });
         }
-        Ok(Self { nodes, bin: bin.to_path_buf() })
+        Ok(Self { nodes, bin: bin.to_path_buf(), links: None })
+    }
+
+    /// Puts a proxy on the host in the path of every peer connection (DNAT
+    /// inside each node's namespace), for the `slow-links` nemesis.
+    pub async fn proxy_peer_links(&mut self) -> anyhow::Result<()> {
+        let links = std::sync::Arc::new(crate::proxy::Links::default());
+        for from in &self.nodes {
+            let from_id = from.ns.trim_start_matches("gj-n").parse::<u64>()?;
+            for (j, to) in self.nodes.iter().enumerate() {
+                let to_id = j as u64 + 1;
+                if to_id == from_id {
+                    continue;
+                }
+                let port = crate::proxy::port(from_id, to_id);
+                links.start(from_id, to_id, format!("{HOST_IP}:{port}"), format!("{}:{PEER_PORT}", to.ip)).await?;
+                let dport = PEER_PORT.to_string();
+                let target = format!("{HOST_IP}:{port}");
+                sh("ip", &["netns", "exec", &from.ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-d", &to.ip, "-p", "tcp", "--dport", &dport, "-j", "DNAT", "--to-destination", &target])?;
+            }
+        }
+        self.links = Some(links);
+        Ok(())
     }
 
     /// The client endpoints of every node.
@@ -249,6 +273,9 @@ impl Cluster {
     /// Undoes every fault: network, clocks, pauses, dead processes.
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         self.heal_network()?;
+        if let Some(links) = &self.links {
+            links.heal();
+        }
         for id in 1..=self.nodes.len() as u64 {
             self.set_clock(id, "+0")?;
             if self.nodes[id as usize - 1].paused {

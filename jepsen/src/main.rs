@@ -10,6 +10,7 @@ mod checker;
 mod cluster;
 mod history;
 mod nemesis;
+mod proxy;
 mod workload;
 
 use std::path::PathBuf;
@@ -155,6 +156,9 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     std::fs::create_dir_all(dir)?;
     let bin = args.bin.clone().expect("--bin is required to run");
     let mut cluster = Cluster::create(args.nodes, dir, &bin)?;
+    if name == "slow-links" {
+        cluster.proxy_peer_links().await?;
+    }
     for id in 1..=args.nodes {
         cluster.start(id)?;
     }
@@ -274,7 +278,11 @@ async fn main() -> anyhow::Result<()> {
     let names: Vec<&str> = if args.nemesis == "all" { nemesis::ALL.iter().copied().filter(|n| *n != "none").collect() } else { vec![args.nemesis.as_str()] };
     // Leave nothing behind when interrupted.
     tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         eprintln!("interrupted: removing the test network and nodes");
         Cluster::teardown();
         std::process::exit(130);

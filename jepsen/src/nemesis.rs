@@ -153,11 +153,35 @@ pub async fn inject(name: &str, cluster: &mut Cluster, rng: &mut StdRng) -> anyh
             (format!("node {random}'s wall clock at {offset}"), false)
         }
         "snapshot-catchup" => {
-            let follower = *others(n, leader_or_random).choose(rng).expect("a follower");
+            // A leader keeps the log a cut-off follower still needs, but a
+            // restarted leader (or a new one) has no such claim: after the
+            // restart the others purge, and the follower can only catch up
+            // by snapshot once the cut heals.
+            let leader = leader_or_random;
+            let follower = *others(n, leader).choose(rng).expect("a follower");
             cluster.partition(&[vec![follower], others(n, follower)])?;
-            (format!("cut follower {follower} off while the others move on and compact"), false)
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.kill(leader);
+            cluster.start(leader)?;
+            (format!("cut follower {follower} off, restarted leader {leader} while the others write past the snapshot threshold"), true)
         }
-        "slow-links" => ("skipped: the delaying proxy is not implemented yet".into(), false),
+        "slow-links" => {
+            use crate::proxy::LinkMode;
+            let Some(links) = cluster.links.clone() else {
+                return Ok(("skipped: this run has no link proxies".into(), false));
+            };
+            let mode = match rng.gen_range(0..3) {
+                0 => LinkMode::Delay(Duration::from_millis(rng.gen_range(50..300))),
+                1 => LinkMode::Stall,
+                _ => LinkMode::Reset,
+            };
+            let target = leader_or_random;
+            for other in others(n, target) {
+                links.set(target, other, mode);
+                links.set(other, target, mode);
+            }
+            (format!("links to and from node {target}: {mode:?}"), matches!(mode, LinkMode::Stall | LinkMode::Reset))
+        }
         "none" => ("no fault".into(), false),
         other => anyhow::bail!("unknown nemesis {other:?}; known: {}", ALL.join(", ")),
     })
