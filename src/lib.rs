@@ -11,12 +11,14 @@
 //! - [`location`]: the location group's app: sequence numbers, exactly-once
 //!   outcomes, queries, snapshots.
 //! - [`service`]: the client API a node serves: ingress checks, routing.
+//! - [`limits`]: rate limits and timeouts of the client port.
 //! - [`server`]: one garrison node: configuration, start, shutdown.
 //! - [`cli`]: the `garrison` command line.
 
 pub use garrison_raft as raft;
 
 pub mod cli;
+pub mod limits;
 pub mod location;
 pub mod server;
 pub mod service;

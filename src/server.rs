@@ -42,11 +42,35 @@ pub struct ApiLimits {
     pub max_connections: usize,
     /// Requests one client connection may have in flight.
     pub max_in_flight_requests_per_connection: usize,
+    /// Requests per second one connection may send, on average.
+    pub connection_requests_per_s: u32,
+    /// Requests one connection may send in a burst above that rate.
+    pub connection_burst: u32,
+    /// Transactions per second one player may submit (through any connection
+    /// to this node), on average. Charged after the signature verifies, so a
+    /// forger cannot spend someone else's allowance.
+    pub player_transactions_per_s: u32,
+    /// Transactions one player may submit in a burst above that rate.
+    pub player_burst: u32,
+    /// A connection that sends no request this long after it opens is closed.
+    pub handshake_timeout_ms: u64,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        Self { max_frame_bytes: 1024 * 1024, max_connections: 1024, max_in_flight_requests_per_connection: 256 }
+        Self {
+            max_frame_bytes: 1024 * 1024,
+            max_connections: 1024,
+            max_in_flight_requests_per_connection: 256,
+            connection_requests_per_s: 20_000,
+            connection_burst: 40_000,
+            player_transactions_per_s: 500,
+            player_burst: 1_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+        }
     }
 }
 
@@ -123,7 +147,7 @@ impl Server {
         let factory = Arc::new(LocationFactory { cluster: config.cluster.clone() });
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
         let api_addrs: BTreeMap<u64, String> = config.members.iter().map(|m| (m.id, m.api_addr.clone())).collect();
-        let service = ApiService { node: node.clone(), cluster: config.cluster.clone(), api_addrs };
+        let service = ApiService::new(node.clone(), config.cluster.clone(), api_addrs, &config.api);
         let stop = CancellationToken::new();
         let api_addr = api_listener.local_addr()?;
         tokio::spawn(serve_clients(api_listener, config.api.clone(), service, stop.clone()));
@@ -143,14 +167,18 @@ async fn serve_clients(listener: TcpListener, limits: ApiLimits, service: ApiSer
         let framed = Framed::new(stream, garrison_wire::frame_codec(limits.max_frame_bytes as usize));
         let transport = serde_transport::new(framed, garrison_wire::Bincode2::default());
         let channel = BaseChannel::new(server::Config::default(), transport).max_concurrent_requests(limits.max_in_flight_requests_per_connection);
-        let (service, stop) = (service.clone(), stop.clone());
+        let service = service.for_connection(&limits);
+        let connection = service.connection();
+        let stop = stop.clone();
         tokio::spawn(async move {
+            let watchdog = connection.close_when_idle();
             let serve = channel.execute(service.serve()).for_each(|request| async {
                 tokio::spawn(request);
             });
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = serve => tracing::debug!(%peer, "client connection closed"),
+                why = watchdog => tracing::info!(%peer, "closing client connection: {why}"),
             }
             drop(permit);
         });

@@ -7,6 +7,8 @@
 //! decided in apply, identically on every replica.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use garrison_client::api::{
     ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead, NodeStatus, ReadMode,
@@ -18,7 +20,9 @@ use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
 use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
 use tarpc::context;
 
+use crate::limits::{Connection, PlayerLimiter};
 use crate::location::{LocationCommand, LocationQuery};
+use crate::server::ApiLimits;
 
 /// Serves one client connection's requests against this node.
 #[derive(Clone)]
@@ -29,6 +33,8 @@ pub struct ApiService {
     pub cluster: String,
     /// Client API address of every node, by id.
     pub api_addrs: BTreeMap<u64, String>,
+    players: Arc<PlayerLimiter>,
+    connection: Arc<Connection>,
 }
 
 /// Maps the consensus layer's errors to what a client can act on.
@@ -73,6 +79,40 @@ fn info(record: &LocationRecord) -> LocationInfo {
 }
 
 impl ApiService {
+    /// The service of a node, before any connection.
+    pub fn new(node: Node, cluster: String, api_addrs: BTreeMap<u64, String>, limits: &ApiLimits) -> Self {
+        let service = Self {
+            node,
+            cluster,
+            api_addrs,
+            players: Arc::new(PlayerLimiter::new(limits.player_transactions_per_s, limits.player_burst)),
+            connection: Arc::new(Connection::new(0, 0, Duration::ZERO, Duration::ZERO)),
+        };
+        service.for_connection(limits)
+    }
+
+    /// A copy for a new connection, with its own bucket and activity clock.
+    pub fn for_connection(&self, limits: &ApiLimits) -> Self {
+        let connection = Connection::new(
+            limits.connection_requests_per_s,
+            limits.connection_burst,
+            Duration::from_millis(limits.handshake_timeout_ms),
+            Duration::from_millis(limits.idle_timeout_ms),
+        );
+        Self { connection: Arc::new(connection), ..self.clone() }
+    }
+
+    /// This connection's state.
+    pub fn connection(&self) -> Arc<Connection> {
+        self.connection.clone()
+    }
+
+    /// Every request's first step: the API version and the connection's rate.
+    fn admit_request(&self, version: u16) -> Result<(), ApiError> {
+        self.connection.admit()?;
+        check_version(version)
+    }
+
     /// The group holding `location`: from the local directory, or, if this
     /// node's meta replica has not seen it yet, from a linearizable read.
     async fn group_of(&self, location: &str) -> Result<GroupId, ApiError> {
@@ -107,26 +147,27 @@ impl ApiService {
         }
         let group = self.group_of(&tx.location).await?;
         signed.verify()?;
+        self.players.admit(&tx.player)?;
         Ok((group, tx))
     }
 }
 
 impl Garrison for ApiService {
     async fn submit(self, _: context::Context, version: u16, signed: SignedTransaction) -> Result<TxReceipt, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         let (group, _) = self.admit(&signed).await?;
         let written = self.node.write(group, codec::encode(&LocationCommand::Submit(signed))).await.map_err(api_error)?;
         decode(&written.reply)
     }
 
     async fn get_entity(self, _: context::Context, version: u16, location: String, entity: String, mode: ReadMode) -> Result<EntityRead, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         let (index, entity): (u64, Option<Entity>) = self.query(&location, LocationQuery::Entity(entity), mode).await?;
         Ok(EntityRead { index, entity })
     }
 
     async fn get_location(self, _: context::Context, version: u16, location: String, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         if max_entities > MAX_ENTITIES_PER_READ {
             return Err(ApiError::InvalidRequest(format!("max_entities {max_entities} exceeds {MAX_ENTITIES_PER_READ}")));
         }
@@ -135,20 +176,20 @@ impl Garrison for ApiService {
     }
 
     async fn next_sequence(self, _: context::Context, version: u16, location: String, player: PlayerKey, mode: ReadMode) -> Result<u64, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         let (_, next) = self.query(&location, LocationQuery::NextSequence(player), mode).await?;
         Ok(next)
     }
 
     async fn create_location(self, _: context::Context, version: u16, name: String) -> Result<LocationInfo, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         garrison_raft::meta::check_location_name(&name).map_err(ApiError::InvalidRequest)?;
         let record = self.node.create_location(&name, &[]).await.map_err(api_error)?;
         Ok(info(&record))
     }
 
     async fn locations(self, _: context::Context, version: u16) -> Result<Vec<LocationInfo>, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         let query = codec::encode(&MetaQuery::Directory);
         let reply = self.node.read(META_GROUP, query, ReadConsistency::Linearizable).await.map_err(api_error)?;
         let directory: Option<Directory> = decode(&reply.reply)?;
@@ -156,7 +197,7 @@ impl Garrison for ApiService {
     }
 
     async fn status(self, _: context::Context, version: u16) -> Result<NodeStatus, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         let groups = self
             .node
             .status()
@@ -175,7 +216,7 @@ impl Garrison for ApiService {
     }
 
     async fn consistency(self, _: context::Context, version: u16, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ApiError> {
-        check_version(version)?;
+        self.admit_request(version)?;
         let groups = match group {
             Some(g) => vec![g],
             None => self.node.groups(),

@@ -323,6 +323,15 @@ pub enum ApiError {
     /// Something failed inside the node; the message says what.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too many requests from this connection, or transactions from this
+    /// player; retry after the given time. Nothing was done.
+    #[error("rate limited ({what}); retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// Which limit: the connection's or the player's.
+        what: String,
+        /// When a retry will be admitted.
+        retry_after_ms: u64,
+    },
 }
 
 /// The service each node serves on its client port.

@@ -175,8 +175,8 @@ pub enum TxError {
     /// A field breaks a static limit; the message names it.
     #[error("transaction breaks a limit: {0}")]
     Limit(String),
-    /// The public key is not a valid ed25519 point.
-    #[error("the player key is not a valid ed25519 public key")]
+    /// The public key is not a valid, canonically encoded ed25519 point.
+    #[error("the player key is not a valid, canonically encoded ed25519 public key")]
     InvalidKey,
     /// The public key has small order: anyone could forge its signatures.
     #[error("the player key is a weak (small-order) ed25519 key; generate a new key")]
@@ -317,6 +317,11 @@ impl SignedTransaction {
         let transaction = Transaction::from_canonical_bytes(&self.transaction)?;
         transaction.check_limits()?;
         let key = VerifyingKey::from_bytes(&transaction.player).map_err(|_| TxError::InvalidKey)?;
+        // One point, one encoding: a non-canonical y (≥ p) would give a
+        // player a second identity with its own sequence numbers.
+        if key.to_edwards().compress().to_bytes() != transaction.player {
+            return Err(TxError::InvalidKey);
+        }
         if key.is_weak() {
             return Err(TxError::WeakKey);
         }
@@ -392,6 +397,111 @@ mod tests {
         t.player = bad;
         let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: [0u8; 64].to_vec() };
         assert_eq!(signed.verify(), Err(TxError::InvalidKey));
+    }
+
+    #[test]
+    fn the_identity_key_forgery_that_plain_verify_accepts_is_refused() {
+        // R = identity, S = 0 verifies under the identity public key with
+        // plain `verify`, for any message: exactly why only strict checks do.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let key = VerifyingKey::from_bytes(&identity).unwrap();
+        let sig = Signature::from_bytes(&forged);
+        use ed25519_dalek::Verifier;
+        assert!(key.verify(b"anything", &sig).is_ok(), "plain verify accepts the forgery");
+        assert!(key.verify_strict(b"anything", &sig).is_err());
+        let mut t = tx(&key_of(1));
+        t.player = identity;
+        let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: forged.to_vec() };
+        assert_eq!(signed.verify(), Err(TxError::WeakKey));
+    }
+
+    fn key_of(seed: u8) -> SigningKey {
+        key(seed)
+    }
+
+    #[test]
+    fn a_non_canonical_key_encoding_is_refused() {
+        // y and y + p encode the same point; only y < p is canonical. Find
+        // a point with y < 19 (so that y + p still fits in 255 bits).
+        let p_minus_19 = {
+            let mut p = [0xffu8; 32];
+            p[0] = 0xed;
+            p[31] = 0x7f;
+            p
+        };
+        for y in 2u8..19 {
+            let mut canonical = [0u8; 32];
+            canonical[0] = y;
+            let Ok(point) = VerifyingKey::from_bytes(&canonical) else { continue };
+            if point.is_weak() {
+                continue;
+            }
+            // y + p, little-endian: p = 2^255 - 19.
+            let mut alias = p_minus_19;
+            let (sum, carry) = alias[0].overflowing_add(y);
+            alias[0] = sum;
+            assert!(!carry);
+            let mut t = tx(&key(1));
+            t.player = alias;
+            let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: vec![0; 64] };
+            // Whether the decoder rejects the alias itself or decodes it to
+            // the same point, the transaction is refused.
+            let decodes = VerifyingKey::from_bytes(&alias).is_ok();
+            assert_eq!(signed.verify(), Err(TxError::InvalidKey), "y = {y} + p (decodes: {decodes})");
+            return;
+        }
+        panic!("no point with a small y found");
+    }
+
+    #[test]
+    fn a_non_canonical_signature_scalar_is_refused() {
+        // S + L is the same scalar mod L; strict verification refuses it.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let k = key(1);
+        let mut signed = tx(&k).sign(&k);
+        let mut carry = 0u16;
+        for (byte, l) in signed.signature[32..].iter_mut().zip(L) {
+            let sum = *byte as u16 + l as u16 + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        // S < L < 2^253, so S + L still fits in the 32 bytes.
+        assert_eq!(carry, 0);
+        assert_eq!(signed.verify(), Err(TxError::BadSignature));
+        // Truncated and overlong signatures too.
+        let good = tx(&k).sign(&k);
+        for len in [0, 63, 65, 128] {
+            let mut bad = good.clone();
+            bad.signature.resize(len, 0);
+            assert_eq!(bad.verify(), Err(TxError::BadSignature), "signature of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn any_tampered_byte_breaks_the_signature() {
+        let k = key(1);
+        let signed = tx(&k).sign(&k);
+        for i in 0..signed.transaction.len() {
+            let mut bad = signed.clone();
+            bad.transaction[i] ^= 0x01;
+            assert!(bad.verify().is_err(), "byte {i} changed and still accepted");
+        }
+    }
+
+    #[test]
+    fn huge_length_prefixes_do_not_allocate() {
+        // A vector of u64::MAX operations: refused by the decoder's limit,
+        // not by running out of memory.
+        let mut bytes = tx(&key(1)).canonical_bytes();
+        let ops_len_at = 8 + 1 + 8 + 4 + 32 + 8;
+        bytes[ops_len_at..ops_len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(Transaction::from_canonical_bytes(&bytes), Err(TxError::Malformed(_))));
     }
 
     #[test]

@@ -28,13 +28,18 @@ where
 
 /// Three servers of one cluster, in this process.
 pub struct Servers {
-    pub servers: Vec<Server>,
+    pub servers: Vec<Option<Server>>,
+    configs: Vec<ServerConfig>,
     pub endpoints: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Servers {
     pub async fn start(n: u64, cluster: &str) -> Self {
+        Self::start_with(n, cluster, Default::default(), Default::default()).await
+    }
+
+    pub async fn start_with(n: u64, cluster: &str, api: garrison::server::ApiLimits, raft: garrison_raft::RaftConfig) -> Self {
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn,openraft=error").try_init();
         let mut listeners = Vec::new();
         let mut members = Vec::new();
@@ -46,19 +51,50 @@ impl Servers {
         }
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut servers = Vec::new();
-        for (i, (peer, api)) in listeners.into_iter().enumerate() {
+        let mut configs = Vec::new();
+        for (i, (peer, api_listener)) in listeners.into_iter().enumerate() {
             let config = ServerConfig {
                 node_id: i as u64 + 1,
                 cluster: cluster.into(),
                 data_dir: dirs[i].path().to_path_buf(),
                 members: members.clone(),
-                raft: Default::default(),
-                api: Default::default(),
+                raft: raft.clone(),
+                api: api.clone(),
             };
-            servers.push(Server::start_with_listeners(config, peer, api).await.expect("server starts"));
+            configs.push(config.clone());
+            servers.push(Some(Server::start_with_listeners(config, peer, api_listener).await.expect("server starts")));
         }
         let endpoints = members.iter().map(|m| m.api_addr.clone()).collect();
-        Servers { servers, endpoints, _dirs: dirs }
+        Servers { servers, configs, endpoints, _dirs: dirs }
+    }
+
+    /// The running server at position `i`.
+    pub fn server(&self, i: usize) -> &Server {
+        self.servers[i].as_ref().expect("server is running")
+    }
+
+    /// Stops server `i` (its data stays).
+    pub async fn stop(&mut self, i: usize) {
+        let server = self.servers[i].take().expect("server is running");
+        server.shutdown().await;
+    }
+
+    /// Restarts server `i` from its data, on its old addresses, retrying
+    /// while the old instance's ports and database lock are released.
+    pub async fn restart(&mut self, i: usize) {
+        let started = Instant::now();
+        loop {
+            match Server::start(self.configs[i].clone()).await {
+                Ok(server) => {
+                    self.servers[i] = Some(server);
+                    return;
+                }
+                Err(e) => {
+                    assert!(started.elapsed() < WAIT, "server {i} did not restart: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// A client, once the cluster answers.
@@ -76,7 +112,7 @@ impl Servers {
     }
 
     pub async fn shutdown(self) {
-        for s in &self.servers {
+        for s in self.servers.iter().flatten() {
             s.shutdown().await;
         }
     }

@@ -89,26 +89,6 @@ impl<Item: DeserializeOwned, SinkItem> tokio_serde::Deserializer<Item> for Binco
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decode_rejects_trailing_bytes() {
-        let mut bytes = encode(&7u64);
-        bytes.push(0);
-        assert!(decode::<u64>(&bytes).unwrap_err().0.contains("trailing"));
-    }
-
-    #[test]
-    fn decode_rejects_a_length_prefix_beyond_the_limit() {
-        // A Vec<u8> claiming u64::MAX elements: varint marker 253 then 8 bytes.
-        let mut bytes = vec![253u8];
-        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode::<Vec<u8>>(&bytes).is_err());
-    }
-}
-
 /// Accepts TCP connections until `stop` is cancelled, at most
 /// `max_connections` open at once: a connection beyond the limit is closed
 /// at once (and logged, naming `what`). Each accepted stream (with
@@ -141,5 +121,25 @@ pub async fn accept_connections<F>(
         };
         let _ = stream.set_nodelay(true);
         serve(stream, peer, permit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejects_trailing_bytes() {
+        let mut bytes = encode(&7u64);
+        bytes.push(0);
+        assert!(decode::<u64>(&bytes).unwrap_err().0.contains("trailing"));
+    }
+
+    #[test]
+    fn decode_rejects_a_length_prefix_beyond_the_limit() {
+        // A Vec<u8> claiming u64::MAX elements: varint marker 253 then 8 bytes.
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
     }
 }

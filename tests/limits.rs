@@ -1,0 +1,124 @@
+//! Every limit of the client port, hit on purpose: the connection's request
+//! rate, a player's transaction rate (other players are still served), the
+//! handshake timeout, the idle timeout and the frame size.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Servers, WAIT};
+use garrison::server::ApiLimits;
+use garrison_client::api::{ApiError, GarrisonClient, Outcome, API_VERSION};
+use garrison_client::{Client, ClientError, ClientOptions, Keypair, Op, Player, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn put(n: i64) -> Vec<Op> {
+    vec![Op::Put { entity: "unit/1".into(), fields: vec![("n".into(), Value::Int(n))] }]
+}
+
+/// A client that reports a refusal instead of retrying elsewhere.
+async fn pinned(endpoint: &str) -> Client {
+    let options = ClientOptions { max_attempts: 1, discover: false, ..Default::default() };
+    Client::connect_with(&[endpoint.to_string()], options).await.unwrap()
+}
+
+async fn raw_client(endpoint: &str) -> GarrisonClient {
+    let stream = TcpStream::connect(endpoint).await.unwrap();
+    let framed = tokio_util::codec::Framed::new(stream, garrison_wire::frame_codec(1 << 20));
+    let transport = tarpc::serde_transport::new(framed, garrison_wire::Bincode2::default());
+    GarrisonClient::new(tarpc::client::Config::default(), transport).spawn()
+}
+
+async fn assert_closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_request_rate_is_refused_until_it_slows_down() {
+    let api = ApiLimits { connection_requests_per_s: 5, connection_burst: 5, ..Default::default() };
+    let servers = Servers::start_with(3, "rate", api, Default::default()).await;
+    let client = raw_client(&servers.endpoints[0]).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        match client.status(tarpc::context::current(), API_VERSION).await.unwrap() {
+            Err(ApiError::RateLimited { what, retry_after_ms }) => {
+                assert_eq!(what, "connection_requests_per_s");
+                assert!(retry_after_ms > 0);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 20 requests refused at 5/s");
+    // Another connection has its own allowance.
+    let other = raw_client(&servers.endpoints[0]).await;
+    assert!(other.status(tarpc::context::current(), API_VERSION).await.unwrap().is_ok());
+    servers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_player_is_limited_and_others_are_still_served() {
+    let api = ApiLimits { player_transactions_per_s: 1, player_burst: 3, ..Default::default() };
+    let servers = Servers::start_with(3, "flood", api, Default::default()).await;
+    let setup = servers.client().await;
+    setup.create_location("keep").await.unwrap();
+    let client = pinned(&servers.endpoints[0]).await;
+    let mut flooder = Player::new(Keypair::from_seed([8; 32]));
+    let mut limited = 0;
+    for n in 0..10 {
+        match flooder.transact(&client, "keep", put(n)).await {
+            Ok(r) => assert!(matches!(r.outcome, Outcome::Committed { .. }), "{r:?}"),
+            Err(ClientError::Api(ApiError::RateLimited { what, .. })) => {
+                assert_eq!(what, "player_transactions_per_s");
+                limited += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 10 limited at 1/s with a burst of 3");
+    let mut other = Player::new(Keypair::from_seed([9; 32]));
+    let served = other.transact(&client, "keep", put(1)).await.unwrap();
+    assert!(matches!(served.outcome, Outcome::Committed { .. }));
+    servers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    let api = ApiLimits { handshake_timeout_ms: 200, idle_timeout_ms: 300, ..Default::default() };
+    let servers = Servers::start_with(3, "idle", api, Default::default()).await;
+    // Never sends a request.
+    let mut silent = TcpStream::connect(&servers.endpoints[0]).await.unwrap();
+    assert_closed_by_server(&mut silent).await;
+    // Sends one, then falls silent: the next call finds the connection gone.
+    let client = raw_client(&servers.endpoints[0]).await;
+    assert!(client.status(tarpc::context::current(), API_VERSION).await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(client.status(tarpc::context::current(), API_VERSION).await.is_err(), "an idle connection stayed open");
+    servers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_client_limit_closes_its_connection() {
+    let servers = Servers::start(3, "frames").await;
+    let mut stream = TcpStream::connect(&servers.endpoints[0]).await.unwrap();
+    let claimed = ApiLimits::default().max_frame_bytes as u32 + 1;
+    stream.write_all(&claimed.to_be_bytes()).await.unwrap();
+    stream.write_all(&[0u8; 512]).await.unwrap();
+    assert_closed_by_server(&mut stream).await;
+    // The node still serves.
+    let client = servers.client().await;
+    assert!(client.status().await.is_ok());
+    servers.shutdown().await;
+}
