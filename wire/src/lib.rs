@@ -38,8 +38,15 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a value and checks that the input held exactly one value.
+///
+/// Some types' own deserializers panic on hostile values (tarpc's request
+/// context adds a peer-chosen duration to the clock, which overflows); a
+/// panic while decoding is caught and reported as malformed input, so no
+/// bytes from outside can take a task down.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, CONFIG)
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bincode::serde::decode_from_slice(bytes, CONFIG)));
+    let (value, used) = attempt
+        .map_err(|_| DecodeError("a field's value is out of range (the decoder panicked)".into()))?
         .map_err(|e| DecodeError(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError(format!("{} trailing bytes after the value", bytes.len() - used)));

@@ -150,3 +150,18 @@ pub trait Peer {
     /// A query for a replica of the header's group (no further forwarding).
     async fn forward_read(header: Header, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, PeerError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// Found by `cargo fuzz run peer_frame`: a request whose deadline is so
+    /// far away that tarpc's decoder overflows the clock and panics. It must
+    /// be refused as malformed instead.
+    #[test]
+    fn a_request_with_an_absurd_deadline_is_malformed_not_a_panic() {
+        let frame = [0x00, 0xfd, 0xd6, 0x31, 0x24, 0x40, 0x00, 0x3b, 0x9a, 0xca, 0x00];
+        assert!(codec::decode::<tarpc::ClientMessage<PeerRequest>>(&frame).is_err());
+    }
+}
