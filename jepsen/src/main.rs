@@ -177,12 +177,14 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
     while started.elapsed() < Duration::from_secs(args.time) {
         let chosen = if name == "mix" { nemesis::MIX[rng.gen_range(0..nemesis::MIX.len())] } else { name };
-        let at_ns = recorder.now_ns();
         let (what, hits_leader) = if chosen == "kill-after-burst" {
             (burst_then_kill(&mut cluster, &recorder, &admin).await, true)
         } else {
             nemesis::inject(chosen, &mut cluster, &mut rng).await?
         };
+        // The fault is in place from here (a burst, or a snapshot set-up,
+        // comes before it).
+        let at_ns = recorder.now_ns();
         eprintln!("[{:>5.1}s] {chosen}: {what}", started.elapsed().as_secs_f64());
         injections.push(Injection { at_ns, what: format!("{chosen}: {what}"), hits_leader });
         let hold = if chosen == "pause-leader" { Duration::from_secs(2) } else { Duration::from_secs(args.inject_secs) };
