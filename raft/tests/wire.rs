@@ -15,12 +15,13 @@ use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A header as node 2, a member, would send it.
 fn header(group: u64) -> Header {
-    Header { version: PEER_PROTOCOL_VERSION, from: 77, group }
+    Header { version: PEER_PROTOCOL_VERSION, from: 2, group }
 }
 
 fn vote() -> VoteRequest {
-    VoteRequest::new(openraft::Vote::new(0, 77), None)
+    VoteRequest::new(openraft::Vote::new(0, 2), None)
 }
 
 /// The node still answers a well-formed request and still commits writes.
@@ -82,8 +83,8 @@ async fn an_append_over_max_entries_per_append_is_refused() {
     let client = connect(&cluster.addrs[&1].to_string(), &config).await.unwrap();
     let too_many = config.max_entries_per_append + 1;
     let entries: Vec<Entry> =
-        (1..=too_many).map(|i| Entry::new_blank(openraft::testing::log_id(1, 77, i))).collect();
-    let rpc = AppendEntriesRequest { vote: openraft::Vote::new(1, 77), prev_log_id: None, entries, leader_commit: None };
+        (1..=too_many).map(|i| Entry::new_blank(openraft::testing::log_id(1, 2, i))).collect();
+    let rpc = AppendEntriesRequest { vote: openraft::Vote::new(1, 2), prev_log_id: None, entries, leader_commit: None };
     let answer = client.append_entries(context::current(), header(META_GROUP), rpc).await.unwrap();
     assert!(
         matches!(answer, Err(PeerError::TooManyEntries { entries, max }) if entries == too_many && max == config.max_entries_per_append),
@@ -161,6 +162,23 @@ async fn requests_beyond_max_in_flight_per_connection_are_refused() {
     let served = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
     assert!(refused > 0, "no request was refused by the in-flight limit");
     assert!(served > 0, "no request was served");
+    assert_node_serves(&cluster, &config).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_membership_is_refused() {
+    let config = test_config();
+    let cluster = Cluster::start(3, config.clone()).await;
+    cluster.leader(META_GROUP).await;
+    let client = connect(&cluster.addrs[&1].to_string(), &config).await.unwrap();
+    let stranger = Header { from: 77, ..header(META_GROUP) };
+    let answer = client.vote(context::current(), stranger, VoteRequest::new(openraft::Vote::new(99, 77), None)).await.unwrap();
+    assert!(matches!(answer, Err(PeerError::NotAMember { node: 77, group: META_GROUP })), "{answer:?}");
+    let write = client.forward_write(context::current(), stranger, b"x".to_vec()).await.unwrap();
+    assert!(matches!(write, Err(PeerError::NotAMember { node: 77, .. })), "{write:?}");
+    // The stranger's vote for term 99 changed nothing.
+    assert!(cluster.node(1).group_status(META_GROUP).unwrap().term < 99);
     assert_node_serves(&cluster, &config).await;
     cluster.shutdown().await;
 }

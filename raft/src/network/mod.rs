@@ -128,6 +128,15 @@ pub enum PeerError {
     /// The receiving node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The sender is not a member of the group (for Raft messages) or of
+    /// the cluster (for forwarded requests): a removed or unknown node.
+    #[error("node {node} is not a member of group {group}")]
+    NotAMember {
+        /// The sender the header names.
+        node: NodeId,
+        /// The group whose membership was checked.
+        group: GroupId,
+    },
 }
 
 /// The RPCs one node serves to its peers.

@@ -111,12 +111,40 @@ impl<D> Clone for PeerServer<D> {
 }
 
 impl<D: Dispatch> PeerServer<D> {
+    /// The group's Raft, for a Raft message: the sender must be a member of
+    /// that group (a removed member is refused and logged).
     fn group(&self, header: &Header) -> Result<Raft, PeerError> {
+        let raft = self.any_member(header)?;
+        check_member(&raft, header, header.group)?;
+        Ok(raft)
+    }
+
+    /// The group's Raft, for a forwarded request: the sender must be a member
+    /// of the cluster (the meta group), not necessarily of the group.
+    fn any_member(&self, header: &Header) -> Result<Raft, PeerError> {
         if header.version != PEER_PROTOCOL_VERSION {
             return Err(PeerError::Version { got: header.version, supported: PEER_PROTOCOL_VERSION });
         }
-        self.dispatch.raft(header.group).ok_or(PeerError::UnknownGroup(header.group))
+        let raft = self.dispatch.raft(header.group).ok_or(PeerError::UnknownGroup(header.group))?;
+        if let Some(meta) = self.dispatch.raft(crate::typ::META_GROUP) {
+            check_member(&meta, header, crate::typ::META_GROUP)?;
+        }
+        Ok(raft)
     }
+}
+
+/// Refuses `header.from` unless it is in `raft`'s membership (voter or
+/// learner). A group that has no membership yet (being created) accepts
+/// anyone, so that it can be initialized and elect.
+fn check_member(raft: &Raft, header: &Header, group: crate::typ::GroupId) -> Result<(), PeerError> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if membership.nodes().next().is_some() && membership.get_node(&header.from).is_none() {
+        tracing::warn!(from = header.from, group, "refusing a peer request from a node that is not a member");
+        return Err(PeerError::NotAMember { node: header.from, group });
+    }
+    Ok(())
 }
 
 impl<D: Dispatch> Peer for PeerServer<D> {
@@ -148,7 +176,7 @@ impl<D: Dispatch> Peer for PeerServer<D> {
     }
 
     async fn forward_write(self, _: context::Context, header: Header, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
-        self.group(&header)?;
+        self.any_member(&header)?;
         let bytes = payload.len() as u64;
         if bytes > self.config.max_proposal_bytes {
             return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
@@ -157,7 +185,7 @@ impl<D: Dispatch> Peer for PeerServer<D> {
     }
 
     async fn read_index(self, _: context::Context, header: Header) -> Result<u64, PeerError> {
-        self.group(&header)?;
+        self.any_member(&header)?;
         self.dispatch.read_index_as_leader(header.group).await
     }
 
@@ -168,7 +196,7 @@ impl<D: Dispatch> Peer for PeerServer<D> {
         query: Vec<u8>,
         consistency: ReadConsistency,
     ) -> Result<ReadReply, PeerError> {
-        self.group(&header)?;
+        self.any_member(&header)?;
         let bytes = query.len() as u64;
         if bytes > self.config.max_proposal_bytes {
             return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
