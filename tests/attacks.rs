@@ -105,3 +105,19 @@ async fn sequence_numbers_going_backwards_are_refused() {
     assert_eq!(client.next_sequence(LOCATION, key.public()).await.unwrap(), 5);
     servers.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_message_on_the_client_port_is_refused() {
+    use garrison_raft::network::{client::connect, Header, PEER_PROTOCOL_VERSION};
+    let servers = Servers::start(3, "wrong-port").await;
+    let client = servers.client().await;
+    // A peer's vote, sent to a node's client port: not a client request, so
+    // the connection fails and nothing reaches Raft.
+    let peer = connect(&servers.endpoints[0], &garrison_raft::RaftConfig::default()).await.unwrap();
+    let header = Header { version: PEER_PROTOCOL_VERSION, from: 2, group: 0 };
+    let vote = garrison_raft::typ::VoteRequest::new(garrison_raft::typ::Vote::new(99, 2), None);
+    assert!(peer.vote(tarpc::context::current(), header, vote).await.is_err());
+    let status = client.status().await.unwrap();
+    assert!(status.groups.iter().all(|g| g.term < 99), "a vote through the client port moved a term");
+    servers.shutdown().await;
+}

@@ -309,3 +309,71 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(node.directory(), before);
     cluster.shutdown().await;
 }
+
+/// Set in the child process of the abort test: where to put its cluster.
+const ABORT_CHILD: &str = "GARRISON_TEST_ABORT_CHILD";
+
+/// Every node dies at once (the process aborts: no shutdown, no flush, no
+/// destructor) right after a write is acknowledged; after a restart from
+/// their directories, every acknowledged write is there. This is what a
+/// follower answering append-entries before its flush would break.
+#[test]
+fn a_committed_write_survives_an_abort_of_every_node() {
+    if std::env::var(ABORT_CHILD).is_ok() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let cluster = Cluster::start(3, test_config()).await;
+            cluster.leader(META_GROUP).await;
+            let group = location_on_all(&cluster, "vault").await;
+            let dirs: Vec<String> = cluster.dirs.values().map(|d| d.display().to_string()).collect();
+            let addrs: Vec<String> = cluster.addrs.values().map(|a| a.to_string()).collect();
+            println!("cluster {} {}", dirs.join(","), addrs.join(","));
+            for i in 0..40 {
+                let via = (i % 3) + 1;
+                cluster.node(via).write(group, format!("w{i}").into_bytes()).await.expect("write");
+                println!("acked w{i}");
+            }
+            std::process::abort();
+        });
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_committed_write_survives_an_abort_of_every_node", "--nocapture", "--test-threads=1"])
+        .env(ABORT_CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut spec = None;
+    let mut acked = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("cluster ") {
+            spec = Some(rest.to_string());
+        } else if let Some(w) = line.strip_prefix("acked ") {
+            acked.push(w.as_bytes().to_vec());
+        }
+    }
+    assert!(!child.wait().unwrap().success(), "the child must have aborted");
+    let spec = spec.expect("the child printed its cluster");
+    let (dirs, addrs) = spec.split_once(' ').unwrap();
+    let dirs: Vec<std::path::PathBuf> = dirs.split(',').map(Into::into).collect();
+    let addrs: Vec<std::net::SocketAddr> = addrs.split(',').map(|a| a.parse().unwrap()).collect();
+    assert_eq!(acked.len(), 40, "the child acknowledged every write before aborting");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let cluster = Cluster::resume(dirs.clone(), addrs, test_config()).await;
+        cluster.leader(META_GROUP).await;
+        let group = cluster.node(1).directory().locations["vault"].group;
+        // A write in the new term commits everything before it.
+        let extra = cluster.node(1).write(group, b"after".to_vec()).await.unwrap();
+        cluster.wait_applied(group, extra.index).await;
+        let mut expected = acked.clone();
+        expected.push(b"after".to_vec());
+        assert_replicas_hold(&cluster, group, &expected).await;
+        cluster.shutdown().await;
+    });
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

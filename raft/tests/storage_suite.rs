@@ -76,3 +76,21 @@ fn a_saved_vote_survives_an_abort_of_the_process() {
         assert_eq!(storage.log_store(9).read_vote().await.unwrap(), Some(vote));
     });
 }
+
+/// A node that led its group before a restart does not resume leadership:
+/// its committed vote for itself reads back as not committed (so it must
+/// win a new term, whose first entry commits everything before it), while
+/// a vote for another leader reads back as saved.
+#[tokio::test]
+async fn a_restarted_leader_must_be_elected_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let mut mine = storage.log_store(1).for_node(3);
+    let mut committed = openraft::Vote::new(5, 3);
+    committed.commit();
+    mine.save_vote(&committed).await.unwrap();
+    assert_eq!(mine.read_vote().await.unwrap(), Some(openraft::Vote::new(5, 3)));
+    let mut other = storage.log_store(2).for_node(1);
+    other.save_vote(&committed).await.unwrap();
+    assert_eq!(other.read_vote().await.unwrap(), Some(committed));
+}

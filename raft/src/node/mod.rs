@@ -388,7 +388,7 @@ impl Shared {
         };
         let sm = StateMachineStore::open(&self.storage, group, app)?;
         let network = GroupNetworkFactory::new(self.pool.clone(), group);
-        let raft = Raft::new(self.id, self.raft_config.clone(), network, self.storage.log_store(group), sm.clone())
+        let raft = Raft::new(self.id, self.raft_config.clone(), network, self.storage.log_store(group).for_node(self.id), sm.clone())
             .await
             .map_err(|e| Error::Raft(format!("opening group {group}: {e}")))?;
         self.groups.write().expect("group table lock").insert(group, Group { raft, sm, record });

@@ -18,7 +18,7 @@ use openraft::{OptionalSend, StorageIOError};
 
 use super::{log_key, raft_key, Flusher, RaftVar};
 use crate::codec;
-use crate::typ::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+use crate::typ::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// The Raft log, vote and purge/commit marks of one group.
 #[derive(Clone)]
@@ -27,11 +27,20 @@ pub struct LogStore {
     log: sled::Tree,
     raft: sled::Tree,
     flusher: Flusher,
+    /// The node this store belongs to, when known (see [`Self::read_vote`]).
+    local_node: Option<NodeId>,
 }
 
 impl LogStore {
     pub(crate) fn new(group: GroupId, log: sled::Tree, raft: sled::Tree, flusher: Flusher) -> Self {
-        Self { group, log, raft, flusher }
+        Self { group, log, raft, flusher, local_node: None }
+    }
+
+    /// The store as node `id` uses it: a leadership of `id` saved before a
+    /// restart is not resumed (see [`RaftLogStorage::read_vote`] below).
+    pub fn for_node(mut self, id: NodeId) -> Self {
+        self.local_node = Some(id);
+        self
     }
 
     fn read_var<T: serde::de::DeserializeOwned>(&self, var: RaftVar) -> Result<Option<T>, StorageError> {
@@ -120,8 +129,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flusher.flush().await.map_err(|e| StorageIOError::write_vote(openraft::AnyError::error(e)).into())
     }
 
+    /// openraft 0.9 resumes leadership at start-up when the saved vote is a
+    /// committed vote for this node, without appending an entry in a new
+    /// term; its read index is then its saved commit index, which may be
+    /// older than writes it acknowledged before the restart, so a
+    /// linearizable read could miss them. Reported as not committed, the
+    /// vote still binds this node in its term, and the node wins leadership
+    /// back only through an election in a new term, whose first entry
+    /// commits everything before it.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_var(RaftVar::Vote)
+        let vote: Option<Vote> = self.read_var(RaftVar::Vote)?;
+        Ok(vote.map(|v| match self.local_node {
+            Some(me) if v.committed && v.leader_id.node_id == me => Vote::new(v.leader_id.term, me),
+            _ => v,
+        }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -150,7 +171,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        self.flusher.after_next_flush(callback).await
+        // openraft 0.9 answers a leader's append-entries as soon as this
+        // returns, without waiting for the callback: a follower would count
+        // toward a commit with the entries still in memory, and a crash of
+        // every node could then lose an acknowledged write. So the entries
+        // are on disk before this returns. Appends of other groups that
+        // arrive meanwhile share the same flush.
+        let flushed = self.flusher.flush().await;
+        callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+        flushed.map_err(|e| StorageIOError::write_logs(openraft::AnyError::error(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -16,11 +16,12 @@
 //! # Durability and group commit
 //!
 //! sled flushes on its own only every 500 ms, so nothing here is durable until
-//! [`Flusher`] has flushed it. A vote is saved by writing it and waiting for a
-//! flush. A log append writes its entries (readable at once) and hands
-//! openraft's completion callback to the flusher, which calls it after the next
-//! flush. Appends from every group that arrive while a flush runs share the
-//! following one: one `fsync` for many entries, across groups.
+//! [`Flusher`] has flushed it. A vote, and a log append, is written and then
+//! waits for a flush that began after the write; only then does the call
+//! return (openraft 0.9 answers a leader's append-entries as soon as `append`
+//! returns, so waiting for the callback alone would not do). Writes from
+//! every group that arrive while a flush runs share the following one: one
+//! `fsync` for many entries, across groups.
 //!
 //! The state machine is kept in memory and persisted as a snapshot record that
 //! holds the applied log id and the state it produced in one value, so a crash
@@ -33,14 +34,12 @@ pub mod state;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use openraft::storage::LogFlushed;
-use openraft::StorageIOError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
 use crate::error::Error;
-use crate::typ::{GroupId, StorageError, TypeConfig};
+use crate::typ::GroupId;
 
 pub use self::log::LogStore;
 pub use self::state::StateMachineStore;
@@ -178,10 +177,8 @@ pub struct FlushStats {
     pub waiters: u64,
 }
 
-enum Waiter {
-    Log(LogFlushed<TypeConfig>),
-    Notify(oneshot::Sender<Result<(), String>>),
-}
+/// Someone waiting for the next flush.
+type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// The node's group-commit flusher: one task that flushes sled and then
 /// acknowledges everything that was waiting when the flush began.
@@ -208,32 +205,18 @@ impl Flusher {
                 let result = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
                 flush_count.fetch_add(1, Ordering::Relaxed);
                 waiter_count.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for waiter in batch.drain(..) {
-                    match waiter {
-                        Waiter::Log(callback) => callback
-                            .log_io_completed(result.clone().map_err(std::io::Error::other)),
-                        Waiter::Notify(done) => {
-                            let _ = done.send(result.clone());
-                        }
-                    }
+                for done in batch.drain(..) {
+                    let _ = done.send(result.clone());
                 }
             }
         });
         Self { tx, flushes, waiters }
     }
 
-    /// Queues openraft's callback for the next flush.
-    pub(crate) async fn after_next_flush(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError> {
-        self.tx
-            .send(Waiter::Log(callback))
-            .await
-            .map_err(|_| StorageIOError::write_logs(&Error::ShuttingDown).into())
-    }
-
     /// Waits until everything written before the call is on disk.
     pub(crate) async fn flush(&self) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Waiter::Notify(done)).await.map_err(|_| Error::ShuttingDown.to_string())?;
+        self.tx.send(done).await.map_err(|_| Error::ShuttingDown.to_string())?;
         wait.await.map_err(|_| Error::ShuttingDown.to_string())?
     }
 

@@ -94,7 +94,8 @@ pub fn test_config() -> RaftConfig {
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Option<Node>>,
     pub addrs: BTreeMap<NodeId, SocketAddr>,
-    dirs: BTreeMap<NodeId, tempfile::TempDir>,
+    pub dirs: BTreeMap<NodeId, std::path::PathBuf>,
+    _temp: Vec<tempfile::TempDir>,
     config: RaftConfig,
 }
 
@@ -109,10 +110,12 @@ impl Cluster {
             addrs.insert(id, listener.local_addr().unwrap());
             listeners.insert(id, listener);
         }
+        let temp: Vec<tempfile::TempDir> = (1..=n).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             addrs,
-            dirs: (1..=n).map(|id| (id, tempfile::tempdir().unwrap())).collect(),
+            dirs: (1..=n).map(|id| (id, temp[id as usize - 1].path().to_path_buf())).collect(),
+            _temp: temp,
             config,
         };
         for (id, listener) in listeners {
@@ -128,11 +131,29 @@ impl Cluster {
         NodeConfig {
             node_id: id,
             listen_addr: self.addrs[&id],
-            data_dir: self.dirs[&id].path().to_path_buf(),
+            data_dir: self.dirs[&id].clone(),
             cluster_name: "test".into(),
             members: self.addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
             raft: self.config.clone(),
         }
+    }
+
+    /// Starts nodes on directories and addresses a previous cluster left
+    /// (the caller owns the directories).
+    pub async fn resume(dirs: Vec<std::path::PathBuf>, addrs: Vec<SocketAddr>, config: RaftConfig) -> Self {
+        init_tracing();
+        let ids: Vec<NodeId> = (1..=dirs.len() as NodeId).collect();
+        let mut cluster = Cluster {
+            nodes: ids.iter().map(|id| (*id, None)).collect(),
+            addrs: ids.iter().copied().zip(addrs).collect(),
+            dirs: ids.iter().copied().zip(dirs).collect(),
+            _temp: Vec::new(),
+            config,
+        };
+        for id in ids {
+            cluster.restart(id).await;
+        }
+        cluster
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
