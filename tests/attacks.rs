@@ -74,8 +74,17 @@ async fn a_replay_after_every_node_restarted_from_a_snapshot_applies_nothing() {
     let key = Keypair::from_seed([12; 32]);
     let (client, sent) = setup(&servers, &key).await;
     let group = client.locations().await.unwrap().into_iter().find(|l| l.name == LOCATION).unwrap().group;
+    let last = client.get_entity(LOCATION, "gold", ReadMode::Linearizable).await.unwrap().index;
     for i in 0..3 {
-        servers.server(i).node.compact(group, common::WAIT).await.unwrap();
+        // Every replica holds the group and has applied everything before compacting.
+        let node = servers.server(i).node.clone();
+        common::eventually("every node to open the location", || {
+            let open = node.groups().contains(&group);
+            async move { open }
+        })
+        .await;
+        node.wait_applied(group, last, common::WAIT).await.unwrap();
+        node.compact(group, common::WAIT).await.unwrap();
     }
     for i in 0..3 {
         servers.stop(i).await;
