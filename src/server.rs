@@ -66,8 +66,8 @@ impl Default for ApiLimits {
             max_in_flight_requests_per_connection: 256,
             connection_requests_per_s: 20_000,
             connection_burst: 40_000,
-            player_transactions_per_s: 500,
-            player_burst: 1_000,
+            player_transactions_per_s: 2_000,
+            player_burst: 4_000,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
         }

@@ -137,6 +137,14 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
     let dir = args.data_dir.clone().unwrap_or_else(|| home().join("dev"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let configs = prepare(&dir, args)?;
+    // Another cluster on these ports would answer in place of ours.
+    for member in &configs[0].1.members {
+        for addr in [&member.api_addr, &member.peer_addr] {
+            if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+                bail!("{addr} is not free ({e}); is another garrison dev running? Stop it, or use --base-port");
+            }
+        }
+    }
     let mut children = Vec::new();
     for (path, config) in &configs {
         let node_dir = path.parent().expect("config lives in the node's directory");
