@@ -22,6 +22,10 @@ use crate::state::Fragment;
 /// Outcomes remembered per player and location, for resubmissions.
 pub const MAX_REMEMBERED_OUTCOMES: usize = 64;
 
+/// Most bytes of entities one location read returns (below the client
+/// port's default frame limit of 1 MiB); the reply says when it stopped.
+pub const MAX_READ_REPLY_BYTES: usize = 512 * 1024;
+
 /// Version of [`LocationImage`].
 pub const LOCATION_FORMAT_VERSION: u16 = 1;
 
@@ -79,16 +83,15 @@ pub struct LocationImage {
 
 /// The [`GroupApp`] of a location group.
 pub struct LocationApp {
-    cluster: String,
     location: String,
     state: LocationImage,
 }
 
 impl LocationApp {
-    /// An empty location `location` of cluster `cluster`.
-    pub fn new(cluster: &str, location: &str) -> Self {
+    /// An empty location `location`. (The cluster's name is checked at
+    /// ingress; it is a local setting, which apply must not depend on.)
+    pub fn new(location: &str) -> Self {
         Self {
-            cluster: cluster.to_string(),
             location: location.to_string(),
             state: LocationImage { format_version: LOCATION_FORMAT_VERSION, ..Default::default() },
         }
@@ -112,17 +115,21 @@ impl LocationApp {
             Ok(tx) => tx,
             Err(e) => return refuse(0, Rejection::Malformed(e.to_string())),
         };
-        if tx.cluster != self.cluster {
-            return refuse(tx.sequence, Rejection::WrongCluster { expected: self.cluster.clone(), got: tx.cluster });
+        // Ingress checked these; a forged forward must not get past apply
+        // either (sequence 0 or an empty transaction included).
+        if let Err(e) = tx.check_limits() {
+            return refuse(tx.sequence, Rejection::Malformed(e.to_string()));
         }
+        // The cluster name is checked at ingress only: it comes from each
+        // node's configuration, and apply may depend on nothing local.
         if tx.location != self.location {
             return refuse(tx.sequence, Rejection::WrongLocation { expected: self.location.clone(), got: tx.location });
         }
         let next = self.next_sequence(&tx.player);
         let digest = signed.digest();
         if tx.sequence < next {
-            let record = &self.state.players[&tx.player];
-            if let Some(seen) = record.recent.iter().find(|r| r.sequence == tx.sequence && r.digest == digest) {
+            let seen = self.state.players.get(&tx.player).and_then(|r| r.recent.iter().find(|r| r.sequence == tx.sequence && r.digest == digest));
+            if let Some(seen) = seen {
                 return TxReceipt { duplicate: true, ..seen.receipt.clone() };
             }
             return refuse(tx.sequence, Rejection::SequenceReused { got: tx.sequence, next });
@@ -145,8 +152,16 @@ impl LocationApp {
         match query {
             LocationQuery::Entity(key) => codec::encode(&self.state.fragment.entities.get(&key)),
             LocationQuery::Entities { max } => {
-                let entities: BTreeMap<String, Entity> =
-                    self.state.fragment.entities.iter().take(max as usize).map(|(k, v)| (k.clone(), v.clone())).collect();
+                // Stop at a byte budget too, so the reply fits in a frame.
+                let mut entities: BTreeMap<String, Entity> = BTreeMap::new();
+                let mut bytes = 0;
+                for (k, v) in self.state.fragment.entities.iter().take(max as usize) {
+                    bytes += k.len() + codec::encode(v).len();
+                    if bytes > MAX_READ_REPLY_BYTES && !entities.is_empty() {
+                        break;
+                    }
+                    entities.insert(k.clone(), v.clone());
+                }
                 let truncated = self.state.fragment.entities.len() > entities.len();
                 codec::encode(&(entities, truncated))
             }
@@ -182,7 +197,7 @@ impl GroupApp for LocationApp {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let image: LocationImage = codec::decode(snapshot).map_err(|e| e.to_string())?;
+        let image: LocationImage = codec::decode_stored(snapshot).map_err(|e| e.to_string())?;
         if image.format_version != LOCATION_FORMAT_VERSION {
             return Err(format!("location format version {} is not supported", image.format_version));
         }
@@ -195,14 +210,11 @@ impl GroupApp for LocationApp {
     }
 }
 
-/// Makes [`LocationApp`]s for a cluster.
-pub struct LocationFactory {
-    /// The cluster's name, the same on every node.
-    pub cluster: String,
-}
+/// Makes [`LocationApp`]s.
+pub struct LocationFactory;
 
 impl garrison_raft::AppFactory for LocationFactory {
     fn create(&self, _group: garrison_raft::GroupId, location: &str) -> Box<dyn GroupApp> {
-        Box::new(LocationApp::new(&self.cluster, location))
+        Box::new(LocationApp::new(location))
     }
 }

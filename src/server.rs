@@ -144,7 +144,7 @@ impl Server {
             members: config.members.iter().map(|m| (m.id, m.peer_addr.clone())).collect(),
             raft: config.raft.clone(),
         };
-        let factory = Arc::new(LocationFactory { cluster: config.cluster.clone() });
+        let factory = Arc::new(LocationFactory);
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
         let api_addrs: BTreeMap<u64, String> = config.members.iter().map(|m| (m.id, m.api_addr.clone())).collect();
         let service = ApiService::new(node.clone(), config.cluster.clone(), api_addrs, &config.api);

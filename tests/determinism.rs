@@ -72,7 +72,7 @@ proptest! {
     #[test]
     fn replicas_applying_the_same_transactions_end_byte_for_byte_equal(steps in proptest::collection::vec(step(), 1..40)) {
         let keys = keys();
-        let mut apps = vec![LocationApp::new(CLUSTER, LOCATION), LocationApp::new(CLUSTER, LOCATION)];
+        let mut apps = vec![LocationApp::new(LOCATION), LocationApp::new(LOCATION)];
         let mut next = [1u64; 3];
         let mut sent: Vec<Vec<u8>> = Vec::new();
         let mut restored: Option<LocationApp> = None;
@@ -94,7 +94,7 @@ proptest! {
             sent.push(payload.clone());
             // Halfway, a third replica joins from a snapshot and must keep up.
             if i == 10 {
-                let mut r = LocationApp::new(CLUSTER, LOCATION);
+                let mut r = LocationApp::new(LOCATION);
                 r.restore(&apps[0].snapshot()).unwrap();
                 restored = Some(r);
             } else if let Some(r) = restored.as_mut() {
@@ -107,7 +107,7 @@ proptest! {
 
     #[test]
     fn apply_and_query_never_panic_on_arbitrary_bytes(payload in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let mut apps = vec![LocationApp::new(CLUSTER, LOCATION)];
+        let mut apps = vec![LocationApp::new(LOCATION)];
         let before = apps[0].snapshot();
         let reply = apply_all(&mut apps, 1, &payload);
         // Undecodable commands are answered, and change nothing.
@@ -117,5 +117,22 @@ proptest! {
         if apps[0].restore(&payload).is_err() {
             prop_assert_eq!(apps[0].snapshot(), before);
         }
+    }
+}
+
+/// A transaction that ingress would refuse (sequence 0, no operations), if a
+/// forged peer proposed it anyway, is refused by apply on every replica
+/// alike, without a panic and without changing anything.
+#[test]
+fn apply_refuses_what_ingress_would_refuse() {
+    let key = Keypair::from_seed([1; 32]);
+    for (sequence, ops) in [(0, vec![Op::Delete { entity: "x".into() }]), (1, vec![])] {
+        let tx = Transaction { cluster: CLUSTER.into(), location: LOCATION.into(), player: key.public(), sequence, ops };
+        let payload = codec::encode(&LocationCommand::Submit(tx.sign(key.signing_key())));
+        let mut apps = vec![LocationApp::new(LOCATION)];
+        let before = apps[0].snapshot();
+        let reply: garrison_client::TxReceipt = codec::decode(&apply_all(&mut apps, 1, &payload)[0]).unwrap();
+        assert!(matches!(reply.outcome, garrison_client::Outcome::Rejected { reason: garrison_client::Rejection::Malformed(_), .. }), "{reply:?}");
+        assert_eq!(apps[0].snapshot(), before);
     }
 }

@@ -373,7 +373,8 @@ impl Player {
                 // Out of step with the cluster: ask again next time.
                 self.next.remove(location);
             }
-            Outcome::Rejected { op: None, .. } => {}
+            // Refused before the rules ran: the sequence number was not used.
+            Outcome::Rejected { reason: Rejection::Malformed(_) | Rejection::WrongCluster { .. } | Rejection::WrongLocation { .. }, .. } => {}
             _ => {
                 self.next.insert(location.to_string(), receipt.sequence + 1);
             }

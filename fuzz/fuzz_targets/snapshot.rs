@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = codec::decode::<SnapshotImage>(data);
-    let mut location = LocationApp::new("fuzz", "here");
+    let mut location = LocationApp::new("here");
     let before = location.snapshot();
     if location.restore(data).is_err() {
         assert_eq!(location.snapshot(), before, "a refused snapshot changed the state");

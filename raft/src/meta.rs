@@ -205,7 +205,7 @@ impl GroupApp for MetaApp {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let image: DirectoryImage = codec::decode(snapshot).map_err(|e| e.to_string())?;
+        let image: DirectoryImage = codec::decode_stored(snapshot).map_err(|e| e.to_string())?;
         if image.format_version != DIRECTORY_FORMAT_VERSION {
             return Err(format!("directory format version {} is not supported", image.format_version));
         }

@@ -54,6 +54,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// The most bytes one decode of a record this node stored itself (or a
+/// snapshot it assembled from chunks) may claim: larger than any frame, so
+/// that a state that grew past [`DECODE_LIMIT_BYTES`] can still be read back.
+pub const STORED_DECODE_LIMIT_BYTES: usize = 16 * 1024 * 1024 * 1024;
+
+type StoredConfig = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<STORED_DECODE_LIMIT_BYTES>,
+>;
+
+const STORED_CONFIG: StoredConfig = bincode::config::standard().with_limit::<STORED_DECODE_LIMIT_BYTES>();
+
+/// Like [`decode`], for records this node wrote itself (snapshots): the same
+/// encoding with [`STORED_DECODE_LIMIT_BYTES`] as the limit.
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, STORED_CONFIG).map_err(|e| DecodeError(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError(format!("{} trailing bytes after the value", bytes.len() - used)));
+    }
+    Ok(value)
+}
+
 /// Bytes that do not decode as the expected format.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("malformed encoding: {0}")]

@@ -245,7 +245,9 @@ impl GroupNetwork {
                 Err(e @ PeerError::UnknownGroup(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
                 Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
             },
-            Err(e @ RpcError::DeadlineExceeded) => Err(RPCError::Network(NetworkError::new(&e))),
+            // A deadline, or the peer refusing one request (busy): the
+            // connection itself is fine.
+            Err(e @ (RpcError::DeadlineExceeded | RpcError::Server(_))) => Err(RPCError::Network(NetworkError::new(&e))),
             Err(e) => {
                 self.pool.forget(self.target, generation).await;
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
@@ -298,10 +300,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
     }
 
     fn backoff(&self) -> Backoff {
-        // openraft waits this long after `Unreachable` before trying the peer
-        // again (and logs each failure): a returning peer is found within
-        // reconnect_backoff_max_ms.
-        let wait = Duration::from_millis(self.pool.config.reconnect_backoff_max_ms);
+        // openraft pauses replication to the peer this long after
+        // `Unreachable` (and logs each failure). Well under the election
+        // timeout, so one dropped connection does not starve a follower of
+        // heartbeats into an election; the pool's own backoff already
+        // spaces out the reconnection attempts.
+        let wait = Duration::from_millis((self.pool.config.election_timeout_min_ms / 3).max(1));
         Backoff::new(std::iter::repeat(wait))
     }
 }

@@ -22,13 +22,21 @@ impl Shared {
         let local: BTreeMap<GroupId, GroupRecord> =
             self.groups.read().expect("group table lock").iter().map(|(id, g)| (*id, g.record.clone())).collect();
         for location in directory.locations.values() {
-            if !location.replicas.contains(&self.id) || local.contains_key(&location.group) {
+            if !location.replicas.contains(&self.id) {
                 continue;
             }
             let replicas: BTreeMap<NodeId, RaftNode> =
                 location.replicas.iter().filter_map(|id| members.get(id).map(|n| (*id, n.clone()))).collect();
             if replicas.len() != location.replicas.len() {
                 tracing::warn!(location = %location.name, "some replicas have no address in the meta membership");
+                continue;
+            }
+            if local.contains_key(&location.group) {
+                // Opened before a crash but never initialized: do it now
+                // (initializing a group that has state is refused, harmlessly).
+                if self.raft(location.group).is_some_and(|r| r.metrics().borrow().membership_config.membership().nodes().next().is_none()) {
+                    self.initialize(location.group, replicas).await?;
+                }
                 continue;
             }
             let record = GroupRecord::Location { name: location.name.clone() };

@@ -128,6 +128,8 @@ pub struct StateMachineStore {
     flusher: Flusher,
     state: Arc<RwLock<AppliedState>>,
     snapshots_built: Arc<AtomicU64>,
+    /// Serializes snapshot writes (see `persist`).
+    persisting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -144,8 +146,8 @@ impl StateMachineStore {
             history: VecDeque::new(),
         };
         if let Some(bytes) = tree.get(group.to_be_bytes())? {
-            let record: SnapshotRecord = codec::decode(&bytes)?;
-            let image: SnapshotImage = codec::decode(&record.data)?;
+            let record: SnapshotRecord = codec::decode_stored(&bytes)?;
+            let image: SnapshotImage = codec::decode_stored(&record.data)?;
             state.restore_from(&record.meta, &image).map_err(crate::Error::Storage)?;
         }
         Ok(Self {
@@ -154,6 +156,7 @@ impl StateMachineStore {
             flusher: storage.flusher(),
             state: Arc::new(RwLock::new(state)),
             snapshots_built: Arc::new(AtomicU64::new(0)),
+            persisting: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -164,6 +167,16 @@ impl StateMachineStore {
 
     async fn persist(&self, record: &SnapshotRecord) -> Result<(), StorageError> {
         let signature = Some(record.meta.signature());
+        // A snapshot built from older state can finish after an installed,
+        // newer one: never let it replace the newer record.
+        let _order = self.persisting.lock().await;
+        let stored = self.tree.get(self.group.to_be_bytes()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        if let Some(stored) = stored {
+            let stored: SnapshotRecord = codec::decode_stored(&stored).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            if stored.meta.last_log_id > record.meta.last_log_id {
+                return Ok(());
+            }
+        }
         self.tree
             .insert(self.group.to_be_bytes(), codec::encode(record))
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
@@ -244,7 +257,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let bad = |e: String| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e));
-        let image: SnapshotImage = codec::decode(&data).map_err(|e| bad(e.to_string()))?;
+        let image: SnapshotImage = codec::decode_stored(&data).map_err(|e| bad(e.to_string()))?;
         {
             let mut state = self.state.write().expect("a panic in apply poisons the state machine; the node must stop");
             state.restore_from(meta, &image).map_err(bad)?;
@@ -255,7 +268,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let bytes = self.tree.get(self.group.to_be_bytes()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let Some(bytes) = bytes else { return Ok(None) };
-        let record: SnapshotRecord = codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let record: SnapshotRecord = codec::decode_stored(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(record.data)) }))
     }
 }
