@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Servers, WAIT};
 use garrison::server::ApiLimits;
 use garrison_client::api::{ApiError, GarrisonClient, Outcome, API_VERSION};
-use garrison_client::{Client, ClientError, ClientOptions, Keypair, Op, Player, Value};
+use garrison_client::{Client, ClientOptions, Keypair, Op, Player, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,9 +17,9 @@ fn put(n: i64) -> Vec<Op> {
     vec![Op::Put { entity: "unit/1".into(), fields: vec![("n".into(), Value::Int(n))] }]
 }
 
-/// A client that reports a refusal instead of retrying elsewhere.
+/// A client that stays on one node.
 async fn pinned(endpoint: &str) -> Client {
-    let options = ClientOptions { max_attempts: 1, discover: false, ..Default::default() };
+    let options = ClientOptions { discover: false, ..Default::default() };
     Client::connect_with(&[endpoint.to_string()], options).await.unwrap()
 }
 
@@ -74,23 +74,40 @@ async fn a_flooding_player_is_limited_and_others_are_still_served() {
     let servers = Servers::start_with(3, "flood", api, Default::default()).await;
     let setup = servers.client().await;
     setup.create_location("keep").await.unwrap();
-    let client = pinned(&servers.endpoints[0]).await;
-    let mut flooder = Player::new(Keypair::from_seed([8; 32]));
+    let flooder = Keypair::from_seed([8; 32]);
+    let tx = garrison_client::Transaction {
+        cluster: setup.cluster().into(),
+        location: "keep".into(),
+        player: flooder.public(),
+        sequence: 1,
+        ops: put(1),
+    }
+    .sign(flooder.signing_key());
+    // The same signed transaction, ten times as fast as it can go: every
+    // submission is charged, and past the burst they are refused unseen.
+    let raw = raw_client(&servers.endpoints[0]).await;
     let mut limited = 0;
-    for n in 0..10 {
-        match flooder.transact(&client, "keep", put(n)).await {
+    for _ in 0..10 {
+        match raw.submit(tarpc::context::current(), API_VERSION, tx.clone()).await.unwrap() {
             Ok(r) => assert!(matches!(r.outcome, Outcome::Committed { .. }), "{r:?}"),
-            Err(ClientError::Api(ApiError::RateLimited { what, .. })) => {
+            Err(ApiError::RateLimited { what, retry_after_ms }) => {
                 assert_eq!(what, "player_transactions_per_s");
+                assert!(retry_after_ms > 0);
                 limited += 1;
             }
             Err(e) => panic!("{e}"),
         }
     }
     assert!(limited >= 5, "only {limited} of 10 limited at 1/s with a burst of 3");
+    // Another player is served at once.
+    let client = pinned(&servers.endpoints[0]).await;
     let mut other = Player::new(Keypair::from_seed([9; 32]));
     let served = other.transact(&client, "keep", put(1)).await.unwrap();
     assert!(matches!(served.outcome, Outcome::Committed { .. }));
+    // The client library waits as told and resubmits, instead of failing.
+    let mut patient = Player::new(flooder);
+    let later = patient.transact(&client, "keep", put(2)).await.unwrap();
+    assert!(matches!(later.outcome, Outcome::Committed { .. }), "{later:?}");
     servers.shutdown().await;
 }
 

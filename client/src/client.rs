@@ -91,6 +91,8 @@ enum Attempt<T> {
     Done(Result<T, ApiError>),
     /// Try another endpoint (transport failure or an `Unavailable`/`Timeout` answer).
     Elsewhere(String),
+    /// Try the same endpoint again after this long (rate limited).
+    Later(String, Duration),
 }
 
 impl Client {
@@ -152,7 +154,16 @@ impl Client {
 
     /// Runs `call` against `first` (if given), then the endpoints in turn,
     /// until one gives a definite answer.
-    async fn with_retries<T, F, Fut>(&self, first: Option<String>, mut call: F) -> Result<T, ClientError>
+    async fn with_retries<T, F, Fut>(&self, first: Option<String>, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(GarrisonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        self.with_retries_from(first, call).await.map(|(value, _)| value)
+    }
+
+    /// Like `with_retries`, also saying which endpoint answered.
+    async fn with_retries_from<T, F, Fut>(&self, first: Option<String>, mut call: F) -> Result<(T, String), ClientError>
     where
         F: FnMut(GarrisonClient) -> Fut,
         Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
@@ -178,6 +189,12 @@ impl Client {
                 Ok(client) => match call(client).await {
                     Ok(Err(ApiError::Unavailable(why))) => Attempt::Elsewhere(format!("{addr}: unavailable: {why}")),
                     Ok(Err(ApiError::Timeout)) => Attempt::Elsewhere(format!("{addr}: timed out")),
+                    // Nothing was done: wait as told and send the same
+                    // request again (for a resubmission, giving up here
+                    // would lose an outcome that may already exist).
+                    Ok(Err(ApiError::RateLimited { what, retry_after_ms })) => {
+                        Attempt::Later(format!("{addr}: rate limited ({what})"), Duration::from_millis(retry_after_ms.clamp(1, 5_000)))
+                    }
                     Ok(answer) => Attempt::Done(answer),
                     Err(e) => {
                         self.drop_connection(&addr);
@@ -190,7 +207,12 @@ impl Client {
                     if let Some(i) = self.endpoints.iter().position(|e| *e == addr) {
                         *self.preferred.lock().expect("preferred endpoint") = i;
                     }
-                    return answer.map_err(ClientError::Api);
+                    return answer.map(|v| (v, addr)).map_err(ClientError::Api);
+                }
+                Attempt::Later(why, wait) => {
+                    last = why;
+                    order.insert(0, addr);
+                    tokio::time::sleep(wait).await;
                 }
                 Attempt::Elsewhere(why) => {
                     tracing::debug!(%why, "trying another endpoint");
@@ -216,18 +238,22 @@ impl Client {
             None => None,
         };
         let result = self
-            .with_retries(leader.clone(), |c| {
+            .with_retries_from(leader.clone(), |c| {
                 let signed = signed.clone();
                 async move { c.submit(self.ctx(), API_VERSION, signed).await }
             })
             .await;
-        if let (Some(location), None) = (location, leader) {
-            // Learn the leader for next time (best effort).
-            if let Ok(addr) = self.find_leader(&location).await {
-                self.leaders.lock().expect("leader table").insert(location, addr);
+        if let Some(location) = location {
+            let answered_by_leader = matches!((&result, &leader), (Ok((_, by)), Some(l)) if by == l);
+            if !answered_by_leader {
+                // Unknown, or it did not answer: learn the leader again (best effort).
+                self.leaders.lock().expect("leader table").remove(&location);
+                if let Ok(addr) = self.find_leader(&location).await {
+                    self.leaders.lock().expect("leader table").insert(location, addr);
+                }
             }
         }
-        result
+        result.map(|(receipt, _)| receipt)
     }
 
     /// The API address of the node that leads `location`, from the nodes' status.

@@ -122,7 +122,10 @@ impl Shared {
                     replicas[round % replicas.len()]
                 }
             };
-            match attempt(target, left).await {
+            // One try may not use the whole budget: a stale leader behind a
+            // partition would otherwise hold the request until it runs out.
+            let per_try = left.min(Duration::from_millis(3 * self.limits.election_timeout_max_ms).max(Duration::from_secs(1)));
+            match attempt(target, per_try).await {
                 Ok(value) => return Ok(value),
                 Err(Error::NotLeader { leader: Some(leader), .. }) if leader != target => {
                     hint = Some(leader);
