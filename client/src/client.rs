@@ -8,7 +8,8 @@
 //!
 //! Submitting is exactly-once: a signed transaction whose outcome was not
 //! learned (timeout, lost connection) is resubmitted byte for byte, and the
-//! cluster answers a resubmission with the original outcome.
+//! cluster answers a resubmission with the original outcome. A request the
+//! node refuses as rate limited is sent again after the wait it names.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
