@@ -14,13 +14,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn put(n: i64) -> Vec<Op> {
-    vec![Op::Put { entity: "unit/1".into(), fields: vec![("n".into(), Value::Int(n))] }]
+    vec![Op::Put {
+        entity: "unit/1".into(),
+        fields: vec![("n".into(), Value::Int(n))],
+    }]
 }
 
 /// A client that stays on one node.
 async fn pinned(endpoint: &str) -> Client {
-    let options = ClientOptions { discover: false, ..Default::default() };
-    Client::connect_with(&[endpoint.to_string()], options).await.unwrap()
+    let options = ClientOptions {
+        discover: false,
+        ..Default::default()
+    };
+    Client::connect_with(&[endpoint.to_string()], options)
+        .await
+        .unwrap()
 }
 
 async fn raw_client(endpoint: &str) -> GarrisonClient {
@@ -46,13 +54,24 @@ async fn assert_closed_by_server(stream: &mut TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_its_request_rate_is_refused_until_it_slows_down() {
-    let api = ApiLimits { connection_requests_per_s: 5, connection_burst: 5, ..Default::default() };
+    let api = ApiLimits {
+        connection_requests_per_s: 5,
+        connection_burst: 5,
+        ..Default::default()
+    };
     let servers = Servers::start_with(3, "rate", api, Default::default()).await;
     let client = raw_client(&servers.endpoints[0]).await;
     let mut refused = 0;
     for _ in 0..20 {
-        match client.status(tarpc::context::current(), API_VERSION).await.unwrap() {
-            Err(ApiError::RateLimited { what, retry_after_ms }) => {
+        match client
+            .status(tarpc::context::current(), API_VERSION)
+            .await
+            .unwrap()
+        {
+            Err(ApiError::RateLimited {
+                what,
+                retry_after_ms,
+            }) => {
                 assert_eq!(what, "connection_requests_per_s");
                 assert!(retry_after_ms > 0);
                 refused += 1;
@@ -61,16 +80,27 @@ async fn a_connection_over_its_request_rate_is_refused_until_it_slows_down() {
             Ok(_) => {}
         }
     }
-    assert!(refused >= 10, "only {refused} of 20 requests refused at 5/s");
+    assert!(
+        refused >= 10,
+        "only {refused} of 20 requests refused at 5/s"
+    );
     // Another connection has its own allowance.
     let other = raw_client(&servers.endpoints[0]).await;
-    assert!(other.status(tarpc::context::current(), API_VERSION).await.unwrap().is_ok());
+    assert!(other
+        .status(tarpc::context::current(), API_VERSION)
+        .await
+        .unwrap()
+        .is_ok());
     servers.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_player_is_limited_and_others_are_still_served() {
-    let api = ApiLimits { player_transactions_per_s: 1, player_burst: 3, ..Default::default() };
+    let api = ApiLimits {
+        player_transactions_per_s: 1,
+        player_burst: 3,
+        ..Default::default()
+    };
     let servers = Servers::start_with(3, "flood", api, Default::default()).await;
     let setup = servers.client().await;
     setup.create_location("keep").await.unwrap();
@@ -88,9 +118,16 @@ async fn a_flooding_player_is_limited_and_others_are_still_served() {
     let raw = raw_client(&servers.endpoints[0]).await;
     let mut limited = 0;
     for _ in 0..10 {
-        match raw.submit(tarpc::context::current(), API_VERSION, tx.clone()).await.unwrap() {
+        match raw
+            .submit(tarpc::context::current(), API_VERSION, tx.clone())
+            .await
+            .unwrap()
+        {
             Ok(r) => assert!(matches!(r.outcome, Outcome::Committed { .. }), "{r:?}"),
-            Err(ApiError::RateLimited { what, retry_after_ms }) => {
+            Err(ApiError::RateLimited {
+                what,
+                retry_after_ms,
+            }) => {
                 assert_eq!(what, "player_transactions_per_s");
                 assert!(retry_after_ms > 0);
                 limited += 1;
@@ -98,7 +135,10 @@ async fn a_flooding_player_is_limited_and_others_are_still_served() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(limited >= 5, "only {limited} of 10 limited at 1/s with a burst of 3");
+    assert!(
+        limited >= 5,
+        "only {limited} of 10 limited at 1/s with a burst of 3"
+    );
     // Another player is served at once.
     let client = pinned(&servers.endpoints[0]).await;
     let mut other = Player::new(Keypair::from_seed([9; 32]));
@@ -107,22 +147,38 @@ async fn a_flooding_player_is_limited_and_others_are_still_served() {
     // The client library waits as told and resubmits, instead of failing.
     let mut patient = Player::new(flooder);
     let later = patient.transact(&client, "keep", put(2)).await.unwrap();
-    assert!(matches!(later.outcome, Outcome::Committed { .. }), "{later:?}");
+    assert!(
+        matches!(later.outcome, Outcome::Committed { .. }),
+        "{later:?}"
+    );
     servers.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed() {
-    let api = ApiLimits { handshake_timeout_ms: 200, idle_timeout_ms: 300, ..Default::default() };
+    let api = ApiLimits {
+        handshake_timeout_ms: 200,
+        idle_timeout_ms: 300,
+        ..Default::default()
+    };
     let servers = Servers::start_with(3, "idle", api, Default::default()).await;
     // Never sends a request.
     let mut silent = TcpStream::connect(&servers.endpoints[0]).await.unwrap();
     assert_closed_by_server(&mut silent).await;
-    // Sends one, then falls silent: the next call finds the connection gone.
-    let client = raw_client(&servers.endpoints[0]).await;
-    assert!(client.status(tarpc::context::current(), API_VERSION).await.unwrap().is_ok());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(client.status(tarpc::context::current(), API_VERSION).await.is_err(), "an idle connection stayed open");
+    // Sends one request, reads its answer, then falls silent: the server
+    // closes the connection once idle_timeout_ms has passed.
+    let mut idle = TcpStream::connect(&servers.endpoints[0]).await.unwrap();
+    let request = tarpc::ClientMessage::Request(tarpc::Request {
+        context: tarpc::context::current(),
+        id: 1,
+        message: garrison_client::api::GarrisonRequest::Status { version: API_VERSION },
+    });
+    let frame = garrison_wire::encode(&request);
+    idle.write_all(&(frame.len() as u32).to_be_bytes()).await.unwrap();
+    idle.write_all(&frame).await.unwrap();
+    let mut length = [0u8; 4];
+    idle.read_exact(&mut length).await.expect("the status answer");
+    assert_closed_by_server(&mut idle).await;
     servers.shutdown().await;
 }
 
