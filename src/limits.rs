@@ -28,7 +28,12 @@ pub struct Bucket {
 impl Bucket {
     /// A full bucket.
     pub fn new(rate_per_s: u32, burst: u32) -> Self {
-        Self { tokens: burst as f64, updated: Instant::now(), rate_per_s: rate_per_s as f64, burst: burst.max(1) as f64 }
+        Self {
+            tokens: burst as f64,
+            updated: Instant::now(),
+            rate_per_s: rate_per_s as f64,
+            burst: burst.max(1) as f64,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -45,7 +50,11 @@ impl Bucket {
             return Ok(());
         }
         let missing = 1.0 - self.tokens;
-        Err(Duration::from_secs_f64(if self.rate_per_s > 0.0 { missing / self.rate_per_s } else { 3600.0 }))
+        Err(Duration::from_secs_f64(if self.rate_per_s > 0.0 {
+            missing / self.rate_per_s
+        } else {
+            3600.0
+        }))
     }
 
     fn is_full(&mut self, now: Instant) -> bool {
@@ -55,7 +64,10 @@ impl Bucket {
 }
 
 fn limited(what: &str, wait: Duration) -> ApiError {
-    ApiError::RateLimited { what: what.to_string(), retry_after_ms: wait.as_millis().max(1) as u64 }
+    ApiError::RateLimited {
+        what: what.to_string(),
+        retry_after_ms: wait.as_millis().max(1) as u64,
+    }
 }
 
 /// The per-player buckets of one node.
@@ -68,7 +80,11 @@ pub struct PlayerLimiter {
 impl PlayerLimiter {
     /// Buckets of `rate_per_s`, `burst`.
     pub fn new(rate_per_s: u32, burst: u32) -> Self {
-        Self { buckets: Mutex::new(HashMap::new()), rate_per_s, burst }
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+            rate_per_s,
+            burst,
+        }
     }
 
     /// Charges one transaction to `player`.
@@ -78,11 +94,18 @@ impl PlayerLimiter {
         if buckets.len() >= MAX_TRACKED_PLAYERS && !buckets.contains_key(player) {
             buckets.retain(|_, b| !b.is_full(now));
             if buckets.len() >= MAX_TRACKED_PLAYERS {
-                return Err(limited("too many active players on this node", Duration::from_secs(1)));
+                return Err(limited(
+                    "too many active players on this node",
+                    Duration::from_secs(1),
+                ));
             }
         }
-        let bucket = buckets.entry(*player).or_insert_with(|| Bucket::new(self.rate_per_s, self.burst));
-        bucket.take(now).map_err(|wait| limited("player_transactions_per_s", wait))
+        let bucket = buckets
+            .entry(*player)
+            .or_insert_with(|| Bucket::new(self.rate_per_s, self.burst));
+        bucket
+            .take(now)
+            .map_err(|wait| limited("player_transactions_per_s", wait))
     }
 }
 
@@ -98,7 +121,12 @@ pub struct Connection {
 
 impl Connection {
     /// A new connection's state.
-    pub fn new(requests_per_s: u32, burst: u32, handshake_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        requests_per_s: u32,
+        burst: u32,
+        handshake_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             bucket: Mutex::new(Bucket::new(requests_per_s, burst)),
             opened: Instant::now(),
@@ -111,8 +139,15 @@ impl Connection {
     /// Charges one request and records the activity.
     pub fn admit(&self) -> Result<(), ApiError> {
         let now = Instant::now();
-        self.last_request_ms.store(now.duration_since(self.opened).as_millis().max(1) as u64, Ordering::Relaxed);
-        self.bucket.lock().expect("connection bucket").take(now).map_err(|wait| limited("connection_requests_per_s", wait))
+        self.last_request_ms.store(
+            now.duration_since(self.opened).as_millis().max(1) as u64,
+            Ordering::Relaxed,
+        );
+        self.bucket
+            .lock()
+            .expect("connection bucket")
+            .take(now)
+            .map_err(|wait| limited("connection_requests_per_s", wait))
     }
 
     /// Resolves when the connection has been silent too long, with the reason.
@@ -120,9 +155,15 @@ impl Connection {
         loop {
             let last = self.last_request_ms.load(Ordering::Relaxed);
             let (deadline, why) = if last == 0 {
-                (self.opened + self.handshake_timeout, "no request within handshake_timeout_ms")
+                (
+                    self.opened + self.handshake_timeout,
+                    "no request within handshake_timeout_ms",
+                )
             } else {
-                (self.opened + Duration::from_millis(last) + self.idle_timeout, "idle for idle_timeout_ms")
+                (
+                    self.opened + Duration::from_millis(last) + self.idle_timeout,
+                    "idle for idle_timeout_ms",
+                )
             };
             if Instant::now() >= deadline {
                 return why;
@@ -155,7 +196,10 @@ mod tests {
         let (a, b) = ([1u8; 32], [2u8; 32]);
         limiter.admit(&a).unwrap();
         limiter.admit(&a).unwrap();
-        assert!(matches!(limiter.admit(&a), Err(ApiError::RateLimited { .. })));
+        assert!(matches!(
+            limiter.admit(&a),
+            Err(ApiError::RateLimited { .. })
+        ));
         limiter.admit(&b).unwrap();
     }
 }

@@ -93,7 +93,10 @@ impl LocationApp {
     pub fn new(location: &str) -> Self {
         Self {
             location: location.to_string(),
-            state: LocationImage { format_version: LOCATION_FORMAT_VERSION, ..Default::default() },
+            state: LocationImage {
+                format_version: LOCATION_FORMAT_VERSION,
+                ..Default::default()
+            },
         }
     }
 
@@ -104,12 +107,22 @@ impl LocationApp {
 
     /// The player's next sequence number here.
     pub fn next_sequence(&self, player: &PlayerKey) -> u64 {
-        self.state.players.get(player).map(|p| p.next_sequence).unwrap_or(1)
+        self.state
+            .players
+            .get(player)
+            .map(|p| p.next_sequence)
+            .unwrap_or(1)
     }
 
     /// Applies one command at `index`; the receipt is the reply.
     pub fn submit(&mut self, index: u64, signed: &SignedTransaction) -> TxReceipt {
-        let receipt = |sequence, outcome| TxReceipt { location: self.location.clone(), index, sequence, outcome, duplicate: false };
+        let receipt = |sequence, outcome| TxReceipt {
+            location: self.location.clone(),
+            index,
+            sequence,
+            outcome,
+            duplicate: false,
+        };
         let refuse = |sequence, reason| receipt(sequence, Outcome::Rejected { op: None, reason });
         let tx = match Transaction::from_canonical_bytes(&signed.transaction) {
             Ok(tx) => tx,
@@ -123,28 +136,67 @@ impl LocationApp {
         // The cluster name is checked at ingress only: it comes from each
         // node's configuration, and apply may depend on nothing local.
         if tx.location != self.location {
-            return refuse(tx.sequence, Rejection::WrongLocation { expected: self.location.clone(), got: tx.location });
+            return refuse(
+                tx.sequence,
+                Rejection::WrongLocation {
+                    expected: self.location.clone(),
+                    got: tx.location,
+                },
+            );
         }
         let next = self.next_sequence(&tx.player);
         let digest = signed.digest();
         if tx.sequence < next {
-            let seen = self.state.players.get(&tx.player).and_then(|r| r.recent.iter().find(|r| r.sequence == tx.sequence && r.digest == digest));
+            let seen = self.state.players.get(&tx.player).and_then(|r| {
+                r.recent
+                    .iter()
+                    .find(|r| r.sequence == tx.sequence && r.digest == digest)
+            });
             if let Some(seen) = seen {
-                return TxReceipt { duplicate: true, ..seen.receipt.clone() };
+                return TxReceipt {
+                    duplicate: true,
+                    ..seen.receipt.clone()
+                };
             }
-            return refuse(tx.sequence, Rejection::SequenceReused { got: tx.sequence, next });
+            return refuse(
+                tx.sequence,
+                Rejection::SequenceReused {
+                    got: tx.sequence,
+                    next,
+                },
+            );
         }
         if tx.sequence > next {
-            return refuse(tx.sequence, Rejection::SequenceGap { expected: next, got: tx.sequence });
+            return refuse(
+                tx.sequence,
+                Rejection::SequenceGap {
+                    expected: next,
+                    got: tx.sequence,
+                },
+            );
         }
-        let outcome = self.state.fragment.apply(&self.location, &tx.player, &tx.ops, index);
+        let outcome = self
+            .state
+            .fragment
+            .apply(&self.location, &tx.player, &tx.ops, index);
         let done = receipt(tx.sequence, outcome);
-        let record = self.state.players.entry(tx.player).or_insert_with(|| PlayerRecord { next_sequence: 1, recent: VecDeque::new() });
+        let record = self
+            .state
+            .players
+            .entry(tx.player)
+            .or_insert_with(|| PlayerRecord {
+                next_sequence: 1,
+                recent: VecDeque::new(),
+            });
         record.next_sequence = tx.sequence + 1;
         if record.recent.len() == MAX_REMEMBERED_OUTCOMES {
             record.recent.pop_front();
         }
-        record.recent.push_back(Remembered { sequence: tx.sequence, digest, receipt: done.clone() });
+        record.recent.push_back(Remembered {
+            sequence: tx.sequence,
+            digest,
+            receipt: done.clone(),
+        });
         done
     }
 
@@ -178,7 +230,10 @@ impl GroupApp for LocationApp {
                 location: self.location.clone(),
                 index: ctx.index,
                 sequence: 0,
-                outcome: Outcome::Rejected { op: None, reason: Rejection::Malformed(e.to_string()) },
+                outcome: Outcome::Rejected {
+                    op: None,
+                    reason: Rejection::Malformed(e.to_string()),
+                },
                 duplicate: false,
             },
         };
@@ -199,7 +254,10 @@ impl GroupApp for LocationApp {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let image: LocationImage = codec::decode_stored(snapshot).map_err(|e| e.to_string())?;
         if image.format_version != LOCATION_FORMAT_VERSION {
-            return Err(format!("location format version {} is not supported", image.format_version));
+            return Err(format!(
+                "location format version {} is not supported",
+                image.format_version
+            ));
         }
         self.state = image;
         Ok(())

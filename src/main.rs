@@ -6,7 +6,8 @@ use clap::{CommandFactory, FromArgMatches};
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GARRISON_LOG").unwrap_or_else(|_| "warn,garrison=info,openraft=error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("GARRISON_LOG")
+                .unwrap_or_else(|_| "warn,garrison=info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

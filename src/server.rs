@@ -11,8 +11,8 @@ use futures::StreamExt;
 use garrison_client::api::Garrison;
 use garrison_raft::{Node, NodeConfig, RaftConfig};
 use serde::{Deserialize, Serialize};
-use tarpc::server::{self, BaseChannel, Channel};
 use tarpc::serde_transport;
+use tarpc::server::{self, BaseChannel, Channel};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -97,8 +97,10 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config: ServerConfig = toml::from_str(&text).with_context(|| format!("{} is not a valid garrison configuration", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: ServerConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid garrison configuration", path.display()))?;
         config.me()?;
         Ok(config)
     }
@@ -125,15 +127,29 @@ impl Server {
     /// Starts the node described by `config`.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let me = config.me()?.clone();
-        let peer_addr: SocketAddr = me.peer_addr.parse().with_context(|| format!("peer_addr {:?} is not an address", me.peer_addr))?;
-        let api_addr: SocketAddr = me.api_addr.parse().with_context(|| format!("api_addr {:?} is not an address", me.api_addr))?;
-        let api_listener = TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
-        let peer_listener = TcpListener::bind(peer_addr).await.with_context(|| format!("cannot listen on {peer_addr}"))?;
+        let peer_addr: SocketAddr = me
+            .peer_addr
+            .parse()
+            .with_context(|| format!("peer_addr {:?} is not an address", me.peer_addr))?;
+        let api_addr: SocketAddr = me
+            .api_addr
+            .parse()
+            .with_context(|| format!("api_addr {:?} is not an address", me.api_addr))?;
+        let api_listener = TcpListener::bind(api_addr)
+            .await
+            .with_context(|| format!("cannot listen on {api_addr}"))?;
+        let peer_listener = TcpListener::bind(peer_addr)
+            .await
+            .with_context(|| format!("cannot listen on {peer_addr}"))?;
         Self::start_with_listeners(config, peer_listener, api_listener).await
     }
 
     /// Like [`Server::start`], on listeners the caller has bound already.
-    pub async fn start_with_listeners(config: ServerConfig, peer_listener: TcpListener, api_listener: TcpListener) -> anyhow::Result<Self> {
+    pub async fn start_with_listeners(
+        config: ServerConfig,
+        peer_listener: TcpListener,
+        api_listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         config.me()?;
         let peer_addr = peer_listener.local_addr()?;
         let node_config = NodeConfig {
@@ -141,17 +157,34 @@ impl Server {
             listen_addr: peer_addr,
             data_dir: config.data_dir.clone(),
             cluster_name: config.cluster.clone(),
-            members: config.members.iter().map(|m| (m.id, m.peer_addr.clone())).collect(),
+            members: config
+                .members
+                .iter()
+                .map(|m| (m.id, m.peer_addr.clone()))
+                .collect(),
             raft: config.raft.clone(),
         };
         let factory = Arc::new(LocationFactory);
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
-        let api_addrs: BTreeMap<u64, String> = config.members.iter().map(|m| (m.id, m.api_addr.clone())).collect();
+        let api_addrs: BTreeMap<u64, String> = config
+            .members
+            .iter()
+            .map(|m| (m.id, m.api_addr.clone()))
+            .collect();
         let service = ApiService::new(node.clone(), config.cluster.clone(), api_addrs, &config.api);
         let stop = CancellationToken::new();
         let api_addr = api_listener.local_addr()?;
-        tokio::spawn(serve_clients(api_listener, config.api.clone(), service, stop.clone()));
-        Ok(Self { node, api_addr, stop })
+        tokio::spawn(serve_clients(
+            api_listener,
+            config.api.clone(),
+            service,
+            stop.clone(),
+        ));
+        Ok(Self {
+            node,
+            api_addr,
+            stop,
+        })
     }
 
     /// Stops serving clients, stops every group and flushes storage.
@@ -161,27 +194,42 @@ impl Server {
     }
 }
 
-async fn serve_clients(listener: TcpListener, limits: ApiLimits, service: ApiService, stop: CancellationToken) {
+async fn serve_clients(
+    listener: TcpListener,
+    limits: ApiLimits,
+    service: ApiService,
+    stop: CancellationToken,
+) {
     let max = limits.max_connections;
-    garrison_wire::accept_connections(listener, max, "client", stop.clone(), move |stream, peer, permit| {
-        let framed = Framed::new(stream, garrison_wire::frame_codec(limits.max_frame_bytes as usize));
-        let transport = serde_transport::new(framed, garrison_wire::Bincode2::default());
-        let channel = BaseChannel::new(server::Config::default(), transport).max_concurrent_requests(limits.max_in_flight_requests_per_connection);
-        let service = service.for_connection(&limits);
-        let connection = service.connection();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let watchdog = connection.close_when_idle();
-            let serve = channel.execute(service.serve()).for_each(|request| async {
-                tokio::spawn(request);
+    garrison_wire::accept_connections(
+        listener,
+        max,
+        "client",
+        stop.clone(),
+        move |stream, peer, permit| {
+            let framed = Framed::new(
+                stream,
+                garrison_wire::frame_codec(limits.max_frame_bytes as usize),
+            );
+            let transport = serde_transport::new(framed, garrison_wire::Bincode2::default());
+            let channel = BaseChannel::new(server::Config::default(), transport)
+                .max_concurrent_requests(limits.max_in_flight_requests_per_connection);
+            let service = service.for_connection(&limits);
+            let connection = service.connection();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let watchdog = connection.close_when_idle();
+                let serve = channel.execute(service.serve()).for_each(|request| async {
+                    tokio::spawn(request);
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = serve => tracing::debug!(%peer, "client connection closed"),
+                    why = watchdog => tracing::info!(%peer, "closing client connection: {why}"),
+                }
+                drop(permit);
             });
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = serve => tracing::debug!(%peer, "client connection closed"),
-                why = watchdog => tracing::info!(%peer, "closing client connection: {why}"),
-            }
-            drop(permit);
-        });
-    })
+        },
+    )
     .await;
 }

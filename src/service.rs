@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use garrison_client::api::{
-    ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead, NodeStatus, ReadMode,
-    TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
+    ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead,
+    NodeStatus, ReadMode, TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
 };
-use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES};
+use garrison_client::tx::{
+    PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES,
+};
 use garrison_client::Entity;
 use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
 use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
@@ -42,7 +44,9 @@ pub fn api_error(e: Error) -> ApiError {
     match e {
         Error::Timeout(_) => ApiError::Timeout,
         Error::UnknownLocation(name) => ApiError::UnknownLocation(name),
-        Error::ProposalTooLarge { bytes, max } => ApiError::InvalidRequest(format!("request of {bytes} bytes exceeds {max}")),
+        Error::ProposalTooLarge { bytes, max } => {
+            ApiError::InvalidRequest(format!("request of {bytes} bytes exceeds {max}"))
+        }
         Error::Meta(why) => ApiError::InvalidRequest(why),
         e @ (Error::NoLeader { .. }
         | Error::NotLeader { .. }
@@ -52,7 +56,9 @@ pub fn api_error(e: Error) -> ApiError {
         | Error::UnknownGroup(_)
         | Error::Raft(_)
         | Error::ShuttingDown) => ApiError::Unavailable(e.to_string()),
-        e @ (Error::Config(_) | Error::Storage(_) | Error::Decode(_)) => ApiError::Internal(e.to_string()),
+        e @ (Error::Config(_) | Error::Storage(_) | Error::Decode(_)) => {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -65,7 +71,10 @@ fn consistency(mode: ReadMode) -> ReadConsistency {
 
 fn check_version(version: u16) -> Result<(), ApiError> {
     if version != API_VERSION {
-        return Err(ApiError::Version { got: version, supported: API_VERSION });
+        return Err(ApiError::Version {
+            got: version,
+            supported: API_VERSION,
+        });
     }
     Ok(())
 }
@@ -75,17 +84,29 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn info(record: &LocationRecord) -> LocationInfo {
-    LocationInfo { name: record.name.clone(), group: record.group, replicas: record.replicas.iter().copied().collect() }
+    LocationInfo {
+        name: record.name.clone(),
+        group: record.group,
+        replicas: record.replicas.iter().copied().collect(),
+    }
 }
 
 impl ApiService {
     /// The service of a node, before any connection.
-    pub fn new(node: Node, cluster: String, api_addrs: BTreeMap<u64, String>, limits: &ApiLimits) -> Self {
+    pub fn new(
+        node: Node,
+        cluster: String,
+        api_addrs: BTreeMap<u64, String>,
+        limits: &ApiLimits,
+    ) -> Self {
         let service = Self {
             node,
             cluster,
             api_addrs,
-            players: Arc::new(PlayerLimiter::new(limits.player_transactions_per_s, limits.player_burst)),
+            players: Arc::new(PlayerLimiter::new(
+                limits.player_transactions_per_s,
+                limits.player_burst,
+            )),
             connection: Arc::new(Connection::new(0, 0, Duration::ZERO, Duration::ZERO)),
         };
         service.for_connection(limits)
@@ -99,7 +120,10 @@ impl ApiService {
             Duration::from_millis(limits.handshake_timeout_ms),
             Duration::from_millis(limits.idle_timeout_ms),
         );
-        Self { connection: Arc::new(connection), ..self.clone() }
+        Self {
+            connection: Arc::new(connection),
+            ..self.clone()
+        }
     }
 
     /// This connection's state.
@@ -120,14 +144,29 @@ impl ApiService {
             return Ok(record.group);
         }
         let query = codec::encode(&MetaQuery::Location(location.to_string()));
-        let reply = self.node.read(META_GROUP, query, ReadConsistency::Linearizable).await.map_err(api_error)?;
+        let reply = self
+            .node
+            .read(META_GROUP, query, ReadConsistency::Linearizable)
+            .await
+            .map_err(api_error)?;
         let record: Option<LocationRecord> = decode(&reply.reply)?;
-        record.map(|r| r.group).ok_or_else(|| ApiError::UnknownLocation(location.to_string()))
+        record
+            .map(|r| r.group)
+            .ok_or_else(|| ApiError::UnknownLocation(location.to_string()))
     }
 
-    async fn query<T: serde::de::DeserializeOwned>(&self, location: &str, query: LocationQuery, mode: ReadMode) -> Result<(u64, T), ApiError> {
+    async fn query<T: serde::de::DeserializeOwned>(
+        &self,
+        location: &str,
+        query: LocationQuery,
+        mode: ReadMode,
+    ) -> Result<(u64, T), ApiError> {
         let group = self.group_of(location).await?;
-        let reply = self.node.read(group, codec::encode(&query), consistency(mode)).await.map_err(api_error)?;
+        let reply = self
+            .node
+            .read(group, codec::encode(&query), consistency(mode))
+            .await
+            .map_err(api_error)?;
         Ok((reply.index, decode(&reply.reply)?))
     }
 
@@ -135,7 +174,11 @@ impl ApiService {
     async fn admit(&self, signed: &SignedTransaction) -> Result<(GroupId, Transaction), ApiError> {
         let bytes = signed.transaction.len();
         if bytes > MAX_TRANSACTION_BYTES {
-            return Err(TxError::TooLarge { bytes: bytes as u64, max: MAX_TRANSACTION_BYTES as u64 }.into());
+            return Err(TxError::TooLarge {
+                bytes: bytes as u64,
+                max: MAX_TRANSACTION_BYTES as u64,
+            }
+            .into());
         }
         if signed.signature.len() != SIGNATURE_BYTES {
             return Err(TxError::BadSignature.into());
@@ -143,7 +186,10 @@ impl ApiService {
         let tx = Transaction::from_canonical_bytes(&signed.transaction)?;
         tx.check_limits()?;
         if tx.cluster != self.cluster {
-            return Err(ApiError::WrongCluster { expected: self.cluster.clone(), got: tx.cluster });
+            return Err(ApiError::WrongCluster {
+                expected: self.cluster.clone(),
+                got: tx.cluster,
+            });
         }
         let group = self.group_of(&tx.location).await?;
         signed.verify()?;
@@ -153,47 +199,115 @@ impl ApiService {
 }
 
 impl Garrison for ApiService {
-    async fn submit(self, _: context::Context, version: u16, signed: SignedTransaction) -> Result<TxReceipt, ApiError> {
+    async fn submit(
+        self,
+        _: context::Context,
+        version: u16,
+        signed: SignedTransaction,
+    ) -> Result<TxReceipt, ApiError> {
         self.admit_request(version)?;
         let (group, _) = self.admit(&signed).await?;
-        let written = self.node.write(group, codec::encode(&LocationCommand::Submit(signed))).await.map_err(api_error)?;
+        let written = self
+            .node
+            .write(group, codec::encode(&LocationCommand::Submit(signed)))
+            .await
+            .map_err(api_error)?;
         decode(&written.reply)
     }
 
-    async fn get_entity(self, _: context::Context, version: u16, location: String, entity: String, mode: ReadMode) -> Result<EntityRead, ApiError> {
+    async fn get_entity(
+        self,
+        _: context::Context,
+        version: u16,
+        location: String,
+        entity: String,
+        mode: ReadMode,
+    ) -> Result<EntityRead, ApiError> {
         self.admit_request(version)?;
-        let (index, entity): (u64, Option<Entity>) = self.query(&location, LocationQuery::Entity(entity), mode).await?;
+        let (index, entity): (u64, Option<Entity>) = self
+            .query(&location, LocationQuery::Entity(entity), mode)
+            .await?;
         Ok(EntityRead { index, entity })
     }
 
-    async fn get_location(self, _: context::Context, version: u16, location: String, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ApiError> {
+    async fn get_location(
+        self,
+        _: context::Context,
+        version: u16,
+        location: String,
+        mode: ReadMode,
+        max_entities: u32,
+    ) -> Result<LocationRead, ApiError> {
         self.admit_request(version)?;
         if max_entities > MAX_ENTITIES_PER_READ {
-            return Err(ApiError::InvalidRequest(format!("max_entities {max_entities} exceeds {MAX_ENTITIES_PER_READ}")));
+            return Err(ApiError::InvalidRequest(format!(
+                "max_entities {max_entities} exceeds {MAX_ENTITIES_PER_READ}"
+            )));
         }
-        let (index, (entities, truncated)) = self.query(&location, LocationQuery::Entities { max: max_entities }, mode).await?;
-        Ok(LocationRead { index, entities, truncated })
+        let (index, (entities, truncated)) = self
+            .query(
+                &location,
+                LocationQuery::Entities { max: max_entities },
+                mode,
+            )
+            .await?;
+        Ok(LocationRead {
+            index,
+            entities,
+            truncated,
+        })
     }
 
-    async fn next_sequence(self, _: context::Context, version: u16, location: String, player: PlayerKey, mode: ReadMode) -> Result<u64, ApiError> {
+    async fn next_sequence(
+        self,
+        _: context::Context,
+        version: u16,
+        location: String,
+        player: PlayerKey,
+        mode: ReadMode,
+    ) -> Result<u64, ApiError> {
         self.admit_request(version)?;
-        let (_, next) = self.query(&location, LocationQuery::NextSequence(player), mode).await?;
+        let (_, next) = self
+            .query(&location, LocationQuery::NextSequence(player), mode)
+            .await?;
         Ok(next)
     }
 
-    async fn create_location(self, _: context::Context, version: u16, name: String) -> Result<LocationInfo, ApiError> {
+    async fn create_location(
+        self,
+        _: context::Context,
+        version: u16,
+        name: String,
+    ) -> Result<LocationInfo, ApiError> {
         self.admit_request(version)?;
         garrison_raft::meta::check_location_name(&name).map_err(ApiError::InvalidRequest)?;
-        let record = self.node.create_location(&name, &[]).await.map_err(api_error)?;
+        let record = self
+            .node
+            .create_location(&name, &[])
+            .await
+            .map_err(api_error)?;
         Ok(info(&record))
     }
 
-    async fn locations(self, _: context::Context, version: u16) -> Result<Vec<LocationInfo>, ApiError> {
+    async fn locations(
+        self,
+        _: context::Context,
+        version: u16,
+    ) -> Result<Vec<LocationInfo>, ApiError> {
         self.admit_request(version)?;
         let query = codec::encode(&MetaQuery::Directory);
-        let reply = self.node.read(META_GROUP, query, ReadConsistency::Linearizable).await.map_err(api_error)?;
+        let reply = self
+            .node
+            .read(META_GROUP, query, ReadConsistency::Linearizable)
+            .await
+            .map_err(api_error)?;
         let directory: Option<Directory> = decode(&reply.reply)?;
-        Ok(directory.unwrap_or_default().locations.values().map(info).collect())
+        Ok(directory
+            .unwrap_or_default()
+            .locations
+            .values()
+            .map(info)
+            .collect())
     }
 
     async fn status(self, _: context::Context, version: u16) -> Result<NodeStatus, ApiError> {
@@ -212,10 +326,21 @@ impl Garrison for ApiService {
                 voters: s.voters.into_iter().collect(),
             })
             .collect();
-        Ok(NodeStatus { cluster: self.cluster.clone(), node: self.node.id(), api_addrs: self.api_addrs.clone(), groups })
+        Ok(NodeStatus {
+            cluster: self.cluster.clone(),
+            node: self.node.id(),
+            api_addrs: self.api_addrs.clone(),
+            groups,
+        })
     }
 
-    async fn consistency(self, _: context::Context, version: u16, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ApiError> {
+    async fn consistency(
+        self,
+        _: context::Context,
+        version: u16,
+        group: Option<u64>,
+        at: Option<u64>,
+    ) -> Result<Vec<GroupConsistency>, ApiError> {
         self.admit_request(version)?;
         let groups = match group {
             Some(g) => vec![g],

@@ -41,16 +41,35 @@ impl Overlay<'_> {
 impl Fragment {
     /// Applies `ops` for `player` at log `index`, all or nothing.
     pub fn apply(&mut self, location: &str, player: &PlayerKey, ops: &[Op], index: u64) -> Outcome {
-        let mut overlay = Overlay { base: &self.entities, touched: BTreeMap::new() };
+        let mut overlay = Overlay {
+            base: &self.entities,
+            touched: BTreeMap::new(),
+        };
         for (i, op) in ops.iter().enumerate() {
             if let Err(reason) = apply_op(&mut overlay, player, op, index) {
-                return Outcome::Rejected { op: Some(i as u32), reason };
+                return Outcome::Rejected {
+                    op: Some(i as u32),
+                    reason,
+                };
             }
         }
-        let created = overlay.touched.iter().filter(|(k, v)| v.is_some() && !self.entities.contains_key(*k)).count();
-        let deleted = overlay.touched.iter().filter(|(k, v)| v.is_none() && self.entities.contains_key(*k)).count();
+        let created = overlay
+            .touched
+            .iter()
+            .filter(|(k, v)| v.is_some() && !self.entities.contains_key(*k))
+            .count();
+        let deleted = overlay
+            .touched
+            .iter()
+            .filter(|(k, v)| v.is_none() && self.entities.contains_key(*k))
+            .count();
         if self.entities.len() + created - deleted > MAX_ENTITIES_PER_LOCATION {
-            return Outcome::Rejected { op: None, reason: Rejection::TooManyEntities { max: MAX_ENTITIES_PER_LOCATION as u64 } };
+            return Outcome::Rejected {
+                op: None,
+                reason: Rejection::TooManyEntities {
+                    max: MAX_ENTITIES_PER_LOCATION as u64,
+                },
+            };
         }
         let mut events = Vec::new();
         for (key, after) in overlay.touched {
@@ -61,7 +80,12 @@ impl Fragment {
                 (true, Some(_)) => EventKind::Changed,
                 (true, None) => EventKind::Deleted,
             };
-            events.push(Event { location: location.to_string(), index, entity: key.clone(), kind });
+            events.push(Event {
+                location: location.to_string(),
+                index,
+                entity: key.clone(),
+                kind,
+            });
             match after {
                 Some(entity) => self.entities.insert(key, entity),
                 None => self.entities.remove(&key),
@@ -71,40 +95,79 @@ impl Fragment {
     }
 }
 
-fn apply_op(overlay: &mut Overlay<'_>, player: &PlayerKey, op: &Op, index: u64) -> Result<(), Rejection> {
+fn apply_op(
+    overlay: &mut Overlay<'_>,
+    player: &PlayerKey,
+    op: &Op,
+    index: u64,
+) -> Result<(), Rejection> {
     match op {
         Op::Put { entity, fields } => {
-            let mut e = overlay.get(entity).cloned().unwrap_or_else(|| Entity { owner: *player, version: 0, fields: BTreeMap::new() });
+            let mut e = overlay.get(entity).cloned().unwrap_or_else(|| Entity {
+                owner: *player,
+                version: 0,
+                fields: BTreeMap::new(),
+            });
             for (field, value) in fields {
                 e.fields.insert(field.clone(), value.clone());
             }
             if e.fields.len() > MAX_FIELDS_PER_ENTITY {
-                return Err(Rejection::TooManyFields { entity: entity.clone(), max: MAX_FIELDS_PER_ENTITY as u64 });
+                return Err(Rejection::TooManyFields {
+                    entity: entity.clone(),
+                    max: MAX_FIELDS_PER_ENTITY as u64,
+                });
             }
             e.version = index;
             overlay.touched.insert(entity.clone(), Some(e));
         }
         Op::Delete { entity } => {
             if overlay.get(entity).is_none() {
-                return Err(Rejection::NotFound { entity: entity.clone() });
+                return Err(Rejection::NotFound {
+                    entity: entity.clone(),
+                });
             }
             overlay.touched.insert(entity.clone(), None);
         }
-        Op::Increment { entity, field, by, min, max } => {
-            let mut e = overlay.get(entity).cloned().ok_or_else(|| Rejection::NotFound { entity: entity.clone() })?;
+        Op::Increment {
+            entity,
+            field,
+            by,
+            min,
+            max,
+        } => {
+            let mut e = overlay
+                .get(entity)
+                .cloned()
+                .ok_or_else(|| Rejection::NotFound {
+                    entity: entity.clone(),
+                })?;
             let current = match e.fields.get(field) {
                 None => 0,
                 Some(Value::Int(v)) => *v,
-                Some(_) => return Err(Rejection::NotAnInteger { entity: entity.clone(), field: field.clone() }),
+                Some(_) => {
+                    return Err(Rejection::NotAnInteger {
+                        entity: entity.clone(),
+                        field: field.clone(),
+                    })
+                }
             };
             let result = current as i128 + *by as i128;
             let below = min.is_some_and(|m| result < m as i128) || result < i64::MIN as i128;
             let above = max.is_some_and(|m| result > m as i128) || result > i64::MAX as i128;
             if below || above {
-                return Err(Rejection::OutOfBounds { entity: entity.clone(), field: field.clone(), result, min: *min, max: *max });
+                return Err(Rejection::OutOfBounds {
+                    entity: entity.clone(),
+                    field: field.clone(),
+                    result,
+                    min: *min,
+                    max: *max,
+                });
             }
             if !e.fields.contains_key(field) && e.fields.len() == MAX_FIELDS_PER_ENTITY {
-                return Err(Rejection::TooManyFields { entity: entity.clone(), max: MAX_FIELDS_PER_ENTITY as u64 });
+                return Err(Rejection::TooManyFields {
+                    entity: entity.clone(),
+                    max: MAX_FIELDS_PER_ENTITY as u64,
+                });
             }
             e.fields.insert(field.clone(), Value::Int(result as i64));
             e.version = index;
@@ -113,13 +176,29 @@ fn apply_op(overlay: &mut Overlay<'_>, player: &PlayerKey, op: &Op, index: u64) 
         Op::ExpectVersion { entity, version } => {
             let actual = overlay.get(entity).map(|e| e.version).unwrap_or(0);
             if actual != *version {
-                return Err(Rejection::VersionMismatch { entity: entity.clone(), expected: *version, actual });
+                return Err(Rejection::VersionMismatch {
+                    entity: entity.clone(),
+                    expected: *version,
+                    actual,
+                });
             }
         }
-        Op::ExpectField { entity, field, value } => {
-            let actual = overlay.get(entity).and_then(|e| e.fields.get(field)).cloned();
+        Op::ExpectField {
+            entity,
+            field,
+            value,
+        } => {
+            let actual = overlay
+                .get(entity)
+                .and_then(|e| e.fields.get(field))
+                .cloned();
             if actual != *value {
-                return Err(Rejection::FieldMismatch { entity: entity.clone(), field: field.clone(), expected: value.clone(), actual });
+                return Err(Rejection::FieldMismatch {
+                    entity: entity.clone(),
+                    field: field.clone(),
+                    expected: value.clone(),
+                    actual,
+                });
             }
         }
     }
@@ -133,11 +212,20 @@ mod tests {
     const P: PlayerKey = [7; 32];
 
     fn put(entity: &str, field: &str, value: i64) -> Op {
-        Op::Put { entity: entity.into(), fields: vec![(field.into(), Value::Int(value))] }
+        Op::Put {
+            entity: entity.into(),
+            fields: vec![(field.into(), Value::Int(value))],
+        }
     }
 
     fn incr(entity: &str, field: &str, by: i64, min: Option<i64>, max: Option<i64>) -> Op {
-        Op::Increment { entity: entity.into(), field: field.into(), by, min, max }
+        Op::Increment {
+            entity: entity.into(),
+            field: field.into(),
+            by,
+            min,
+            max,
+        }
     }
 
     fn committed(outcome: &Outcome) -> &Vec<Event> {
@@ -165,9 +253,15 @@ mod tests {
         let mut f = Fragment::default();
         f.apply("l", &P, &[put("depot/3", "ammo", 5)], 1);
         let before = f.clone();
-        let ops = [put("unit/1", "hp", 1), incr("depot/3", "ammo", -6, Some(0), None)];
+        let ops = [
+            put("unit/1", "hp", 1),
+            incr("depot/3", "ammo", -6, Some(0), None),
+        ];
         match f.apply("l", &P, &ops, 2) {
-            Outcome::Rejected { op: Some(1), reason: Rejection::OutOfBounds { result: -1, .. } } => {}
+            Outcome::Rejected {
+                op: Some(1),
+                reason: Rejection::OutOfBounds { result: -1, .. },
+            } => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(f, before);
@@ -176,33 +270,100 @@ mod tests {
     #[test]
     fn every_rule_is_checked() {
         let mut f = Fragment::default();
-        f.apply("l", &P, &[Op::Put { entity: "e".into(), fields: vec![("n".into(), Value::Int(1)), ("s".into(), Value::Str("x".into()))] }], 3);
+        f.apply(
+            "l",
+            &P,
+            &[Op::Put {
+                entity: "e".into(),
+                fields: vec![
+                    ("n".into(), Value::Int(1)),
+                    ("s".into(), Value::Str("x".into())),
+                ],
+            }],
+            3,
+        );
         type Case = (Op, fn(&Rejection) -> bool);
         let cases: Vec<Case> = vec![
-            (Op::Delete { entity: "nope".into() }, |r| matches!(r, Rejection::NotFound { .. })),
-            (incr("nope", "n", 1, None, None), |r| matches!(r, Rejection::NotFound { .. })),
-            (incr("e", "s", 1, None, None), |r| matches!(r, Rejection::NotAnInteger { .. })),
-            (incr("e", "n", 5, None, Some(5)), |r| matches!(r, Rejection::OutOfBounds { result: 6, .. })),
-            (incr("e", "n", i64::MAX, None, None), |r| matches!(r, Rejection::OutOfBounds { .. })),
-            (Op::ExpectVersion { entity: "e".into(), version: 2 }, |r| matches!(r, Rejection::VersionMismatch { actual: 3, .. })),
-            (Op::ExpectVersion { entity: "e".into(), version: 0 }, |r| matches!(r, Rejection::VersionMismatch { .. })),
-            (Op::ExpectField { entity: "e".into(), field: "n".into(), value: Some(Value::Int(2)) }, |r| matches!(r, Rejection::FieldMismatch { .. })),
-            (Op::ExpectField { entity: "e".into(), field: "n".into(), value: None }, |r| matches!(r, Rejection::FieldMismatch { .. })),
+            (
+                Op::Delete {
+                    entity: "nope".into(),
+                },
+                |r| matches!(r, Rejection::NotFound { .. }),
+            ),
+            (incr("nope", "n", 1, None, None), |r| {
+                matches!(r, Rejection::NotFound { .. })
+            }),
+            (incr("e", "s", 1, None, None), |r| {
+                matches!(r, Rejection::NotAnInteger { .. })
+            }),
+            (incr("e", "n", 5, None, Some(5)), |r| {
+                matches!(r, Rejection::OutOfBounds { result: 6, .. })
+            }),
+            (incr("e", "n", i64::MAX, None, None), |r| {
+                matches!(r, Rejection::OutOfBounds { .. })
+            }),
+            (
+                Op::ExpectVersion {
+                    entity: "e".into(),
+                    version: 2,
+                },
+                |r| matches!(r, Rejection::VersionMismatch { actual: 3, .. }),
+            ),
+            (
+                Op::ExpectVersion {
+                    entity: "e".into(),
+                    version: 0,
+                },
+                |r| matches!(r, Rejection::VersionMismatch { .. }),
+            ),
+            (
+                Op::ExpectField {
+                    entity: "e".into(),
+                    field: "n".into(),
+                    value: Some(Value::Int(2)),
+                },
+                |r| matches!(r, Rejection::FieldMismatch { .. }),
+            ),
+            (
+                Op::ExpectField {
+                    entity: "e".into(),
+                    field: "n".into(),
+                    value: None,
+                },
+                |r| matches!(r, Rejection::FieldMismatch { .. }),
+            ),
         ];
         for (op, expected) in cases {
             let before = f.clone();
             match f.apply("l", &P, std::slice::from_ref(&op), 4) {
-                Outcome::Rejected { op: Some(0), reason } => assert!(expected(&reason), "{op:?} gave {reason:?}"),
+                Outcome::Rejected {
+                    op: Some(0),
+                    reason,
+                } => assert!(expected(&reason), "{op:?} gave {reason:?}"),
                 other => panic!("{op:?} gave {other:?}"),
             }
             assert_eq!(f, before);
         }
         // The passing forms of the same checks.
         let ops = [
-            Op::ExpectVersion { entity: "e".into(), version: 3 },
-            Op::ExpectVersion { entity: "new".into(), version: 0 },
-            Op::ExpectField { entity: "e".into(), field: "n".into(), value: Some(Value::Int(1)) },
-            Op::ExpectField { entity: "e".into(), field: "missing".into(), value: None },
+            Op::ExpectVersion {
+                entity: "e".into(),
+                version: 3,
+            },
+            Op::ExpectVersion {
+                entity: "new".into(),
+                version: 0,
+            },
+            Op::ExpectField {
+                entity: "e".into(),
+                field: "n".into(),
+                value: Some(Value::Int(1)),
+            },
+            Op::ExpectField {
+                entity: "e".into(),
+                field: "missing".into(),
+                value: None,
+            },
             incr("e", "n", 4, Some(0), Some(5)),
             incr("e", "fresh", -2, None, None),
         ];
@@ -214,18 +375,51 @@ mod tests {
     #[test]
     fn an_entity_cannot_grow_past_max_fields() {
         let mut f = Fragment::default();
-        let fields: Vec<(String, Value)> = (0..MAX_FIELDS_PER_ENTITY).map(|i| (format!("f{i}"), Value::Int(0))).collect();
-        committed(&f.apply("l", &P, &[Op::Put { entity: "e".into(), fields }], 1));
+        let fields: Vec<(String, Value)> = (0..MAX_FIELDS_PER_ENTITY)
+            .map(|i| (format!("f{i}"), Value::Int(0)))
+            .collect();
+        committed(&f.apply(
+            "l",
+            &P,
+            &[Op::Put {
+                entity: "e".into(),
+                fields,
+            }],
+            1,
+        ));
         let before = f.clone();
-        assert!(matches!(f.apply("l", &P, &[put("e", "one-more", 1)], 2), Outcome::Rejected { reason: Rejection::TooManyFields { .. }, .. }));
-        assert!(matches!(f.apply("l", &P, &[incr("e", "one-more", 1, None, None)], 2), Outcome::Rejected { reason: Rejection::TooManyFields { .. }, .. }));
+        assert!(matches!(
+            f.apply("l", &P, &[put("e", "one-more", 1)], 2),
+            Outcome::Rejected {
+                reason: Rejection::TooManyFields { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            f.apply("l", &P, &[incr("e", "one-more", 1, None, None)], 2),
+            Outcome::Rejected {
+                reason: Rejection::TooManyFields { .. },
+                ..
+            }
+        ));
         assert_eq!(f, before);
     }
 
     #[test]
     fn create_then_delete_in_one_transaction_leaves_no_trace() {
         let mut f = Fragment::default();
-        let events = committed(&f.apply("l", &P, &[put("tmp", "x", 1), Op::Delete { entity: "tmp".into() }], 1)).clone();
+        let events = committed(&f.apply(
+            "l",
+            &P,
+            &[
+                put("tmp", "x", 1),
+                Op::Delete {
+                    entity: "tmp".into(),
+                },
+            ],
+            1,
+        ))
+        .clone();
         assert!(events.is_empty());
         assert!(f.entities.is_empty());
     }

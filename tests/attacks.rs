@@ -18,13 +18,22 @@ fn signed(client: &Client, key: &Keypair, sequence: u64, n: i64) -> SignedTransa
         location: LOCATION.into(),
         player: key.public(),
         sequence,
-        ops: vec![Op::Increment { entity: "gold".into(), field: "n".into(), by: n, min: None, max: None }],
+        ops: vec![Op::Increment {
+            entity: "gold".into(),
+            field: "n".into(),
+            by: n,
+            min: None,
+            max: None,
+        }],
     };
     tx.sign(key.signing_key())
 }
 
 async fn gold(client: &Client) -> Option<Value> {
-    let read = client.get_entity(LOCATION, "gold", ReadMode::Linearizable).await.unwrap();
+    let read = client
+        .get_entity(LOCATION, "gold", ReadMode::Linearizable)
+        .await
+        .unwrap();
     read.entity.and_then(|e| e.fields.get("n").cloned())
 }
 
@@ -36,7 +45,10 @@ async fn setup(servers: &Servers, key: &Keypair) -> (Client, Vec<SignedTransacti
         location: LOCATION.into(),
         player: key.public(),
         sequence: 1,
-        ops: vec![Op::Put { entity: "gold".into(), fields: vec![("n".into(), Value::Int(0))] }],
+        ops: vec![Op::Put {
+            entity: "gold".into(),
+            fields: vec![("n".into(), Value::Int(0))],
+        }],
     }
     .sign(key.signing_key());
     let mut sent = vec![create];
@@ -44,7 +56,10 @@ async fn setup(servers: &Servers, key: &Keypair) -> (Client, Vec<SignedTransacti
         sent.push(signed(&client, key, s, 10));
     }
     for tx in &sent {
-        assert!(matches!(client.submit(tx).await.unwrap().outcome, Outcome::Committed { .. }));
+        assert!(matches!(
+            client.submit(tx).await.unwrap().outcome,
+            Outcome::Committed { .. }
+        ));
     }
     assert_eq!(gold(&client).await, Some(Value::Int(30)));
     (client, sent)
@@ -62,8 +77,17 @@ async fn a_replay_after_a_leader_failover_applies_nothing() {
         let again = client.submit(tx).await.unwrap();
         assert!(again.duplicate, "{again:?}");
     }
-    let reused = client.submit(&signed(&client, &key, 3, 1000)).await.unwrap();
-    assert!(matches!(reused.outcome, Outcome::Rejected { reason: Rejection::SequenceReused { got: 3, next: 5 }, .. }));
+    let reused = client
+        .submit(&signed(&client, &key, 3, 1000))
+        .await
+        .unwrap();
+    assert!(matches!(
+        reused.outcome,
+        Outcome::Rejected {
+            reason: Rejection::SequenceReused { got: 3, next: 5 },
+            ..
+        }
+    ));
     assert_eq!(gold(&client).await, Some(Value::Int(30)));
     servers.shutdown().await;
 }
@@ -73,8 +97,19 @@ async fn a_replay_after_every_node_restarted_from_a_snapshot_applies_nothing() {
     let mut servers = Servers::start(3, "snapshot-replay").await;
     let key = Keypair::from_seed([12; 32]);
     let (client, sent) = setup(&servers, &key).await;
-    let group = client.locations().await.unwrap().into_iter().find(|l| l.name == LOCATION).unwrap().group;
-    let last = client.get_entity(LOCATION, "gold", ReadMode::Linearizable).await.unwrap().index;
+    let group = client
+        .locations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.name == LOCATION)
+        .unwrap()
+        .group;
+    let last = client
+        .get_entity(LOCATION, "gold", ReadMode::Linearizable)
+        .await
+        .unwrap()
+        .index;
     for i in 0..3 {
         // Every replica holds the group and has applied everything before compacting.
         let node = servers.server(i).node.clone();
@@ -106,12 +141,34 @@ async fn sequence_numbers_going_backwards_are_refused() {
     let servers = Servers::start(3, "backwards").await;
     let key = Keypair::from_seed([13; 32]);
     let (client, _) = setup(&servers, &key).await;
-    for (sequence, expected) in [(2, Rejection::SequenceReused { got: 2, next: 5 }), (1, Rejection::SequenceReused { got: 1, next: 5 }), (9, Rejection::SequenceGap { expected: 5, got: 9 })] {
-        let receipt = client.submit(&signed(&client, &key, sequence, 1)).await.unwrap();
-        assert_eq!(receipt.outcome, Outcome::Rejected { op: None, reason: expected });
+    for (sequence, expected) in [
+        (2, Rejection::SequenceReused { got: 2, next: 5 }),
+        (1, Rejection::SequenceReused { got: 1, next: 5 }),
+        (
+            9,
+            Rejection::SequenceGap {
+                expected: 5,
+                got: 9,
+            },
+        ),
+    ] {
+        let receipt = client
+            .submit(&signed(&client, &key, sequence, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            receipt.outcome,
+            Outcome::Rejected {
+                op: None,
+                reason: expected
+            }
+        );
     }
     assert_eq!(gold(&client).await, Some(Value::Int(30)));
-    assert_eq!(client.next_sequence(LOCATION, key.public()).await.unwrap(), 5);
+    assert_eq!(
+        client.next_sequence(LOCATION, key.public()).await.unwrap(),
+        5
+    );
     servers.shutdown().await;
 }
 
@@ -122,11 +179,23 @@ async fn a_raft_message_on_the_client_port_is_refused() {
     let client = servers.client().await;
     // A peer's vote, sent to a node's client port: not a client request, so
     // the connection fails and nothing reaches Raft.
-    let peer = connect(&servers.endpoints[0], &garrison_raft::RaftConfig::default()).await.unwrap();
-    let header = Header { version: PEER_PROTOCOL_VERSION, from: 2, group: 0 };
+    let peer = connect(&servers.endpoints[0], &garrison_raft::RaftConfig::default())
+        .await
+        .unwrap();
+    let header = Header {
+        version: PEER_PROTOCOL_VERSION,
+        from: 2,
+        group: 0,
+    };
     let vote = garrison_raft::typ::VoteRequest::new(garrison_raft::typ::Vote::new(99, 2), None);
-    assert!(peer.vote(tarpc::context::current(), header, vote).await.is_err());
+    assert!(peer
+        .vote(tarpc::context::current(), header, vote)
+        .await
+        .is_err());
     let status = client.status().await.unwrap();
-    assert!(status.groups.iter().all(|g| g.term < 99), "a vote through the client port moved a term");
+    assert!(
+        status.groups.iter().all(|g| g.term < 99),
+        "a vote through the client port moved a term"
+    );
     servers.shutdown().await;
 }

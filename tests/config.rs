@@ -9,8 +9,16 @@ fn the_example_configuration_loads_and_states_the_defaults() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("garrison.example.toml");
     let config = ServerConfig::load(&path).expect("garrison.example.toml loads");
     assert_eq!(config.members.len(), 3);
-    assert_eq!(config.raft, RaftConfig::default(), "the example's [raft] section should show the defaults");
-    assert_eq!(config.api, ApiLimits::default(), "the example's [api] section should show the defaults");
+    assert_eq!(
+        config.raft,
+        RaftConfig::default(),
+        "the example's [raft] section should show the defaults"
+    );
+    assert_eq!(
+        config.api,
+        ApiLimits::default(),
+        "the example's [api] section should show the defaults"
+    );
     config.raft.validate().unwrap();
 }
 
@@ -28,8 +36,22 @@ fn bad_configurations_say_what_is_wrong() {
         let err = format!("{:#}", ServerConfig::load(&path).unwrap_err());
         assert!(err.contains(words), "{err:?} should mention {words:?}");
     }
-    let raft = RaftConfig { election_timeout_min_ms: 10, ..RaftConfig::default() };
-    assert!(raft.validate().unwrap_err().to_string().contains("election_timeout_min_ms"));
-    let raft = RaftConfig { max_frame_bytes: 1024, ..RaftConfig::default() };
-    assert!(raft.validate().unwrap_err().to_string().contains("max_frame_bytes"));
+    let raft = RaftConfig {
+        election_timeout_min_ms: 10,
+        ..RaftConfig::default()
+    };
+    assert!(raft
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("election_timeout_min_ms"));
+    let raft = RaftConfig {
+        max_frame_bytes: 1024,
+        ..RaftConfig::default()
+    };
+    assert!(raft
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("max_frame_bytes"));
 }

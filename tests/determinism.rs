@@ -26,7 +26,11 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn entity() -> impl Strategy<Value = String> {
-    prop_oneof![Just("unit/1".to_string()), Just("unit/2".to_string()), Just("depot/1".to_string())]
+    prop_oneof![
+        Just("unit/1".to_string()),
+        Just("unit/2".to_string()),
+        Just("depot/1".to_string())
+    ]
 }
 
 fn field() -> impl Strategy<Value = String> {
@@ -35,34 +39,68 @@ fn field() -> impl Strategy<Value = String> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (entity(), proptest::collection::vec((field(), value()), 1..3))
+        (
+            entity(),
+            proptest::collection::vec((field(), value()), 1..3)
+        )
             .prop_map(|(entity, mut fields)| {
                 fields.sort();
                 fields.dedup_by(|a, b| a.0 == b.0);
                 Op::Put { entity, fields }
             }),
         entity().prop_map(|entity| Op::Delete { entity }),
-        (entity(), field(), -3i64..3, proptest::option::of(-2i64..0), proptest::option::of(0i64..4))
-            .prop_map(|(entity, field, by, min, max)| Op::Increment { entity, field, by, min, max }),
+        (
+            entity(),
+            field(),
+            -3i64..3,
+            proptest::option::of(-2i64..0),
+            proptest::option::of(0i64..4)
+        )
+            .prop_map(|(entity, field, by, min, max)| Op::Increment {
+                entity,
+                field,
+                by,
+                min,
+                max
+            }),
         (entity(), 0u64..6).prop_map(|(entity, version)| Op::ExpectVersion { entity, version }),
-        (entity(), field(), proptest::option::of(value())).prop_map(|(entity, field, value)| Op::ExpectField { entity, field, value }),
+        (entity(), field(), proptest::option::of(value())).prop_map(|(entity, field, value)| {
+            Op::ExpectField {
+                entity,
+                field,
+                value,
+            }
+        }),
     ]
 }
 
 /// (player index, sequence offset from the expected one, operations, resubmit an earlier one?)
 fn step() -> impl Strategy<Value = (usize, i8, Vec<Op>, bool)> {
-    (0usize..3, prop_oneof![8 => Just(0i8), 1 => Just(-1i8), 1 => Just(1i8)], proptest::collection::vec(op(), 1..4), any::<bool>())
+    (
+        0usize..3,
+        prop_oneof![8 => Just(0i8), 1 => Just(-1i8), 1 => Just(1i8)],
+        proptest::collection::vec(op(), 1..4),
+        any::<bool>(),
+    )
 }
 
 fn membership() -> Membership {
-    let nodes: std::collections::BTreeMap<u64, Node> = [(1u64, Node::new("x"))].into_iter().collect();
+    let nodes: std::collections::BTreeMap<u64, Node> =
+        [(1u64, Node::new("x"))].into_iter().collect();
     Membership::new(vec![[1u64].into_iter().collect()], nodes)
 }
 
 /// Applies `payload` at `index` to every app, returning the replies.
 fn apply_all(apps: &mut [LocationApp], index: u64, payload: &[u8]) -> Vec<Vec<u8>> {
     let m = membership();
-    let ctx = ApplyContext { group: 1, index, term: 1, leader: 1, log_time_ms: index * 10, membership: &m };
+    let ctx = ApplyContext {
+        group: 1,
+        index,
+        term: 1,
+        leader: 1,
+        log_time_ms: index * 10,
+        membership: &m,
+    };
     apps.iter_mut().map(|a| a.apply(&ctx, payload)).collect()
 }
 
@@ -127,12 +165,28 @@ proptest! {
 fn apply_refuses_what_ingress_would_refuse() {
     let key = Keypair::from_seed([1; 32]);
     for (sequence, ops) in [(0, vec![Op::Delete { entity: "x".into() }]), (1, vec![])] {
-        let tx = Transaction { cluster: CLUSTER.into(), location: LOCATION.into(), player: key.public(), sequence, ops };
+        let tx = Transaction {
+            cluster: CLUSTER.into(),
+            location: LOCATION.into(),
+            player: key.public(),
+            sequence,
+            ops,
+        };
         let payload = codec::encode(&LocationCommand::Submit(tx.sign(key.signing_key())));
         let mut apps = vec![LocationApp::new(LOCATION)];
         let before = apps[0].snapshot();
-        let reply: garrison_client::TxReceipt = codec::decode(&apply_all(&mut apps, 1, &payload)[0]).unwrap();
-        assert!(matches!(reply.outcome, garrison_client::Outcome::Rejected { reason: garrison_client::Rejection::Malformed(_), .. }), "{reply:?}");
+        let reply: garrison_client::TxReceipt =
+            codec::decode(&apply_all(&mut apps, 1, &payload)[0]).unwrap();
+        assert!(
+            matches!(
+                reply.outcome,
+                garrison_client::Outcome::Rejected {
+                    reason: garrison_client::Rejection::Malformed(_),
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
         assert_eq!(apps[0].snapshot(), before);
     }
 }

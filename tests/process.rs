@@ -23,7 +23,11 @@ struct Proc {
 
 impl Proc {
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(["node", "--config"])
             .arg(&self.config)
@@ -53,12 +57,20 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
     let members: Vec<Member> = (1..=n)
-        .map(|id| Member { id, peer_addr: format!("127.0.0.1:{}", free_port()), api_addr: format!("127.0.0.1:{}", free_port()) })
+        .map(|id| Member {
+            id,
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            api_addr: format!("127.0.0.1:{}", free_port()),
+        })
         .collect();
     let mut procs = Vec::new();
     for m in &members {
@@ -72,7 +84,11 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
         };
         let path = dir.join(format!("node-{}.toml", m.id));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        procs.push(Proc { config: path, child: None, log: dir.join(format!("node-{}.log", m.id)) });
+        procs.push(Proc {
+            config: path,
+            child: None,
+            log: dir.join(format!("node-{}.log", m.id)),
+        });
     }
     (procs, members.iter().map(|m| m.api_addr.clone()).collect())
 }
@@ -94,25 +110,47 @@ async fn connect(endpoints: &[String]) -> Client {
 async fn write(client: &Client, player: &mut Player, range: std::ops::Range<u64>) -> Vec<u64> {
     let mut acked = Vec::new();
     for i in range {
-        let op = Op::Put { entity: format!("unit/{i}"), fields: vec![("n".into(), Value::Int(i as i64))] };
-        let receipt = player.transact(client, "front", vec![op]).await.expect("write acknowledged");
-        assert!(matches!(receipt.outcome, Outcome::Committed { .. }), "{receipt:?}");
+        let op = Op::Put {
+            entity: format!("unit/{i}"),
+            fields: vec![("n".into(), Value::Int(i as i64))],
+        };
+        let receipt = player
+            .transact(client, "front", vec![op])
+            .await
+            .expect("write acknowledged");
+        assert!(
+            matches!(receipt.outcome, Outcome::Committed { .. }),
+            "{receipt:?}"
+        );
         acked.push(i);
     }
     acked
 }
 
 async fn assert_all_present(client: &Client, acked: &[u64]) {
-    let read = client.get_location("front", ReadMode::Linearizable, 10_000).await.unwrap();
+    let read = client
+        .get_location("front", ReadMode::Linearizable, 10_000)
+        .await
+        .unwrap();
     for i in acked {
-        let e = read.entities.get(&format!("unit/{i}")).unwrap_or_else(|| panic!("acknowledged unit/{i} lost"));
+        let e = read
+            .entities
+            .get(&format!("unit/{i}"))
+            .unwrap_or_else(|| panic!("acknowledged unit/{i} lost"));
         assert_eq!(e.fields["n"], Value::Int(*i as i64));
     }
 }
 
 fn check(endpoints: &[String]) -> (bool, String) {
-    let out = Command::new(BIN).args(["check", "--cluster", &endpoints.join(",")]).stderr(Stdio::inherit()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(BIN)
+        .args(["check", "--cluster", &endpoints.join(",")])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +171,11 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     procs[leader].kill();
     let killed = Instant::now();
     acked.extend(write(&client, &mut player, 20..21).await);
-    eprintln!("leader (node {}) killed; next write acknowledged after {:?}", leader + 1, killed.elapsed());
+    eprintln!(
+        "leader (node {}) killed; next write acknowledged after {:?}",
+        leader + 1,
+        killed.elapsed()
+    );
     acked.extend(write(&client, &mut player, 21..40).await);
     assert_all_present(&client, &acked).await;
 
@@ -156,7 +198,8 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     let mut verdict = (false, String::new());
     eventually("garrison check to find the replicas identical", || {
         verdict = check(&endpoints);
-        let ok = verdict.0 && verdict.1.contains("no divergence") && !verdict.1.contains("not checked");
+        let ok =
+            verdict.0 && verdict.1.contains("no divergence") && !verdict.1.contains("not checked");
         async move { ok }
     })
     .await;

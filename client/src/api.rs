@@ -135,7 +135,11 @@ pub enum Rejection {
         field: String,
     },
     /// An increment would leave its bounds (or overflow i64).
-    #[error("field {field:?} of {entity:?} would become {result}, outside [{}, {}]", bound(min), bound(max))]
+    #[error(
+        "field {field:?} of {entity:?} would become {result}, outside [{}, {}]",
+        bound(min),
+        bound(max)
+    )]
     OutOfBounds {
         /// The entity.
         entity: String,
@@ -340,11 +344,26 @@ pub trait Garrison {
     /// Checks, proposes and waits for a signed transaction; from any node.
     async fn submit(version: u16, tx: SignedTransaction) -> Result<TxReceipt, ApiError>;
     /// Reads one entity.
-    async fn get_entity(version: u16, location: String, entity: String, mode: ReadMode) -> Result<EntityRead, ApiError>;
+    async fn get_entity(
+        version: u16,
+        location: String,
+        entity: String,
+        mode: ReadMode,
+    ) -> Result<EntityRead, ApiError>;
     /// Reads up to `max_entities` entities of a location, in key order.
-    async fn get_location(version: u16, location: String, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ApiError>;
+    async fn get_location(
+        version: u16,
+        location: String,
+        mode: ReadMode,
+        max_entities: u32,
+    ) -> Result<LocationRead, ApiError>;
     /// The player's next sequence number at a location.
-    async fn next_sequence(version: u16, location: String, player: PlayerKey, mode: ReadMode) -> Result<u64, ApiError>;
+    async fn next_sequence(
+        version: u16,
+        location: String,
+        player: PlayerKey,
+        mode: ReadMode,
+    ) -> Result<u64, ApiError>;
     /// Creates a location (or returns the existing one).
     async fn create_location(version: u16, name: String) -> Result<LocationInfo, ApiError>;
     /// Every location.
@@ -353,5 +372,9 @@ pub trait Garrison {
     async fn status(version: u16) -> Result<NodeStatus, ApiError>;
     /// This node's consistency reports for its groups; `at` asks for the
     /// chain at that index in `group`.
-    async fn consistency(version: u16, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ApiError>;
+    async fn consistency(
+        version: u16,
+        group: Option<u64>,
+        at: Option<u64>,
+    ) -> Result<Vec<GroupConsistency>, ApiError>;
 }

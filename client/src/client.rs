@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::api::{
-    ApiError, EntityRead, GarrisonClient, GroupConsistency, LocationInfo, LocationRead, NodeStatus, Outcome, ReadMode,
-    Rejection, TxReceipt, API_VERSION,
+    ApiError, EntityRead, GarrisonClient, GroupConsistency, LocationInfo, LocationRead, NodeStatus,
+    Outcome, ReadMode, Rejection, TxReceipt, API_VERSION,
 };
 use crate::error::ClientError;
 use crate::keys::Keypair;
@@ -55,7 +55,12 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { request_timeout: REQUEST_TIMEOUT, deadline: SUBMIT_DEADLINE, max_attempts: MAX_ATTEMPTS, discover: true }
+        Self {
+            request_timeout: REQUEST_TIMEOUT,
+            deadline: SUBMIT_DEADLINE,
+            max_attempts: MAX_ATTEMPTS,
+            discover: true,
+        }
     }
 }
 
@@ -77,7 +82,10 @@ async fn connect(addr: &str) -> Result<GarrisonClient, String> {
         .map_err(|_| format!("connecting to {addr} timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let transport = serde_transport::new(Framed::new(stream, garrison_wire::frame_codec(MAX_FRAME_BYTES)), garrison_wire::Bincode2::default());
+    let transport = serde_transport::new(
+        Framed::new(stream, garrison_wire::frame_codec(MAX_FRAME_BYTES)),
+        garrison_wire::Bincode2::default(),
+    );
     Ok(GarrisonClient::new(tarpc::client::Config::default(), transport).spawn())
 }
 
@@ -104,7 +112,10 @@ impl Client {
     }
 
     /// Like [`Client::connect`], with explicit timeouts and retries.
-    pub async fn connect_with(endpoints: &[String], options: ClientOptions) -> Result<Self, ClientError> {
+    pub async fn connect_with(
+        endpoints: &[String],
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::Config("no endpoints given".into()));
         }
@@ -118,7 +129,11 @@ impl Client {
         };
         let status = client.status().await?;
         client.cluster = status.cluster.clone();
-        for addr in status.api_addrs.values().filter(|_| client.options.discover) {
+        for addr in status
+            .api_addrs
+            .values()
+            .filter(|_| client.options.discover)
+        {
             if !client.endpoints.contains(addr) {
                 client.endpoints.push(addr.clone());
             }
@@ -145,26 +160,42 @@ impl Client {
             return Ok(c.clone());
         }
         let c = connect(addr).await?;
-        self.connections.lock().expect("connection table").insert(addr.to_string(), c.clone());
+        self.connections
+            .lock()
+            .expect("connection table")
+            .insert(addr.to_string(), c.clone());
         Ok(c)
     }
 
     fn drop_connection(&self, addr: &str) {
-        self.connections.lock().expect("connection table").remove(addr);
+        self.connections
+            .lock()
+            .expect("connection table")
+            .remove(addr);
     }
 
     /// Runs `call` against `first` (if given), then the endpoints in turn,
     /// until one gives a definite answer.
-    async fn with_retries<T, F, Fut>(&self, first: Option<String>, call: F) -> Result<T, ClientError>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        first: Option<String>,
+        call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(GarrisonClient) -> Fut,
         Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
     {
-        self.with_retries_from(first, call).await.map(|(value, _)| value)
+        self.with_retries_from(first, call)
+            .await
+            .map(|(value, _)| value)
     }
 
     /// Like `with_retries`, also saying which endpoint answered.
-    async fn with_retries_from<T, F, Fut>(&self, first: Option<String>, mut call: F) -> Result<(T, String), ClientError>
+    async fn with_retries_from<T, F, Fut>(
+        &self,
+        first: Option<String>,
+        mut call: F,
+    ) -> Result<(T, String), ClientError>
     where
         F: FnMut(GarrisonClient) -> Fut,
         Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
@@ -188,14 +219,20 @@ impl Client {
             let outcome = match self.connection(&addr).await {
                 Err(e) => Attempt::Elsewhere(e),
                 Ok(client) => match call(client).await {
-                    Ok(Err(ApiError::Unavailable(why))) => Attempt::Elsewhere(format!("{addr}: unavailable: {why}")),
+                    Ok(Err(ApiError::Unavailable(why))) => {
+                        Attempt::Elsewhere(format!("{addr}: unavailable: {why}"))
+                    }
                     Ok(Err(ApiError::Timeout)) => Attempt::Elsewhere(format!("{addr}: timed out")),
                     // Nothing was done: wait as told and send the same
                     // request again (for a resubmission, giving up here
                     // would lose an outcome that may already exist).
-                    Ok(Err(ApiError::RateLimited { what, retry_after_ms })) => {
-                        Attempt::Later(format!("{addr}: rate limited ({what})"), Duration::from_millis(retry_after_ms.clamp(1, 5_000)))
-                    }
+                    Ok(Err(ApiError::RateLimited {
+                        what,
+                        retry_after_ms,
+                    })) => Attempt::Later(
+                        format!("{addr}: rate limited ({what})"),
+                        Duration::from_millis(retry_after_ms.clamp(1, 5_000)),
+                    ),
                     Ok(answer) => Attempt::Done(answer),
                     Err(e) => {
                         self.drop_connection(&addr);
@@ -233,7 +270,9 @@ impl Client {
     /// Submits a signed transaction, resubmitting the same bytes until a node
     /// gives its outcome. Safe to call again with the same transaction.
     pub async fn submit(&self, signed: &SignedTransaction) -> Result<TxReceipt, ClientError> {
-        let location = Transaction::from_canonical_bytes(&signed.transaction).map(|t| t.location).ok();
+        let location = Transaction::from_canonical_bytes(&signed.transaction)
+            .map(|t| t.location)
+            .ok();
         let leader = match &location {
             Some(l) => self.leaders.lock().expect("leader table").get(l).cloned(),
             None => None,
@@ -245,12 +284,16 @@ impl Client {
             })
             .await;
         if let Some(location) = location {
-            let answered_by_leader = matches!((&result, &leader), (Ok((_, by)), Some(l)) if by == l);
+            let answered_by_leader =
+                matches!((&result, &leader), (Ok((_, by)), Some(l)) if by == l);
             if !answered_by_leader {
                 // Unknown, or it did not answer: learn the leader again (best effort).
                 self.leaders.lock().expect("leader table").remove(&location);
                 if let Ok(addr) = self.find_leader(&location).await {
-                    self.leaders.lock().expect("leader table").insert(location, addr);
+                    self.leaders
+                        .lock()
+                        .expect("leader table")
+                        .insert(location, addr);
                 }
             }
         }
@@ -260,38 +303,72 @@ impl Client {
     /// The API address of the node that leads `location`, from the nodes' status.
     pub async fn find_leader(&self, location: &str) -> Result<String, ClientError> {
         let status = self.status().await?;
-        let group = status.groups.iter().find(|g| g.location.as_deref() == Some(location));
-        let leader = group.and_then(|g| g.leader).ok_or_else(|| ApiError::Unavailable(format!("no known leader for {location}")))?;
-        status
-            .api_addrs
-            .get(&leader)
-            .cloned()
-            .ok_or_else(|| ClientError::Api(ApiError::Unavailable(format!("no address for node {leader}"))))
+        let group = status
+            .groups
+            .iter()
+            .find(|g| g.location.as_deref() == Some(location));
+        let leader = group
+            .and_then(|g| g.leader)
+            .ok_or_else(|| ApiError::Unavailable(format!("no known leader for {location}")))?;
+        status.api_addrs.get(&leader).cloned().ok_or_else(|| {
+            ClientError::Api(ApiError::Unavailable(format!(
+                "no address for node {leader}"
+            )))
+        })
     }
 
     /// Reads one entity.
-    pub async fn get_entity(&self, location: &str, entity: &str, mode: ReadMode) -> Result<EntityRead, ClientError> {
+    pub async fn get_entity(
+        &self,
+        location: &str,
+        entity: &str,
+        mode: ReadMode,
+    ) -> Result<EntityRead, ClientError> {
         self.with_retries(None, |c| {
             let (location, entity) = (location.to_string(), entity.to_string());
-            async move { c.get_entity(self.ctx(), API_VERSION, location, entity, mode).await }
+            async move {
+                c.get_entity(self.ctx(), API_VERSION, location, entity, mode)
+                    .await
+            }
         })
         .await
     }
 
     /// Reads up to `max_entities` entities of a location.
-    pub async fn get_location(&self, location: &str, mode: ReadMode, max_entities: u32) -> Result<LocationRead, ClientError> {
+    pub async fn get_location(
+        &self,
+        location: &str,
+        mode: ReadMode,
+        max_entities: u32,
+    ) -> Result<LocationRead, ClientError> {
         self.with_retries(None, |c| {
             let location = location.to_string();
-            async move { c.get_location(self.ctx(), API_VERSION, location, mode, max_entities).await }
+            async move {
+                c.get_location(self.ctx(), API_VERSION, location, mode, max_entities)
+                    .await
+            }
         })
         .await
     }
 
     /// The player's next sequence number at `location`.
-    pub async fn next_sequence(&self, location: &str, player: crate::tx::PlayerKey) -> Result<u64, ClientError> {
+    pub async fn next_sequence(
+        &self,
+        location: &str,
+        player: crate::tx::PlayerKey,
+    ) -> Result<u64, ClientError> {
         self.with_retries(None, |c| {
             let location = location.to_string();
-            async move { c.next_sequence(self.ctx(), API_VERSION, location, player, ReadMode::Linearizable).await }
+            async move {
+                c.next_sequence(
+                    self.ctx(),
+                    API_VERSION,
+                    location,
+                    player,
+                    ReadMode::Linearizable,
+                )
+                .await
+            }
         })
         .await
     }
@@ -307,34 +384,64 @@ impl Client {
 
     /// Every location.
     pub async fn locations(&self) -> Result<Vec<LocationInfo>, ClientError> {
-        self.with_retries(None, |c| async move { c.locations(self.ctx(), API_VERSION).await }).await
+        self.with_retries(None, |c| async move {
+            c.locations(self.ctx(), API_VERSION).await
+        })
+        .await
     }
 
     /// The status of whichever node answers.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
-        self.with_retries(None, |c| async move { c.status(self.ctx(), API_VERSION).await }).await
+        self.with_retries(
+            None,
+            |c| async move { c.status(self.ctx(), API_VERSION).await },
+        )
+        .await
     }
 
     /// The status of one node, without retrying elsewhere.
     pub async fn status_of(&self, addr: &str) -> Result<NodeStatus, ClientError> {
-        let c = self.connection(addr).await.map_err(|last| ClientError::Unreachable { endpoints: addr.into(), last })?;
+        let c = self
+            .connection(addr)
+            .await
+            .map_err(|last| ClientError::Unreachable {
+                endpoints: addr.into(),
+                last,
+            })?;
         match c.status(self.ctx(), API_VERSION).await {
             Ok(answer) => answer.map_err(ClientError::Api),
             Err(e) => {
                 self.drop_connection(addr);
-                Err(ClientError::Unreachable { endpoints: addr.into(), last: e.to_string() })
+                Err(ClientError::Unreachable {
+                    endpoints: addr.into(),
+                    last: e.to_string(),
+                })
             }
         }
     }
 
     /// One node's consistency reports, without retrying elsewhere.
-    pub async fn consistency_of(&self, addr: &str, group: Option<u64>, at: Option<u64>) -> Result<Vec<GroupConsistency>, ClientError> {
-        let c = self.connection(addr).await.map_err(|last| ClientError::Unreachable { endpoints: addr.into(), last })?;
+    pub async fn consistency_of(
+        &self,
+        addr: &str,
+        group: Option<u64>,
+        at: Option<u64>,
+    ) -> Result<Vec<GroupConsistency>, ClientError> {
+        let c = self
+            .connection(addr)
+            .await
+            .map_err(|last| ClientError::Unreachable {
+                endpoints: addr.into(),
+                last,
+            })?;
         match c.consistency(self.ctx(), API_VERSION, group, at).await {
             Ok(answer) => answer.map_err(ClientError::Api),
             Err(e) => {
                 self.drop_connection(addr);
-                Err(ClientError::Unreachable { endpoints: addr.into(), last: e.to_string() })
+                Err(ClientError::Unreachable {
+                    endpoints: addr.into(),
+                    last: e.to_string(),
+                })
             }
         }
     }
@@ -351,7 +458,10 @@ impl Player {
     /// A player with `key`; sequence numbers are fetched from the cluster
     /// the first time the player acts at a location.
     pub fn new(key: Keypair) -> Self {
-        Self { key, next: HashMap::new() }
+        Self {
+            key,
+            next: HashMap::new(),
+        }
     }
 
     /// The player's key.
@@ -361,7 +471,11 @@ impl Player {
 
     /// The sequence number the player's next transaction at `location`
     /// will carry (asked of the cluster the first time).
-    pub async fn next_sequence(&mut self, client: &Client, location: &str) -> Result<u64, ClientError> {
+    pub async fn next_sequence(
+        &mut self,
+        client: &Client,
+        location: &str,
+    ) -> Result<u64, ClientError> {
         if let Some(n) = self.next.get(location) {
             return Ok(*n);
         }
@@ -371,7 +485,12 @@ impl Player {
     }
 
     /// Builds and signs the player's next transaction at `location`.
-    pub async fn sign(&mut self, client: &Client, location: &str, ops: Vec<Op>) -> Result<SignedTransaction, ClientError> {
+    pub async fn sign(
+        &mut self,
+        client: &Client,
+        location: &str,
+        ops: Vec<Op>,
+    ) -> Result<SignedTransaction, ClientError> {
         let sequence = self.next_sequence(client, location).await?;
         let tx = Transaction {
             cluster: client.cluster().to_string(),
@@ -386,7 +505,12 @@ impl Player {
 
     /// Signs and submits a transaction, exactly once, and tracks the
     /// sequence number. A rejection is an `Ok` receipt: inspect its outcome.
-    pub async fn transact(&mut self, client: &Client, location: &str, ops: Vec<Op>) -> Result<TxReceipt, ClientError> {
+    pub async fn transact(
+        &mut self,
+        client: &Client,
+        location: &str,
+        ops: Vec<Op>,
+    ) -> Result<TxReceipt, ClientError> {
         let signed = self.sign(client, location, ops).await?;
         let receipt = client.submit(&signed).await?;
         self.record(location, &receipt);
@@ -396,12 +520,21 @@ impl Player {
     /// Updates the sequence tracking after a receipt for this player.
     pub fn record(&mut self, location: &str, receipt: &TxReceipt) {
         match &receipt.outcome {
-            Outcome::Rejected { reason: Rejection::SequenceGap { .. } | Rejection::SequenceReused { .. }, .. } => {
+            Outcome::Rejected {
+                reason: Rejection::SequenceGap { .. } | Rejection::SequenceReused { .. },
+                ..
+            } => {
                 // Out of step with the cluster: ask again next time.
                 self.next.remove(location);
             }
             // Refused before the rules ran: the sequence number was not used.
-            Outcome::Rejected { reason: Rejection::Malformed(_) | Rejection::WrongCluster { .. } | Rejection::WrongLocation { .. }, .. } => {}
+            Outcome::Rejected {
+                reason:
+                    Rejection::Malformed(_)
+                    | Rejection::WrongCluster { .. }
+                    | Rejection::WrongLocation { .. },
+                ..
+            } => {}
             _ => {
                 self.next.insert(location.to_string(), receipt.sequence + 1);
             }

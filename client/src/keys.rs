@@ -26,12 +26,16 @@ impl std::fmt::Debug for Keypair {
 impl Keypair {
     /// A new key from the operating system's random source.
     pub fn generate() -> Self {
-        Self { key: SigningKey::generate(&mut rand_core::OsRng) }
+        Self {
+            key: SigningKey::generate(&mut rand_core::OsRng),
+        }
     }
 
     /// The key whose secret seed is `seed` (for tests and test vectors).
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        Self { key: SigningKey::from_bytes(&seed) }
+        Self {
+            key: SigningKey::from_bytes(&seed),
+        }
     }
 
     /// The public key, as transactions carry it.
@@ -54,21 +58,27 @@ impl Keypair {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options
-            .open(path)
-            .map_err(|e| ClientError::Key(format!("cannot create key file {}: {e}", path.display())))?;
+        let mut file = options.open(path).map_err(|e| {
+            ClientError::Key(format!("cannot create key file {}: {e}", path.display()))
+        })?;
         writeln!(file, "{}", hex::encode(self.key.to_bytes()))
             .map_err(|e| ClientError::Key(format!("cannot write key file {}: {e}", path.display())))
     }
 
     /// Reads a key file written by [`Keypair::save`].
     pub fn load(path: &Path) -> Result<Self, ClientError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ClientError::Key(format!("cannot read key file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Key(format!("cannot read key file {}: {e}", path.display()))
+        })?;
         let seed: [u8; 32] = hex::decode(text.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| ClientError::Key(format!("{} does not hold a key: expected 64 hex digits", path.display())))?;
+            .ok_or_else(|| {
+                ClientError::Key(format!(
+                    "{} does not hold a key: expected 64 hex digits",
+                    path.display()
+                ))
+            })?;
         Ok(Self::from_seed(seed))
     }
 }
@@ -88,9 +98,15 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         std::fs::write(dir.path().join("bad.key"), "not hex").unwrap();
-        assert!(matches!(Keypair::load(&dir.path().join("bad.key")), Err(ClientError::Key(_))));
+        assert!(matches!(
+            Keypair::load(&dir.path().join("bad.key")),
+            Err(ClientError::Key(_))
+        ));
     }
 }

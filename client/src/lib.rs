@@ -27,7 +27,10 @@ pub mod error;
 pub mod keys;
 pub mod tx;
 
-pub use api::{ApiError, Entity, EntityRead, Event, EventKind, LocationRead, Outcome, ReadMode, Rejection, TxReceipt};
+pub use api::{
+    ApiError, Entity, EntityRead, Event, EventKind, LocationRead, Outcome, ReadMode, Rejection,
+    TxReceipt,
+};
 pub use client::{Client, ClientOptions, Player};
 pub use error::ClientError;
 pub use keys::Keypair;

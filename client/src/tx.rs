@@ -196,18 +196,26 @@ fn canonical_config() -> impl bincode::config::Config {
 impl Transaction {
     /// The canonical bytes this transaction is signed and sent as.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, canonical_config()).expect("a transaction always encodes")
+        bincode::serde::encode_to_vec(self, canonical_config())
+            .expect("a transaction always encodes")
     }
 
     /// Decodes canonical bytes, refusing any other encoding of the same value.
     pub fn from_canonical_bytes(bytes: &[u8]) -> Result<Self, TxError> {
         if bytes.len() > MAX_TRANSACTION_BYTES {
-            return Err(TxError::TooLarge { bytes: bytes.len() as u64, max: MAX_TRANSACTION_BYTES as u64 });
+            return Err(TxError::TooLarge {
+                bytes: bytes.len() as u64,
+                max: MAX_TRANSACTION_BYTES as u64,
+            });
         }
         let (tx, used): (Transaction, usize) =
-            bincode::serde::decode_from_slice(bytes, canonical_config()).map_err(|e| TxError::Malformed(e.to_string()))?;
+            bincode::serde::decode_from_slice(bytes, canonical_config())
+                .map_err(|e| TxError::Malformed(e.to_string()))?;
         if used != bytes.len() {
-            return Err(TxError::Malformed(format!("{} bytes after the transaction", bytes.len() - used)));
+            return Err(TxError::Malformed(format!(
+                "{} bytes after the transaction",
+                bytes.len() - used
+            )));
         }
         if tx.canonical_bytes() != bytes {
             return Err(TxError::Malformed("not the canonical encoding".into()));
@@ -227,7 +235,10 @@ impl Transaction {
             return limit("sequence numbers start at 1".into());
         }
         if self.ops.is_empty() || self.ops.len() > MAX_OPS_PER_TRANSACTION {
-            return limit(format!("a transaction has 1 to {MAX_OPS_PER_TRANSACTION} operations, not {}", self.ops.len()));
+            return limit(format!(
+                "a transaction has 1 to {MAX_OPS_PER_TRANSACTION} operations, not {}",
+                self.ops.len()
+            ));
         }
         for (i, op) in self.ops.iter().enumerate() {
             check_op(op).map_err(|why| TxError::Limit(format!("operation {i}: {why}")))?;
@@ -239,27 +250,45 @@ impl Transaction {
     pub fn sign(&self, key: &SigningKey) -> SignedTransaction {
         let transaction = self.canonical_bytes();
         let signature = key.sign(&signed_message(&transaction)).to_bytes().to_vec();
-        SignedTransaction { transaction, signature }
+        SignedTransaction {
+            transaction,
+            signature,
+        }
     }
 }
 
 fn check_op(op: &Op) -> Result<(), String> {
     let entity = op.entity();
     if entity.is_empty() || entity.len() > MAX_ENTITY_KEY_BYTES {
-        return Err(format!("entity key must be 1 to {MAX_ENTITY_KEY_BYTES} bytes"));
+        return Err(format!(
+            "entity key must be 1 to {MAX_ENTITY_KEY_BYTES} bytes"
+        ));
     }
-    if let Some(c) = entity.chars().find(|c| !(c.is_ascii_alphanumeric() || "_./:-".contains(*c))) {
-        return Err(format!("entity key {entity:?} contains {c:?}; use letters, digits and _ . / : -"));
+    if let Some(c) = entity
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_./:-".contains(*c)))
+    {
+        return Err(format!(
+            "entity key {entity:?} contains {c:?}; use letters, digits and _ . / : -"
+        ));
     }
     let check_field = |field: &str| {
         if field.is_empty() || field.len() > MAX_FIELD_NAME_BYTES {
-            return Err(format!("field name must be 1 to {MAX_FIELD_NAME_BYTES} bytes"));
+            return Err(format!(
+                "field name must be 1 to {MAX_FIELD_NAME_BYTES} bytes"
+            ));
         }
         Ok(())
     };
     let check_value = |value: &Value| match value {
-        Value::Str(s) if s.len() > MAX_VALUE_BYTES => Err(format!("value of {} bytes exceeds {MAX_VALUE_BYTES}", s.len())),
-        Value::Bytes(b) if b.len() > MAX_VALUE_BYTES => Err(format!("value of {} bytes exceeds {MAX_VALUE_BYTES}", b.len())),
+        Value::Str(s) if s.len() > MAX_VALUE_BYTES => Err(format!(
+            "value of {} bytes exceeds {MAX_VALUE_BYTES}",
+            s.len()
+        )),
+        Value::Bytes(b) if b.len() > MAX_VALUE_BYTES => Err(format!(
+            "value of {} bytes exceeds {MAX_VALUE_BYTES}",
+            b.len()
+        )),
         _ => Ok(()),
     };
     match op {
@@ -277,7 +306,9 @@ fn check_op(op: &Op) -> Result<(), String> {
             }
         }
         Op::Delete { .. } | Op::ExpectVersion { .. } => {}
-        Op::Increment { field, min, max, .. } => {
+        Op::Increment {
+            field, min, max, ..
+        } => {
             check_field(field)?;
             if let (Some(min), Some(max)) = (min, max) {
                 if min > max {
@@ -325,10 +356,20 @@ impl SignedTransaction {
         if key.is_weak() {
             return Err(TxError::WeakKey);
         }
-        let signature: [u8; SIGNATURE_BYTES] = self.signature.as_slice().try_into().map_err(|_| TxError::BadSignature)?;
-        key.verify_strict(&signed_message(&self.transaction), &Signature::from_bytes(&signature))
+        let signature: [u8; SIGNATURE_BYTES] = self
+            .signature
+            .as_slice()
+            .try_into()
             .map_err(|_| TxError::BadSignature)?;
-        Ok(VerifiedTransaction { transaction, signed: self.clone() })
+        key.verify_strict(
+            &signed_message(&self.transaction),
+            &Signature::from_bytes(&signature),
+        )
+        .map_err(|_| TxError::BadSignature)?;
+        Ok(VerifiedTransaction {
+            transaction,
+            signed: self.clone(),
+        })
     }
 
     /// SHA-256 of the canonical transaction bytes: the transaction's identity
@@ -352,7 +393,10 @@ mod tests {
             location: "hill".into(),
             player: player.verifying_key().to_bytes(),
             sequence: 1,
-            ops: vec![Op::Put { entity: "unit/1".into(), fields: vec![("hp".into(), Value::Int(10))] }],
+            ops: vec![Op::Put {
+                entity: "unit/1".into(),
+                fields: vec![("hp".into(), Value::Int(10))],
+            }],
         }
     }
 
@@ -389,13 +433,19 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         t.player = identity;
-        let forged = SignedTransaction { transaction: t.canonical_bytes(), signature: [0u8; 64].to_vec() };
+        let forged = SignedTransaction {
+            transaction: t.canonical_bytes(),
+            signature: [0u8; 64].to_vec(),
+        };
         assert_eq!(forged.verify(), Err(TxError::WeakKey));
         // Not a point at all: y = 2 has no x on the curve.
         let mut bad = [0u8; 32];
         bad[0] = 2;
         t.player = bad;
-        let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: [0u8; 64].to_vec() };
+        let signed = SignedTransaction {
+            transaction: t.canonical_bytes(),
+            signature: [0u8; 64].to_vec(),
+        };
         assert_eq!(signed.verify(), Err(TxError::InvalidKey));
     }
 
@@ -410,11 +460,17 @@ mod tests {
         let key = VerifyingKey::from_bytes(&identity).unwrap();
         let sig = Signature::from_bytes(&forged);
         use ed25519_dalek::Verifier;
-        assert!(key.verify(b"anything", &sig).is_ok(), "plain verify accepts the forgery");
+        assert!(
+            key.verify(b"anything", &sig).is_ok(),
+            "plain verify accepts the forgery"
+        );
         assert!(key.verify_strict(b"anything", &sig).is_err());
         let mut t = tx(&key_of(1));
         t.player = identity;
-        let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: forged.to_vec() };
+        let signed = SignedTransaction {
+            transaction: t.canonical_bytes(),
+            signature: forged.to_vec(),
+        };
         assert_eq!(signed.verify(), Err(TxError::WeakKey));
     }
 
@@ -435,7 +491,9 @@ mod tests {
         for y in 2u8..19 {
             let mut canonical = [0u8; 32];
             canonical[0] = y;
-            let Ok(point) = VerifyingKey::from_bytes(&canonical) else { continue };
+            let Ok(point) = VerifyingKey::from_bytes(&canonical) else {
+                continue;
+            };
             if point.is_weak() {
                 continue;
             }
@@ -446,11 +504,18 @@ mod tests {
             assert!(!carry);
             let mut t = tx(&key(1));
             t.player = alias;
-            let signed = SignedTransaction { transaction: t.canonical_bytes(), signature: vec![0; 64] };
+            let signed = SignedTransaction {
+                transaction: t.canonical_bytes(),
+                signature: vec![0; 64],
+            };
             // Whether the decoder rejects the alias itself or decodes it to
             // the same point, the transaction is refused.
             let decodes = VerifyingKey::from_bytes(&alias).is_ok();
-            assert_eq!(signed.verify(), Err(TxError::InvalidKey), "y = {y} + p (decodes: {decodes})");
+            assert_eq!(
+                signed.verify(),
+                Err(TxError::InvalidKey),
+                "y = {y} + p (decodes: {decodes})"
+            );
             return;
         }
         panic!("no point with a small y found");
@@ -460,8 +525,8 @@ mod tests {
     fn a_non_canonical_signature_scalar_is_refused() {
         // S + L is the same scalar mod L; strict verification refuses it.
         const L: [u8; 32] = [
-            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
         ];
         let k = key(1);
         let mut signed = tx(&k).sign(&k);
@@ -479,7 +544,11 @@ mod tests {
         for len in [0, 63, 65, 128] {
             let mut bad = good.clone();
             bad.signature.resize(len, 0);
-            assert_eq!(bad.verify(), Err(TxError::BadSignature), "signature of {len} bytes");
+            assert_eq!(
+                bad.verify(),
+                Err(TxError::BadSignature),
+                "signature of {len} bytes"
+            );
         }
     }
 
@@ -501,7 +570,10 @@ mod tests {
         let mut bytes = tx(&key(1)).canonical_bytes();
         let ops_len_at = 8 + 1 + 8 + 4 + 32 + 8;
         bytes[ops_len_at..ops_len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(Transaction::from_canonical_bytes(&bytes), Err(TxError::Malformed(_))));
+        assert!(matches!(
+            Transaction::from_canonical_bytes(&bytes),
+            Err(TxError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -510,16 +582,25 @@ mod tests {
         let mut signed = tx(&k).sign(&k);
         signed.transaction.push(0);
         assert!(matches!(signed.verify(), Err(TxError::Malformed(_))));
-        let garbage = SignedTransaction { transaction: vec![0xff; 40], signature: vec![0; 64] };
+        let garbage = SignedTransaction {
+            transaction: vec![0xff; 40],
+            signature: vec![0; 64],
+        };
         assert!(matches!(garbage.verify(), Err(TxError::Malformed(_))));
     }
 
     #[test]
     fn an_oversized_transaction_is_refused_before_decoding() {
-        let signed = SignedTransaction { transaction: vec![0; MAX_TRANSACTION_BYTES + 1], signature: vec![0; 64] };
+        let signed = SignedTransaction {
+            transaction: vec![0; MAX_TRANSACTION_BYTES + 1],
+            signature: vec![0; 64],
+        };
         assert_eq!(
             signed.verify(),
-            Err(TxError::TooLarge { bytes: MAX_TRANSACTION_BYTES as u64 + 1, max: MAX_TRANSACTION_BYTES as u64 })
+            Err(TxError::TooLarge {
+                bytes: MAX_TRANSACTION_BYTES as u64 + 1,
+                max: MAX_TRANSACTION_BYTES as u64
+            })
         );
     }
 
@@ -531,28 +612,75 @@ mod tests {
             (Box::new(|t| t.ops.clear()), "operations"),
             (Box::new(|t| t.sequence = 0), "sequence"),
             (Box::new(|t| t.location = String::new()), "location"),
-            (Box::new(|t| t.ops = vec![Op::Delete { entity: "x".repeat(MAX_ENTITY_KEY_BYTES + 1) }]), "entity key"),
-            (Box::new(|t| t.ops = vec![Op::Delete { entity: "a b".into() }]), "contains"),
-            (Box::new(|t| t.ops = vec![Op::Put { entity: "e".into(), fields: vec![] }]), "fields"),
             (
-                Box::new(|t| t.ops = vec![Op::Put { entity: "e".into(), fields: vec![("f".into(), Value::Int(1)), ("f".into(), Value::Int(2))] }]),
+                Box::new(|t| {
+                    t.ops = vec![Op::Delete {
+                        entity: "x".repeat(MAX_ENTITY_KEY_BYTES + 1),
+                    }]
+                }),
+                "entity key",
+            ),
+            (
+                Box::new(|t| {
+                    t.ops = vec![Op::Delete {
+                        entity: "a b".into(),
+                    }]
+                }),
+                "contains",
+            ),
+            (
+                Box::new(|t| {
+                    t.ops = vec![Op::Put {
+                        entity: "e".into(),
+                        fields: vec![],
+                    }]
+                }),
+                "fields",
+            ),
+            (
+                Box::new(|t| {
+                    t.ops = vec![Op::Put {
+                        entity: "e".into(),
+                        fields: vec![("f".into(), Value::Int(1)), ("f".into(), Value::Int(2))],
+                    }]
+                }),
                 "twice",
             ),
             (
-                Box::new(|t| t.ops = vec![Op::Put { entity: "e".into(), fields: vec![("f".into(), Value::Bytes(vec![0; MAX_VALUE_BYTES + 1]))] }]),
+                Box::new(|t| {
+                    t.ops = vec![Op::Put {
+                        entity: "e".into(),
+                        fields: vec![("f".into(), Value::Bytes(vec![0; MAX_VALUE_BYTES + 1]))],
+                    }]
+                }),
                 "exceeds",
             ),
             (
-                Box::new(|t| t.ops = vec![Op::Increment { entity: "e".into(), field: "f".into(), by: 1, min: Some(5), max: Some(1) }]),
+                Box::new(|t| {
+                    t.ops = vec![Op::Increment {
+                        entity: "e".into(),
+                        field: "f".into(),
+                        by: 1,
+                        min: Some(5),
+                        max: Some(1),
+                    }]
+                }),
                 "empty",
             ),
-            (Box::new(|t| t.ops = vec![Op::Delete { entity: "e".into() }; MAX_OPS_PER_TRANSACTION + 1]), "operations"),
+            (
+                Box::new(|t| {
+                    t.ops = vec![Op::Delete { entity: "e".into() }; MAX_OPS_PER_TRANSACTION + 1]
+                }),
+                "operations",
+            ),
         ];
         for (change, words) in cases {
             let mut t = tx(&k);
             change(&mut t);
             match t.sign(&k).verify() {
-                Err(TxError::Limit(why)) => assert!(why.contains(words), "{why:?} should mention {words:?}"),
+                Err(TxError::Limit(why)) => {
+                    assert!(why.contains(words), "{why:?} should mention {words:?}")
+                }
                 other => panic!("expected a limit error mentioning {words:?}, got {other:?}"),
             }
         }

@@ -17,7 +17,18 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
         ops,
     };
     vec![
-        (seed1, tx(&seed1, "alpha", 1, vec![Op::Put { entity: "unit/1".into(), fields: vec![("hp".into(), Value::Int(10))] }])),
+        (
+            seed1,
+            tx(
+                &seed1,
+                "alpha",
+                1,
+                vec![Op::Put {
+                    entity: "unit/1".into(),
+                    fields: vec![("hp".into(), Value::Int(10))],
+                }],
+            ),
+        ),
         (
             seed2,
             tx(
@@ -25,9 +36,20 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
                 "bravo",
                 7,
                 vec![
-                    Op::ExpectVersion { entity: "depot/3".into(), version: 5 },
-                    Op::Increment { entity: "depot/3".into(), field: "ammo".into(), by: -2, min: Some(0), max: None },
-                    Op::Delete { entity: "unit/9".into() },
+                    Op::ExpectVersion {
+                        entity: "depot/3".into(),
+                        version: 5,
+                    },
+                    Op::Increment {
+                        entity: "depot/3".into(),
+                        field: "ammo".into(),
+                        by: -2,
+                        min: Some(0),
+                        max: None,
+                    },
+                    Op::Delete {
+                        entity: "unit/9".into(),
+                    },
                 ],
             ),
         ),
@@ -40,9 +62,16 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
                 vec![
                     Op::Put {
                         entity: "unit/2".into(),
-                        fields: vec![("name".into(), Value::Str("scout".into())), ("tag".into(), Value::Bytes(vec![0xbe, 0xef]))],
+                        fields: vec![
+                            ("name".into(), Value::Str("scout".into())),
+                            ("tag".into(), Value::Bytes(vec![0xbe, 0xef])),
+                        ],
                     },
-                    Op::ExpectField { entity: "unit/2".into(), field: "hp".into(), value: None },
+                    Op::ExpectField {
+                        entity: "unit/2".into(),
+                        field: "hp".into(),
+                        value: None,
+                    },
                 ],
             ),
         ),
@@ -97,15 +126,43 @@ fn rendered() -> String {
 fn the_documented_vectors_match_the_encoding_and_the_signatures() {
     let docs = documented();
     let vectors = vectors();
-    assert_eq!(docs.len(), vectors.len(), "docs/formats.md should hold {} vector blocks:\n{}", vectors.len(), rendered());
+    assert_eq!(
+        docs.len(),
+        vectors.len(),
+        "docs/formats.md should hold {} vector blocks:\n{}",
+        vectors.len(),
+        rendered()
+    );
     for (n, ((seed, tx), doc)) in vectors.iter().zip(&docs).enumerate() {
         let key = Keypair::from_seed(*seed);
         let signed = tx.sign(key.signing_key());
-        let field = |k: &str| doc.get(k).unwrap_or_else(|| panic!("vector {} lacks {k:?}; expected:\n{}", n + 1, rendered())).clone();
+        let field = |k: &str| {
+            doc.get(k)
+                .unwrap_or_else(|| {
+                    panic!("vector {} lacks {k:?}; expected:\n{}", n + 1, rendered())
+                })
+                .clone()
+        };
         assert_eq!(field("seed"), hex::encode(seed), "vector {}", n + 1);
-        assert_eq!(field("public key"), hex::encode(key.public()), "vector {}", n + 1);
-        assert_eq!(field("canonical bytes"), hex::encode(&signed.transaction), "vector {}", n + 1);
-        assert_eq!(field("signature"), hex::encode(&signed.signature), "vector {}; expected blocks:\n{}", n + 1, rendered());
+        assert_eq!(
+            field("public key"),
+            hex::encode(key.public()),
+            "vector {}",
+            n + 1
+        );
+        assert_eq!(
+            field("canonical bytes"),
+            hex::encode(&signed.transaction),
+            "vector {}",
+            n + 1
+        );
+        assert_eq!(
+            field("signature"),
+            hex::encode(&signed.signature),
+            "vector {}; expected blocks:\n{}",
+            n + 1,
+            rendered()
+        );
         assert_eq!(signed.verify().unwrap().transaction, *tx);
     }
 }

@@ -13,11 +13,19 @@ fuzz_target!(|data: &[u8]| {
     let mut location = LocationApp::new("here");
     let before = location.snapshot();
     if location.restore(data).is_err() {
-        assert_eq!(location.snapshot(), before, "a refused snapshot changed the state");
+        assert_eq!(
+            location.snapshot(),
+            before,
+            "a refused snapshot changed the state"
+        );
     }
     let mut meta = MetaApp::new();
     let before = meta.snapshot();
     if meta.restore(data).is_err() {
-        assert_eq!(meta.snapshot(), before, "a refused snapshot changed the directory");
+        assert_eq!(
+            meta.snapshot(),
+            before,
+            "a refused snapshot changed the directory"
+        );
     }
 });

@@ -28,16 +28,27 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Runs a command, failing with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a command and ignores failure (for clean-up).
 fn sh_quiet(program: &str, args: &[&str]) {
-    let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// One node of the cluster.
@@ -90,7 +101,11 @@ impl Cluster {
     /// Removes every namespace and link a harness run may have left.
     pub fn teardown() {
         if let Ok(list) = sh("ip", &["netns", "list"]) {
-            for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(&format!("{PREFIX}-"))) {
+            for ns in list
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(&format!("{PREFIX}-")))
+            {
                 // Kill whatever still runs inside before deleting it.
                 if let Ok(pids) = sh("ip", &["netns", "pids", ns]) {
                     for pid in pids.split_whitespace() {
@@ -116,11 +131,17 @@ impl Cluster {
         in_bridge(&["ip", "link", "set", "br0", "up"])?;
         in_bridge(&["ip", "link", "set", "lo", "up"])?;
         // The host's leg.
-        sh("ip", &["link", "add", "gjh", "type", "veth", "peer", "name", "gjhb"])?;
+        sh(
+            "ip",
+            &["link", "add", "gjh", "type", "veth", "peer", "name", "gjhb"],
+        )?;
         sh("ip", &["link", "set", "gjhb", "netns", BRIDGE_NS])?;
         in_bridge(&["ip", "link", "set", "gjhb", "master", "br0"])?;
         in_bridge(&["ip", "link", "set", "gjhb", "up"])?;
-        sh("ip", &["addr", "add", &format!("{HOST_IP}/24"), "dev", "gjh"])?;
+        sh(
+            "ip",
+            &["addr", "add", &format!("{HOST_IP}/24"), "dev", "gjh"],
+        )?;
         sh("ip", &["link", "set", "gjh", "up"])?;
 
         let ips: Vec<String> = (1..=n).map(|i| format!("10.77.0.{}", 10 + i)).collect();
@@ -134,14 +155,33 @@ impl Cluster {
             let ns = format!("{PREFIX}-n{id}");
             let (a, b) = (format!("gj{id}a"), format!("gj{id}b"));
             sh("ip", &["netns", "add", &ns])?;
-            sh("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+            sh(
+                "ip",
+                &["link", "add", &a, "type", "veth", "peer", "name", &b],
+            )?;
             sh("ip", &["link", "set", &a, "netns", &ns])?;
             sh("ip", &["link", "set", &b, "netns", BRIDGE_NS])?;
             in_bridge(&["ip", "link", "set", &b, "master", "br0"])?;
             in_bridge(&["ip", "link", "set", &b, "up"])?;
-            sh("ip", &["netns", "exec", &ns, "ip", "addr", "add", &format!("{ip}/24"), "dev", &a])?;
+            sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    &a,
+                ],
+            )?;
             sh("ip", &["netns", "exec", &ns, "ip", "link", "set", &a, "up"])?;
-            sh("ip", &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+            sh(
+                "ip",
+                &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"],
+            )?;
             let node_dir = dir.join(format!("n{id}"));
             std::fs::create_dir_all(&node_dir)?;
             let config = node_dir.join("garrison.toml");
@@ -151,9 +191,21 @@ impl Cluster {
             )?;
             let clock_file = node_dir.join("faketime");
             std::fs::write(&clock_file, "+0\n")?;
-            nodes.push(NodeProc { ns, ip: ip.clone(), config, log: node_dir.join("node.log"), clock_file, child: None, paused: false });
+            nodes.push(NodeProc {
+                ns,
+                ip: ip.clone(),
+                config,
+                log: node_dir.join("node.log"),
+                clock_file,
+                child: None,
+                paused: false,
+            });
         }
-        Ok(Self { nodes, bin: bin.to_path_buf(), links: None })
+        Ok(Self {
+            nodes,
+            bin: bin.to_path_buf(),
+            links: None,
+        })
     }
 
     /// Puts a proxy on the host in the path of every peer connection (DNAT
@@ -168,10 +220,39 @@ impl Cluster {
                     continue;
                 }
                 let port = crate::proxy::port(from_id, to_id);
-                links.start(from_id, to_id, format!("{HOST_IP}:{port}"), format!("{}:{PEER_PORT}", to.ip)).await?;
+                links
+                    .start(
+                        from_id,
+                        to_id,
+                        format!("{HOST_IP}:{port}"),
+                        format!("{}:{PEER_PORT}", to.ip),
+                    )
+                    .await?;
                 let dport = PEER_PORT.to_string();
                 let target = format!("{HOST_IP}:{port}");
-                sh("ip", &["netns", "exec", &from.ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-d", &to.ip, "-p", "tcp", "--dport", &dport, "-j", "DNAT", "--to-destination", &target])?;
+                sh(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &from.ns,
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "OUTPUT",
+                        "-d",
+                        &to.ip,
+                        "-p",
+                        "tcp",
+                        "--dport",
+                        &dport,
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        &target,
+                    ],
+                )?;
             }
         }
         self.links = Some(links);
@@ -190,9 +271,15 @@ impl Cluster {
         if node.running() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.ns]).arg(&bin).args(["node", "--config"]).arg(&node.config);
+        cmd.args(["netns", "exec", &node.ns])
+            .arg(&bin)
+            .args(["node", "--config"])
+            .arg(&node.config);
         cmd.env("GARRISON_LOG", "warn,garrison=info,openraft=error");
         if Path::new(LIBFAKETIME).exists() {
             // Wall clock only: the clock nemesis moves what the node reads as
@@ -202,7 +289,9 @@ impl Cluster {
                 .env("FAKETIME_NO_CACHE", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         node.child = Some(cmd.spawn().context("cannot start a node")?);
         node.paused = false;
         Ok(())
@@ -236,9 +325,20 @@ impl Cluster {
         let node = &self.nodes[id as usize - 1];
         for f in from {
             let ip = &self.nodes[*f as usize - 1].ip;
-            sh("ip", &["netns", "exec", &node.ns, "iptables", "-A", "INPUT", "-s", ip, "-j", "DROP"])?;
+            sh(
+                "ip",
+                &[
+                    "netns", "exec", &node.ns, "iptables", "-A", "INPUT", "-s", ip, "-j", "DROP",
+                ],
+            )?;
             if both_ways {
-                sh("ip", &["netns", "exec", &node.ns, "iptables", "-A", "OUTPUT", "-d", ip, "-j", "DROP"])?;
+                sh(
+                    "ip",
+                    &[
+                        "netns", "exec", &node.ns, "iptables", "-A", "OUTPUT", "-d", ip, "-j",
+                        "DROP",
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -247,7 +347,12 @@ impl Cluster {
     /// Cuts the cluster into `groups`: nodes in different groups cannot talk.
     pub fn partition(&self, groups: &[Vec<u64>]) -> anyhow::Result<()> {
         for (g, members) in groups.iter().enumerate() {
-            let others: Vec<u64> = groups.iter().enumerate().filter(|(h, _)| *h != g).flat_map(|(_, m)| m.clone()).collect();
+            let others: Vec<u64> = groups
+                .iter()
+                .enumerate()
+                .filter(|(h, _)| *h != g)
+                .flat_map(|(_, m)| m.clone())
+                .collect();
             for id in members {
                 self.drop_from(*id, &others, true)?;
             }
@@ -266,7 +371,10 @@ impl Cluster {
     /// Sets what node `id`'s wall clock reads, as libfaketime's offset
     /// syntax ("+30s", "-2m", "+0").
     pub fn set_clock(&self, id: u64, offset: &str) -> anyhow::Result<()> {
-        std::fs::write(&self.nodes[id as usize - 1].clock_file, format!("{offset}\n"))?;
+        std::fs::write(
+            &self.nodes[id as usize - 1].clock_file,
+            format!("{offset}\n"),
+        )?;
         Ok(())
     }
 

@@ -17,7 +17,11 @@ pub enum Op {
     /// Write `value` to register `key`.
     Write { key: u64, value: i64 },
     /// Set register `key` to `new` if it holds `old`.
-    Cas { key: u64, old: Option<i64>, new: i64 },
+    Cas {
+        key: u64,
+        old: Option<i64>,
+        new: i64,
+    },
     /// A signed game transaction: player `player` (hex), sequence `sequence`.
     Tx { player: String, sequence: u64 },
 }
@@ -69,7 +73,11 @@ impl Recorder {
             Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
             None => None,
         };
-        Ok(Self { start: Instant::now(), events: Mutex::new(Vec::new()), file: Mutex::new(file) })
+        Ok(Self {
+            start: Instant::now(),
+            events: Mutex::new(Vec::new()),
+            file: Mutex::new(file),
+        })
     }
 
     /// Nanoseconds since the recorder began.
@@ -79,9 +87,19 @@ impl Recorder {
 
     /// Records one event.
     pub fn record(&self, process: u32, kind: Kind, op: Op, note: String) {
-        let event = Event { process, kind, op, time_ns: self.now_ns(), note };
+        let event = Event {
+            process,
+            kind,
+            op,
+            time_ns: self.now_ns(),
+            note,
+        };
         if let Some(f) = self.file.lock().unwrap().as_mut() {
-            let _ = writeln!(f, "{}", serde_json::to_string(&event).expect("events serialize"));
+            let _ = writeln!(
+                f,
+                "{}",
+                serde_json::to_string(&event).expect("events serialize")
+            );
         }
         self.events.lock().unwrap().push(event);
     }
@@ -98,5 +116,8 @@ impl Recorder {
 /// Reads a history file written by a [`Recorder`].
 pub fn load(path: &std::path::Path) -> anyhow::Result<Vec<Event>> {
     let text = std::fs::read_to_string(path)?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
 }

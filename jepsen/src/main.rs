@@ -34,7 +34,10 @@ use nemesis::Injection;
 const LIVENESS_BOUND: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
-#[command(name = "garrison-jepsen", about = "Run garrison under faults and check what it did")]
+#[command(
+    name = "garrison-jepsen",
+    about = "Run garrison under faults and check what it did"
+)]
 struct Args {
     /// A nemesis name, or `all`.
     #[arg(long, default_value = "partition-leader")]
@@ -96,7 +99,9 @@ fn counts(events: &[Event]) -> (usize, usize, usize) {
 /// register location, whose leader it targets).
 fn failovers(events: &[Event], injections: &[Injection]) -> Vec<Option<u64>> {
     let targeted = |op: &Op| match op {
-        Op::Write { key, .. } | Op::Cas { key, .. } => key % workload::REGISTER_LOCATIONS.len() as u64 == 0,
+        Op::Write { key, .. } | Op::Cas { key, .. } => {
+            key % workload::REGISTER_LOCATIONS.len() as u64 == 0
+        }
         _ => false,
     };
     // Only writes invoked after the fault count: one already in flight may
@@ -108,14 +113,21 @@ fn failovers(events: &[Event], injections: &[Injection]) -> Vec<Option<u64>> {
             Kind::Invoke => {
                 invoked.insert(e.process, e.time_ns);
             }
-            Kind::Ok if targeted(&e.op) => done.push((invoked.get(&e.process).copied().unwrap_or(0), e.time_ns)),
+            Kind::Ok if targeted(&e.op) => {
+                done.push((invoked.get(&e.process).copied().unwrap_or(0), e.time_ns))
+            }
             _ => {}
         }
     }
     injections
         .iter()
         .filter(|i| i.hits_leader)
-        .map(|i| done.iter().filter(|(invoke, _)| *invoke > i.at_ns).map(|(_, ok)| (ok - i.at_ns) / 1_000_000).min())
+        .map(|i| {
+            done.iter()
+                .filter(|(invoke, _)| *invoke > i.at_ns)
+                .map(|(_, ok)| (ok - i.at_ns) / 1_000_000)
+                .min()
+        })
         .collect()
 }
 
@@ -163,20 +175,37 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         cluster.start(id)?;
     }
     let endpoints = cluster.endpoints();
-    let admin = connect(&endpoints, Duration::from_secs(60)).await.context("the cluster did not come up")?;
-    for location in workload::REGISTER_LOCATIONS.iter().chain([&workload::LEDGER_LOCATION]) {
+    let admin = connect(&endpoints, Duration::from_secs(60))
+        .await
+        .context("the cluster did not come up")?;
+    for location in workload::REGISTER_LOCATIONS
+        .iter()
+        .chain([&workload::LEDGER_LOCATION])
+    {
         admin.create_location(location).await?;
     }
     let recorder = Arc::new(Recorder::new(Some(&dir.join("history.jsonl")))?);
     let work = workload::Workload::new(recorder.clone());
-    let workers: Vec<_> = (0..args.workers).map(|p| work.spawn(p, endpoints[p as usize % endpoints.len()].clone(), args.seed)).collect();
+    let workers: Vec<_> = (0..args.workers)
+        .map(|p| {
+            work.spawn(
+                p,
+                endpoints[p as usize % endpoints.len()].clone(),
+                args.seed,
+            )
+        })
+        .collect();
 
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut injections = Vec::new();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
     while started.elapsed() < Duration::from_secs(args.time) {
-        let chosen = if name == "mix" { nemesis::MIX[rng.gen_range(0..nemesis::MIX.len())] } else { name };
+        let chosen = if name == "mix" {
+            nemesis::MIX[rng.gen_range(0..nemesis::MIX.len())]
+        } else {
+            name
+        };
         let (what, hits_leader) = if chosen == "kill-after-burst" {
             (burst_then_kill(&mut cluster, &recorder, &admin).await, true)
         } else {
@@ -185,9 +214,20 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         // The fault is in place from here (a burst, or a snapshot set-up,
         // comes before it).
         let at_ns = recorder.now_ns();
-        eprintln!("[{:>5.1}s] {chosen}: {what}", started.elapsed().as_secs_f64());
-        injections.push(Injection { at_ns, what: format!("{chosen}: {what}"), hits_leader });
-        let hold = if chosen == "pause-leader" { Duration::from_secs(2) } else { Duration::from_secs(args.inject_secs) };
+        eprintln!(
+            "[{:>5.1}s] {chosen}: {what}",
+            started.elapsed().as_secs_f64()
+        );
+        injections.push(Injection {
+            at_ns,
+            what: format!("{chosen}: {what}"),
+            hits_leader,
+        });
+        let hold = if chosen == "pause-leader" {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(args.inject_secs)
+        };
         tokio::time::sleep(hold).await;
         cluster.heal_all()?;
         eprintln!("[{:>5.1}s] healed", started.elapsed().as_secs_f64());
@@ -201,8 +241,14 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     let mut probe = Player::new(Keypair::generate());
     while healed.elapsed() < LIVENESS_BOUND {
         if let Some(c) = connect(&endpoints, Duration::from_secs(2)).await {
-            let op = TxOp::Put { entity: "probe".into(), fields: vec![("t".into(), Value::Int(1))] };
-            if let Ok(r) = probe.transact(&c, workload::LEDGER_LOCATION, vec![op]).await {
+            let op = TxOp::Put {
+                entity: "probe".into(),
+                fields: vec![("t".into(), Value::Int(1))],
+            };
+            if let Ok(r) = probe
+                .transact(&c, workload::LEDGER_LOCATION, vec![op])
+                .await
+            {
                 if matches!(r.outcome, Outcome::Committed { .. }) {
                     recovered = Some(healed.elapsed().as_millis() as u64);
                     break;
@@ -221,7 +267,12 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     let ledgers = match &client {
         Some(c) => {
             for key in 0..=work.max_key.load(Ordering::Relaxed) {
-                recorder.record(1000, Kind::Invoke, Op::Read { key, value: None }, "final read".into());
+                recorder.record(
+                    1000,
+                    Kind::Invoke,
+                    Op::Read { key, value: None },
+                    "final read".into(),
+                );
                 workload::read(c, &recorder, 1000, key).await;
             }
             workload::ledgers(c).await.unwrap_or_default()
@@ -236,8 +287,14 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         .args(["check", "--cluster", &endpoints.join(",")])
         .output()
         .context("running garrison check")?;
-    checks.push(checker::replicas_identical(out.status.success(), &String::from_utf8_lossy(&out.stdout)));
-    checks.push(checker::liveness(recovered, LIVENESS_BOUND.as_millis() as u64));
+    checks.push(checker::replicas_identical(
+        out.status.success(),
+        &String::from_utf8_lossy(&out.stdout),
+    ));
+    checks.push(checker::liveness(
+        recovered,
+        LIVENESS_BOUND.as_millis() as u64,
+    ));
 
     let (ok, fail, info) = counts(&events);
     let valid = checks.iter().all(|c| c.valid);
@@ -254,20 +311,44 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         checks,
         valid,
     };
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    println!("== {name} ({} nodes, seed {}, {:.0}s): {ok} ok, {fail} fail, {info} unknown", args.nodes, args.seed, summary.seconds);
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!(
+        "== {name} ({} nodes, seed {}, {:.0}s): {ok} ok, {fail} fail, {info} unknown",
+        args.nodes, args.seed, summary.seconds
+    );
     for c in &summary.checks {
-        println!("   {:<20} {}  {}", c.name, if c.valid { "ok  " } else { "FAIL" }, c.detail);
+        println!(
+            "   {:<20} {}  {}",
+            c.name,
+            if c.valid { "ok  " } else { "FAIL" },
+            c.detail
+        );
     }
-    let times: Vec<String> = summary.failover_ms.iter().map(|t| t.map(|t| format!("{t} ms")).unwrap_or_else(|| "none".into())).collect();
-    println!("   failovers (fault to next acknowledged write): [{}]", times.join(", "));
+    let times: Vec<String> = summary
+        .failover_ms
+        .iter()
+        .map(|t| {
+            t.map(|t| format!("{t} ms"))
+                .unwrap_or_else(|| "none".into())
+        })
+        .collect();
+    println!(
+        "   failovers (fault to next acknowledged write): [{}]",
+        times.join(", ")
+    );
     cluster.destroy();
     Ok(valid)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("error,tarpc=off").with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter("error,tarpc=off")
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     if let Some(path) = &args.recheck {
         let check = checker::linearizability(&history::load(path)?);
@@ -277,10 +358,19 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let names: Vec<&str> = if args.nemesis == "all" { nemesis::ALL.iter().copied().filter(|n| *n != "none").collect() } else { vec![args.nemesis.as_str()] };
+    let names: Vec<&str> = if args.nemesis == "all" {
+        nemesis::ALL
+            .iter()
+            .copied()
+            .filter(|n| *n != "none")
+            .collect()
+    } else {
+        vec![args.nemesis.as_str()]
+    };
     // Leave nothing behind when interrupted.
     tokio::spawn(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -292,7 +382,9 @@ async fn main() -> anyhow::Result<()> {
     let mut all_valid = true;
     let mut failed = Vec::new();
     for name in &names {
-        let dir = args.results.join(format!("{name}-n{}-s{}", args.nodes, args.seed));
+        let dir = args
+            .results
+            .join(format!("{name}-n{}-s{}", args.nodes, args.seed));
         let valid = match run_one(&args, name, &dir).await {
             Ok(v) => v,
             Err(e) => {
@@ -309,9 +401,14 @@ async fn main() -> anyhow::Result<()> {
     Cluster::teardown();
     if args.expect_violation {
         if all_valid {
-            anyhow::bail!("expected the harness to find a violation in this build, and it found none");
+            anyhow::bail!(
+                "expected the harness to find a violation in this build, and it found none"
+            );
         }
-        println!("violation found, as expected for this build: {}", failed.join(", "));
+        println!(
+            "violation found, as expected for this build: {}",
+            failed.join(", ")
+        );
         return Ok(());
     }
     if !all_valid {

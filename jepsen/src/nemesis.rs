@@ -48,11 +48,21 @@ pub struct Injection {
 pub async fn leader(cluster: &Cluster) -> Option<u64> {
     let mut best: Option<(u64, u64)> = None;
     for node in &cluster.nodes {
-        let options = ClientOptions { request_timeout: Duration::from_millis(500), deadline: Duration::from_secs(1), max_attempts: 1, discover: false };
-        let Ok(client) = Client::connect_with(&[node.endpoint()], options).await else { continue };
-        let Ok(status) = client.status_of(&node.endpoint()).await else { continue };
+        let options = ClientOptions {
+            request_timeout: Duration::from_millis(500),
+            deadline: Duration::from_secs(1),
+            max_attempts: 1,
+            discover: false,
+        };
+        let Ok(client) = Client::connect_with(&[node.endpoint()], options).await else {
+            continue;
+        };
+        let Ok(status) = client.status_of(&node.endpoint()).await else {
+            continue;
+        };
         for g in status.groups {
-            if g.location.as_deref() == Some(REGISTER_LOCATIONS[0]) && g.leader == Some(status.node) {
+            if g.location.as_deref() == Some(REGISTER_LOCATIONS[0]) && g.leader == Some(status.node)
+            {
                 if best.is_none_or(|(term, _)| g.term > term) {
                     best = Some((g.term, status.node));
                 }
@@ -67,13 +77,21 @@ fn others(n: u64, not: u64) -> Vec<u64> {
 }
 
 /// Injects `name`'s fault; returns a description (empty if nothing was done).
-pub async fn inject(name: &str, cluster: &mut Cluster, rng: &mut StdRng) -> anyhow::Result<(String, bool)> {
+pub async fn inject(
+    name: &str,
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+) -> anyhow::Result<(String, bool)> {
     let n = cluster.nodes.len() as u64;
     let random = rng.gen_range(1..=n);
     let leader_or_random = leader(cluster).await.unwrap_or(random);
     Ok(match name {
         "partition-random" | "partition-leader" => {
-            let target = if name == "partition-leader" { leader_or_random } else { random };
+            let target = if name == "partition-leader" {
+                leader_or_random
+            } else {
+                random
+            };
             cluster.partition(&[vec![target], others(n, target)])?;
             (format!("isolated node {target}"), true)
         }
@@ -85,7 +103,10 @@ pub async fn inject(name: &str, cluster: &mut Cluster, rng: &mut StdRng) -> anyh
             let mut minority = vec![leader];
             minority.extend(rest.drain(..(minority_size as usize - 1).min(rest.len())));
             cluster.partition(&[minority.clone(), rest.clone()])?;
-            (format!("split {minority:?} (old leader's minority) from {rest:?}"), true)
+            (
+                format!("split {minority:?} (old leader's minority) from {rest:?}"),
+                true,
+            )
         }
         "ring" => {
             if n < 5 {
@@ -95,8 +116,15 @@ pub async fn inject(name: &str, cluster: &mut Cluster, rng: &mut StdRng) -> anyh
             let mut order: Vec<u64> = (1..=n).collect();
             order.shuffle(rng);
             for (pos, id) in order.iter().enumerate() {
-                let near = [order[(pos + 1) % n as usize], order[(pos + n as usize - 1) % n as usize]];
-                let far: Vec<u64> = order.iter().copied().filter(|o| o != id && !near.contains(o)).collect();
+                let near = [
+                    order[(pos + 1) % n as usize],
+                    order[(pos + n as usize - 1) % n as usize],
+                ];
+                let far: Vec<u64> = order
+                    .iter()
+                    .copied()
+                    .filter(|o| o != id && !near.contains(o))
+                    .collect();
                 cluster.drop_from(*id, &far, true)?;
             }
             (format!("majorities ring {order:?}"), true)
@@ -119,7 +147,10 @@ pub async fn inject(name: &str, cluster: &mut Cluster, rng: &mut StdRng) -> anyh
             let a = leader_or_random;
             let b = *others(n, a).choose(rng).expect("another node");
             cluster.drop_from(a, &[b], false)?;
-            (format!("node {a} drops packets from node {b} ({b} still hears {a})"), true)
+            (
+                format!("node {a} drops packets from node {b} ({b} still hears {a})"),
+                true,
+            )
         }
         "kill-random" => {
             cluster.kill(random);
@@ -180,7 +211,10 @@ pub async fn inject(name: &str, cluster: &mut Cluster, rng: &mut StdRng) -> anyh
                 links.set(target, other, mode);
                 links.set(other, target, mode);
             }
-            (format!("links to and from node {target}: {mode:?}"), matches!(mode, LinkMode::Stall | LinkMode::Reset))
+            (
+                format!("links to and from node {target}: {mode:?}"),
+                matches!(mode, LinkMode::Stall | LinkMode::Reset),
+            )
         }
         "none" => ("no fault".into(), false),
         other => anyhow::bail!("unknown nemesis {other:?}; known: {}", ALL.join(", ")),

@@ -39,7 +39,13 @@ pub fn port(from: u64, to: u64) -> u16 {
 impl Links {
     /// Starts the proxy for `from` → `to`, listening on `listen` and
     /// forwarding to `upstream`.
-    pub async fn start(self: &Arc<Self>, from: u64, to: u64, listen: String, upstream: String) -> anyhow::Result<()> {
+    pub async fn start(
+        self: &Arc<Self>,
+        from: u64,
+        to: u64,
+        listen: String,
+        upstream: String,
+    ) -> anyhow::Result<()> {
         let listener = TcpListener::bind(&listen).await?;
         let (tx, rx) = watch::channel(LinkMode::Normal);
         self.modes.lock().unwrap().insert((from, to), tx);
@@ -50,7 +56,9 @@ impl Links {
                     if *rx.borrow() == LinkMode::Reset {
                         return;
                     }
-                    let Ok(outbound) = TcpStream::connect(&upstream).await else { return };
+                    let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                     let (ri, wi) = inbound.into_split();
                     let (ro, wo) = outbound.into_split();
@@ -80,7 +88,11 @@ impl Links {
 }
 
 /// Copies one direction, obeying the link's mode.
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut mode: watch::Receiver<LinkMode>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<LinkMode>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {

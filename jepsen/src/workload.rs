@@ -29,7 +29,12 @@ pub const OPS_PER_ROUND: u64 = 300;
 /// A client for the harness: short timeouts (a slow answer is recorded as
 /// unknown), optionally pinned to one node.
 pub fn options(pinned: bool) -> ClientOptions {
-    ClientOptions { request_timeout: Duration::from_secs(1), deadline: Duration::from_secs(3), max_attempts: 4, discover: !pinned }
+    ClientOptions {
+        request_timeout: Duration::from_secs(1),
+        deadline: Duration::from_secs(3),
+        max_attempts: 4,
+        discover: !pinned,
+    }
 }
 
 fn location_of(key: u64) -> &'static str {
@@ -58,14 +63,25 @@ pub struct Workload {
 impl Workload {
     /// A workload recording into `recorder`.
     pub fn new(recorder: Arc<Recorder>) -> Self {
-        Self { recorder, stop: Arc::new(AtomicBool::new(false)), ops: Arc::new(AtomicU64::new(0)), max_key: Arc::new(AtomicU64::new(0)) }
+        Self {
+            recorder,
+            stop: Arc::new(AtomicBool::new(false)),
+            ops: Arc::new(AtomicU64::new(0)),
+            max_key: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Starts worker `process`, pinned to `endpoint`.
     pub fn spawn(&self, process: u32, endpoint: String, seed: u64) -> tokio::task::JoinHandle<()> {
-        let (recorder, stop, ops, max_key) = (self.recorder.clone(), self.stop.clone(), self.ops.clone(), self.max_key.clone());
+        let (recorder, stop, ops, max_key) = (
+            self.recorder.clone(),
+            self.stop.clone(),
+            self.ops.clone(),
+            self.max_key.clone(),
+        );
         tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng =
+                StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut player = Player::new(Keypair::generate());
             let mut client: Option<Client> = None;
             while !stop.load(Ordering::Relaxed) {
@@ -80,7 +96,8 @@ impl Workload {
                 if rng.gen_ratio(1, 4) {
                     game_tx(c, &mut player, &recorder, process).await;
                 } else {
-                    let key = (n / OPS_PER_ROUND) * KEYS_PER_ROUND + rng.gen_range(0..KEYS_PER_ROUND);
+                    let key =
+                        (n / OPS_PER_ROUND) * KEYS_PER_ROUND + rng.gen_range(0..KEYS_PER_ROUND);
                     max_key.fetch_max(key, Ordering::Relaxed);
                     register_op(c, &mut player, &recorder, process, key, &mut rng).await;
                 }
@@ -89,56 +106,119 @@ impl Workload {
     }
 }
 
-async fn register_op(client: &Client, player: &mut Player, recorder: &Recorder, process: u32, key: u64, rng: &mut StdRng) {
+async fn register_op(
+    client: &Client,
+    player: &mut Player,
+    recorder: &Recorder,
+    process: u32,
+    key: u64,
+    rng: &mut StdRng,
+) {
     let location = location_of(key);
     match rng.gen_range(0..5) {
         0 | 1 => {
-            recorder.record(process, Kind::Invoke, Op::Read { key, value: None }, String::new());
+            recorder.record(
+                process,
+                Kind::Invoke,
+                Op::Read { key, value: None },
+                String::new(),
+            );
             read(client, recorder, process, key).await;
         }
         2 | 3 => {
             let value = rng.gen_range(0..5);
             let op = Op::Write { key, value };
             recorder.record(process, Kind::Invoke, op.clone(), String::new());
-            let ops = vec![TxOp::Put { entity: register(key), fields: vec![("v".into(), Value::Int(value))] }];
-            finish(player.transact(client, location, ops).await, recorder, process, op);
+            let ops = vec![TxOp::Put {
+                entity: register(key),
+                fields: vec![("v".into(), Value::Int(value))],
+            }];
+            finish(
+                player.transact(client, location, ops).await,
+                recorder,
+                process,
+                op,
+            );
         }
         _ => {
             let (old, new) = (rng.gen_range(0..5), rng.gen_range(0..5));
-            let op = Op::Cas { key, old: Some(old), new };
+            let op = Op::Cas {
+                key,
+                old: Some(old),
+                new,
+            };
             recorder.record(process, Kind::Invoke, op.clone(), String::new());
             let ops = vec![
-                TxOp::ExpectField { entity: register(key), field: "v".into(), value: Some(Value::Int(old)) },
-                TxOp::Put { entity: register(key), fields: vec![("v".into(), Value::Int(new))] },
+                TxOp::ExpectField {
+                    entity: register(key),
+                    field: "v".into(),
+                    value: Some(Value::Int(old)),
+                },
+                TxOp::Put {
+                    entity: register(key),
+                    fields: vec![("v".into(), Value::Int(new))],
+                },
             ];
-            finish(player.transact(client, location, ops).await, recorder, process, op);
+            finish(
+                player.transact(client, location, ops).await,
+                recorder,
+                process,
+                op,
+            );
         }
     }
 }
 
 /// A linearizable read of register `key`, recorded as ok or fail.
 pub async fn read(client: &Client, recorder: &Recorder, process: u32, key: u64) {
-    match client.get_entity(location_of(key), &register(key), ReadMode::Linearizable).await {
+    match client
+        .get_entity(location_of(key), &register(key), ReadMode::Linearizable)
+        .await
+    {
         Ok(read) => {
             let value = read.entity.and_then(|e| match e.fields.get("v") {
                 Some(Value::Int(v)) => Some(*v),
                 _ => None,
             });
-            recorder.record(process, Kind::Ok, Op::Read { key, value }, format!("index {}", read.index));
+            recorder.record(
+                process,
+                Kind::Ok,
+                Op::Read { key, value },
+                format!("index {}", read.index),
+            );
         }
         // A read has no effect: one that failed certainly did not happen.
-        Err(e) => recorder.record(process, Kind::Fail, Op::Read { key, value: None }, e.to_string()),
+        Err(e) => recorder.record(
+            process,
+            Kind::Fail,
+            Op::Read { key, value: None },
+            e.to_string(),
+        ),
     }
 }
 
-fn finish(result: Result<garrison_client::TxReceipt, garrison_client::ClientError>, recorder: &Recorder, process: u32, op: Op) {
+fn finish(
+    result: Result<garrison_client::TxReceipt, garrison_client::ClientError>,
+    recorder: &Recorder,
+    process: u32,
+    op: Op,
+) {
     match result {
         Ok(r) => match r.outcome {
-            Outcome::Committed { .. } => recorder.record(process, Kind::Ok, op, format!("index {}", r.index)),
-            Outcome::Rejected { reason, .. } => recorder.record(process, Kind::Fail, op, reason.to_string()),
+            Outcome::Committed { .. } => {
+                recorder.record(process, Kind::Ok, op, format!("index {}", r.index))
+            }
+            Outcome::Rejected { reason, .. } => {
+                recorder.record(process, Kind::Fail, op, reason.to_string())
+            }
         },
         // Refused at ingress: nothing was proposed.
-        Err(garrison_client::ClientError::Api(e)) if !matches!(e, garrison_client::ApiError::Timeout | garrison_client::ApiError::Unavailable(_)) => {
+        Err(garrison_client::ClientError::Api(e))
+            if !matches!(
+                e,
+                garrison_client::ApiError::Timeout | garrison_client::ApiError::Unavailable(_)
+            ) =>
+        {
             recorder.record(process, Kind::Fail, op, e.to_string())
         }
         Err(e) => recorder.record(process, Kind::Info, op, e.to_string()),
@@ -149,14 +229,34 @@ fn finish(result: Result<garrison_client::TxReceipt, garrison_client::ClientErro
 /// player's ledger entity.
 pub async fn game_tx(client: &Client, player: &mut Player, recorder: &Recorder, process: u32) {
     let entity = ledger(player.key());
-    let Ok(sequence) = player.next_sequence(client, LEDGER_LOCATION).await else { return };
+    let Ok(sequence) = player.next_sequence(client, LEDGER_LOCATION).await else {
+        return;
+    };
     let ops = vec![
-        TxOp::Put { entity: entity.clone(), fields: vec![("last".into(), Value::Int(sequence as i64))] },
-        TxOp::Increment { entity, field: "count".into(), by: 1, min: None, max: None },
+        TxOp::Put {
+            entity: entity.clone(),
+            fields: vec![("last".into(), Value::Int(sequence as i64))],
+        },
+        TxOp::Increment {
+            entity,
+            field: "count".into(),
+            by: 1,
+            min: None,
+            max: None,
+        },
     ];
-    let tx = Transaction { cluster: client.cluster().to_string(), location: LEDGER_LOCATION.into(), player: player.key().public(), sequence, ops };
+    let tx = Transaction {
+        cluster: client.cluster().to_string(),
+        location: LEDGER_LOCATION.into(),
+        player: player.key().public(),
+        sequence,
+        ops,
+    };
     let signed = tx.sign(player.key().signing_key());
-    let op = Op::Tx { player: hex::encode(player.key().public()), sequence };
+    let op = Op::Tx {
+        player: hex::encode(player.key().public()),
+        sequence,
+    };
     recorder.record(process, Kind::Invoke, op.clone(), String::new());
     let result = client.submit(&signed).await;
     if let Ok(receipt) = &result {
@@ -167,7 +267,13 @@ pub async fn game_tx(client: &Client, player: &mut Player, recorder: &Recorder, 
 
 /// Every ledger as the cluster holds it (a linearizable read).
 pub async fn ledgers(client: &Client) -> anyhow::Result<BTreeMap<String, Ledger>> {
-    let read = client.get_location(LEDGER_LOCATION, ReadMode::Linearizable, garrison_client::api::MAX_ENTITIES_PER_READ).await?;
+    let read = client
+        .get_location(
+            LEDGER_LOCATION,
+            ReadMode::Linearizable,
+            garrison_client::api::MAX_ENTITIES_PER_READ,
+        )
+        .await?;
     let int = |e: &garrison_client::Entity, f: &str| match e.fields.get(f) {
         Some(Value::Int(v)) => *v as u64,
         _ => 0,
@@ -175,6 +281,16 @@ pub async fn ledgers(client: &Client) -> anyhow::Result<BTreeMap<String, Ledger>
     Ok(read
         .entities
         .iter()
-        .filter_map(|(k, e)| k.strip_prefix("ledger/").map(|p| (p.to_string(), Ledger { last: int(e, "last"), count: int(e, "count") })))
+        .filter_map(|(k, e)| {
+            k.strip_prefix("ledger/").map(|p| {
+                (
+                    p.to_string(),
+                    Ledger {
+                        last: int(e, "last"),
+                        count: int(e, "count"),
+                    },
+                )
+            })
+        })
         .collect())
 }

@@ -104,12 +104,19 @@ impl RaftConfig {
             ));
         }
         if self.max_frame_bytes > DECODE_LIMIT_BYTES as u64 {
-            return bad(format!("max_frame_bytes may be at most {DECODE_LIMIT_BYTES}"));
+            return bad(format!(
+                "max_frame_bytes may be at most {DECODE_LIMIT_BYTES}"
+            ));
         }
-        if self.max_entries_per_append == 0 || self.max_proposal_bytes == 0 || self.snapshot_chunk_bytes == 0 {
+        if self.max_entries_per_append == 0
+            || self.max_proposal_bytes == 0
+            || self.snapshot_chunk_bytes == 0
+        {
             return bad("max_entries_per_append, max_proposal_bytes and snapshot_chunk_bytes must be positive".into());
         }
-        let largest_append = self.max_entries_per_append * (self.max_proposal_bytes + ENTRY_OVERHEAD_BYTES) + FRAME_OVERHEAD_BYTES;
+        let largest_append = self.max_entries_per_append
+            * (self.max_proposal_bytes + ENTRY_OVERHEAD_BYTES)
+            + FRAME_OVERHEAD_BYTES;
         if largest_append > self.max_frame_bytes {
             return bad(format!(
                 "max_entries_per_append × max_proposal_bytes needs frames of {largest_append} bytes, above max_frame_bytes ({})",
@@ -120,10 +127,18 @@ impl RaftConfig {
             return bad("snapshot_chunk_bytes does not fit in max_frame_bytes".into());
         }
         if self.max_in_flight_requests_per_connection == 0 || self.max_peer_connections == 0 {
-            return bad("max_in_flight_requests_per_connection and max_peer_connections must be positive".into());
+            return bad(
+                "max_in_flight_requests_per_connection and max_peer_connections must be positive"
+                    .into(),
+            );
         }
-        if self.reconnect_backoff_min_ms == 0 || self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms {
-            return bad("reconnect_backoff_min_ms must be positive and at most reconnect_backoff_max_ms".into());
+        if self.reconnect_backoff_min_ms == 0
+            || self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms
+        {
+            return bad(
+                "reconnect_backoff_min_ms must be positive and at most reconnect_backoff_max_ms"
+                    .into(),
+            );
         }
         if self.replication_factor == 0 {
             return bad("replication_factor must be positive".into());
@@ -145,7 +160,11 @@ impl RaftConfig {
             purge_batch_size: 256,
             ..Default::default()
         };
-        Ok(Arc::new(config.validate().map_err(|e| Error::Config(e.to_string()))?))
+        Ok(Arc::new(
+            config
+                .validate()
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ))
     }
 }
 
@@ -172,7 +191,10 @@ impl NodeConfig {
     /// Checks the whole configuration.
     pub fn validate(&self) -> Result<(), Error> {
         if !self.members.is_empty() && !self.members.contains_key(&self.node_id) {
-            return Err(Error::Config(format!("node_id {} is not among the members", self.node_id)));
+            return Err(Error::Config(format!(
+                "node_id {} is not among the members",
+                self.node_id
+            )));
         }
         self.raft.validate()
     }

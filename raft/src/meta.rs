@@ -105,7 +105,12 @@ pub struct MetaApp {
 impl MetaApp {
     /// An empty directory; the first location group gets id 1.
     pub fn new() -> Self {
-        Self { directory: Directory { locations: BTreeMap::new(), next_group: META_GROUP + 1 } }
+        Self {
+            directory: Directory {
+                locations: BTreeMap::new(),
+                next_group: META_GROUP + 1,
+            },
+        }
     }
 
     /// The directory as of the last applied entry.
@@ -113,7 +118,13 @@ impl MetaApp {
         &self.directory
     }
 
-    fn create(&mut self, ctx: &ApplyContext<'_>, name: String, replicas: Vec<NodeId>, factor: u32) -> MetaReply {
+    fn create(
+        &mut self,
+        ctx: &ApplyContext<'_>,
+        name: String,
+        replicas: Vec<NodeId>,
+        factor: u32,
+    ) -> MetaReply {
         if let Some(existing) = self.directory.locations.get(&name) {
             return MetaReply::Exists(existing.clone());
         }
@@ -132,11 +143,18 @@ impl MetaApp {
                 return MetaReply::Refused("replicas name a node twice".into());
             }
             if let Some(stranger) = set.iter().find(|n| !voters.contains(n)) {
-                return MetaReply::Refused(format!("node {stranger} is not a member of the cluster"));
+                return MetaReply::Refused(format!(
+                    "node {stranger} is not a member of the cluster"
+                ));
             }
             set
         };
-        let record = LocationRecord { name: name.clone(), group: self.directory.next_group, replicas: chosen, created_at_index: ctx.index };
+        let record = LocationRecord {
+            name: name.clone(),
+            group: self.directory.next_group,
+            replicas: chosen,
+            created_at_index: ctx.index,
+        };
         self.directory.next_group += 1;
         self.directory.locations.insert(name, record.clone());
         MetaReply::Created(record)
@@ -152,19 +170,32 @@ impl MetaApp {
                 }
             }
         }
-        let mut ranked: Vec<(usize, NodeId)> = load.into_iter().map(|(node, n)| (n, node)).collect();
+        let mut ranked: Vec<(usize, NodeId)> =
+            load.into_iter().map(|(node, n)| (n, node)).collect();
         ranked.sort();
-        ranked.into_iter().take(count).map(|(_, node)| node).collect()
+        ranked
+            .into_iter()
+            .take(count)
+            .map(|(_, node)| node)
+            .collect()
     }
 }
 
 /// Checks a location name: 1 to [`MAX_LOCATION_NAME_BYTES`] bytes of `[A-Za-z0-9_./-]`.
 pub fn check_location_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_LOCATION_NAME_BYTES {
-        return Err(format!("location name must be 1 to {MAX_LOCATION_NAME_BYTES} bytes, got {}", name.len()));
+        return Err(format!(
+            "location name must be 1 to {MAX_LOCATION_NAME_BYTES} bytes, got {}",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_./-".contains(*c))) {
-        return Err(format!("location name {name:?} contains {c:?}; use letters, digits and _ . / -"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_./-".contains(*c)))
+    {
+        return Err(format!(
+            "location name {name:?} contains {c:?}; use letters, digits and _ . / -"
+        ));
     }
     Ok(())
 }
@@ -179,13 +210,17 @@ impl GroupApp for MetaApp {
     fn apply(&mut self, ctx: &ApplyContext<'_>, payload: &[u8]) -> Vec<u8> {
         let reply = match codec::decode::<MetaCommand>(payload) {
             Err(e) => MetaReply::Refused(format!("undecodable meta command: {e}")),
-            Ok(MetaCommand::CreateLocation { name, replicas, replication_factor }) => {
-                self.create(ctx, name, replicas, replication_factor)
+            Ok(MetaCommand::CreateLocation {
+                name,
+                replicas,
+                replication_factor,
+            }) => self.create(ctx, name, replicas, replication_factor),
+            Ok(MetaCommand::RemoveLocation { name }) => {
+                match self.directory.locations.remove(&name) {
+                    Some(record) => MetaReply::Removed(record),
+                    None => MetaReply::Refused(format!("location {name:?} does not exist")),
+                }
             }
-            Ok(MetaCommand::RemoveLocation { name }) => match self.directory.locations.remove(&name) {
-                Some(record) => MetaReply::Removed(record),
-                None => MetaReply::Refused(format!("location {name:?} does not exist")),
-            },
         };
         codec::encode(&reply)
     }
@@ -201,13 +236,19 @@ impl GroupApp for MetaApp {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        codec::encode(&DirectoryImage { format_version: DIRECTORY_FORMAT_VERSION, directory: self.directory.clone() })
+        codec::encode(&DirectoryImage {
+            format_version: DIRECTORY_FORMAT_VERSION,
+            directory: self.directory.clone(),
+        })
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let image: DirectoryImage = codec::decode_stored(snapshot).map_err(|e| e.to_string())?;
         if image.format_version != DIRECTORY_FORMAT_VERSION {
-            return Err(format!("directory format version {} is not supported", image.format_version));
+            return Err(format!(
+                "directory format version {} is not supported",
+                image.format_version
+            ));
         }
         self.directory = image.directory;
         Ok(())
@@ -224,26 +265,45 @@ mod tests {
     use crate::typ::{Membership, Node};
 
     fn membership(voters: &[NodeId]) -> Membership {
-        let nodes: BTreeMap<NodeId, Node> = voters.iter().map(|&n| (n, Node::new(format!("127.0.0.1:{n}")))).collect();
+        let nodes: BTreeMap<NodeId, Node> = voters
+            .iter()
+            .map(|&n| (n, Node::new(format!("127.0.0.1:{n}"))))
+            .collect();
         Membership::new(vec![voters.iter().copied().collect()], nodes)
     }
 
     fn apply(app: &mut MetaApp, m: &Membership, index: u64, cmd: MetaCommand) -> MetaReply {
-        let ctx = ApplyContext { group: META_GROUP, index, term: 1, leader: 1, log_time_ms: 0, membership: m };
+        let ctx = ApplyContext {
+            group: META_GROUP,
+            index,
+            term: 1,
+            leader: 1,
+            log_time_ms: 0,
+            membership: m,
+        };
         codec::decode(&app.apply(&ctx, &codec::encode(&cmd))).unwrap()
     }
 
     fn create(name: &str, replicas: Vec<NodeId>) -> MetaCommand {
-        MetaCommand::CreateLocation { name: name.into(), replicas, replication_factor: 3 }
+        MetaCommand::CreateLocation {
+            name: name.into(),
+            replicas,
+            replication_factor: 3,
+        }
     }
 
     #[test]
     fn creating_a_location_twice_returns_the_first_record() {
         let m = membership(&[1, 2, 3]);
         let mut app = MetaApp::new();
-        let MetaReply::Created(first) = apply(&mut app, &m, 1, create("hill", vec![])) else { panic!() };
+        let MetaReply::Created(first) = apply(&mut app, &m, 1, create("hill", vec![])) else {
+            panic!()
+        };
         assert_eq!(first.group, 1);
-        assert_eq!(apply(&mut app, &m, 2, create("hill", vec![1])), MetaReply::Exists(first));
+        assert_eq!(
+            apply(&mut app, &m, 2, create("hill", vec![1])),
+            MetaReply::Exists(first)
+        );
         assert_eq!(app.directory().next_group, 2);
     }
 
@@ -253,13 +313,20 @@ mod tests {
         let mut app = MetaApp::new();
         let mut counts = BTreeMap::new();
         for i in 0..10 {
-            let MetaReply::Created(r) = apply(&mut app, &m, i + 1, create(&format!("l{i}"), vec![])) else { panic!() };
+            let MetaReply::Created(r) =
+                apply(&mut app, &m, i + 1, create(&format!("l{i}"), vec![]))
+            else {
+                panic!()
+            };
             assert_eq!(r.replicas.len(), 3);
             for n in r.replicas {
                 *counts.entry(n).or_insert(0) += 1;
             }
         }
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![6, 6, 6, 6, 6]);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![6, 6, 6, 6, 6]
+        );
     }
 
     #[test]
@@ -272,15 +339,31 @@ mod tests {
             create(&"x".repeat(MAX_LOCATION_NAME_BYTES + 1), vec![]),
             create("ok", vec![1, 1]),
             create("ok", vec![1, 9]),
-            MetaCommand::CreateLocation { name: "ok".into(), replicas: vec![], replication_factor: 0 },
-            MetaCommand::RemoveLocation { name: "missing".into() },
+            MetaCommand::CreateLocation {
+                name: "ok".into(),
+                replicas: vec![],
+                replication_factor: 0,
+            },
+            MetaCommand::RemoveLocation {
+                name: "missing".into(),
+            },
         ];
         for cmd in cases {
             let before = app.directory().clone();
-            assert!(matches!(apply(&mut app, &m, 1, cmd.clone()), MetaReply::Refused(_)), "{cmd:?}");
+            assert!(
+                matches!(apply(&mut app, &m, 1, cmd.clone()), MetaReply::Refused(_)),
+                "{cmd:?}"
+            );
             assert_eq!(app.directory(), &before);
         }
-        let ctx = ApplyContext { group: META_GROUP, index: 1, term: 1, leader: 1, log_time_ms: 0, membership: &m };
+        let ctx = ApplyContext {
+            group: META_GROUP,
+            index: 1,
+            term: 1,
+            leader: 1,
+            log_time_ms: 0,
+            membership: &m,
+        };
         let reply: MetaReply = codec::decode(&app.apply(&ctx, b"garbage")).unwrap();
         assert!(matches!(reply, MetaReply::Refused(_)));
     }

@@ -37,7 +37,12 @@ pub struct Proposal {
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Proposal(t={}ms, {} bytes)", self.log_time_ms, self.payload.len())
+        write!(
+            f,
+            "Proposal(t={}ms, {} bytes)",
+            self.log_time_ms,
+            self.payload.len()
+        )
     }
 }
 

@@ -11,7 +11,13 @@ use garrison_raft::{Error, GroupId, NodeId, META_GROUP};
 
 /// Writes `count` payloads `"{tag}-{i}"` to `group` through `via`, retrying
 /// each one (bounded) across leader changes; returns the acknowledged ones.
-async fn write_all(cluster: &Cluster, via: NodeId, group: GroupId, tag: &str, count: usize) -> Vec<Vec<u8>> {
+async fn write_all(
+    cluster: &Cluster,
+    via: NodeId,
+    group: GroupId,
+    tag: &str,
+    count: usize,
+) -> Vec<Vec<u8>> {
     let mut acked = Vec::new();
     for i in 0..count {
         let payload = format!("{tag}-{i}").into_bytes();
@@ -19,7 +25,10 @@ async fn write_all(cluster: &Cluster, via: NodeId, group: GroupId, tag: &str, co
         loop {
             match cluster.node(via).write(group, payload.clone()).await {
                 Ok(_) => break,
-                Err(e) => assert!(started.elapsed() < WAIT, "write {tag}-{i} never succeeded: {e}"),
+                Err(e) => assert!(
+                    started.elapsed() < WAIT,
+                    "write {tag}-{i} never succeeded: {e}"
+                ),
             }
         }
         acked.push(payload);
@@ -29,32 +38,59 @@ async fn write_all(cluster: &Cluster, via: NodeId, group: GroupId, tag: &str, co
 
 /// Every running replica of `group` applied exactly `expected`, in order.
 async fn assert_replicas_hold(cluster: &Cluster, group: GroupId, expected: &[Vec<u8>]) {
-    let nodes: Vec<NodeId> = cluster.running().into_iter().filter(|id| cluster.node(*id).groups().contains(&group)).collect();
+    let nodes: Vec<NodeId> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| cluster.node(*id).groups().contains(&group))
+        .collect();
     assert!(!nodes.is_empty());
-    eventually(&format!("replicas of group {group} to apply {} entries", expected.len()), || {
-        let done = nodes.iter().all(|id| cluster.node(*id).read_local(group, payloads).unwrap().len() >= expected.len());
-        async move { done }
-    })
+    eventually(
+        &format!(
+            "replicas of group {group} to apply {} entries",
+            expected.len()
+        ),
+        || {
+            let done = nodes.iter().all(|id| {
+                cluster.node(*id).read_local(group, payloads).unwrap().len() >= expected.len()
+            });
+            async move { done }
+        },
+    )
     .await;
     let first = cluster.node(nodes[0]).read_local(group, record).unwrap();
     for id in &nodes {
         let state = cluster.node(*id).read_local(group, record).unwrap();
-        assert_eq!(state, first, "replica on node {id} differs from node {}", nodes[0]);
+        assert_eq!(
+            state, first,
+            "replica on node {id} differs from node {}",
+            nodes[0]
+        );
     }
     let applied: Vec<Vec<u8>> = first.applied.iter().map(|(_, _, p)| p.clone()).collect();
     // Retried writes may apply twice (the raft layer is at-least-once); every
     // acknowledged payload is there, in acknowledgement order.
     let mut at = 0;
     for payload in expected {
-        at += applied[at..].iter().position(|p| p == payload).unwrap_or_else(|| panic!("{payload:?} lost")) + 1;
+        at += applied[at..]
+            .iter()
+            .position(|p| p == payload)
+            .unwrap_or_else(|| panic!("{payload:?} lost"))
+            + 1;
     }
 }
 
 async fn location_on_all(cluster: &Cluster, name: &str) -> GroupId {
-    let record = cluster.node(1).create_location(name, &[]).await.expect("create location");
+    let record = cluster
+        .node(1)
+        .create_location(name, &[])
+        .await
+        .expect("create location");
     let group = record.group;
     eventually(&format!("every node to open {name}"), || {
-        let open = cluster.running().iter().all(|id| cluster.node(*id).groups().contains(&group));
+        let open = cluster
+            .running()
+            .iter()
+            .all(|id| cluster.node(*id).groups().contains(&group));
         async move { open }
     })
     .await;
@@ -102,12 +138,23 @@ async fn replicas_of_every_group_apply_the_same_entries_in_the_same_order() {
 
     // Their hash chains and state digests agree too.
     for group in groups.iter().copied().chain([META_GROUP]) {
-        let applied = cluster.node(1).consistency(group, None).unwrap().applied_index;
+        let applied = cluster
+            .node(1)
+            .consistency(group, None)
+            .unwrap()
+            .applied_index;
         cluster.wait_applied(group, applied).await;
-        let reports: Vec<_> = cluster.running().iter().map(|id| cluster.node(*id).consistency(group, Some(applied)).unwrap()).collect();
+        let reports: Vec<_> = cluster
+            .running()
+            .iter()
+            .map(|id| cluster.node(*id).consistency(group, Some(applied)).unwrap())
+            .collect();
         assert!(reports[0].chain.is_some());
         for r in &reports {
-            assert_eq!(r.chain, reports[0].chain, "group {group} chains differ at {applied}");
+            assert_eq!(
+                r.chain, reports[0].chain,
+                "group {group} chains differ at {applied}"
+            );
         }
     }
     cluster.shutdown().await;
@@ -119,22 +166,54 @@ async fn reads_through_any_node_see_every_acknowledged_write() {
     let cluster = Cluster::start(3, test_config()).await;
     cluster.leader(META_GROUP).await;
     // Replicated on nodes 1 and 2 only, so node 3 must forward its reads.
-    let record = cluster.node(1).create_location("outpost", &[1, 2]).await.unwrap();
+    let record = cluster
+        .node(1)
+        .create_location("outpost", &[1, 2])
+        .await
+        .unwrap();
     let group = record.group;
     eventually("nodes 1 and 2 to open the group", || {
-        let open = [1, 2].iter().all(|id| cluster.node(*id).groups().contains(&group));
+        let open = [1, 2]
+            .iter()
+            .all(|id| cluster.node(*id).groups().contains(&group));
         async move { open }
     })
     .await;
     assert!(!cluster.node(3).groups().contains(&group));
     for n in 1..=5u64 {
-        let written = cluster.node(3).write(group, format!("w{n}").into_bytes()).await.unwrap();
+        let written = cluster
+            .node(3)
+            .write(group, format!("w{n}").into_bytes())
+            .await
+            .unwrap();
         for via in [1, 2, 3] {
-            let read = cluster.node(via).read(group, Vec::new(), ReadConsistency::Linearizable).await.unwrap();
+            let read = cluster
+                .node(via)
+                .read(group, Vec::new(), ReadConsistency::Linearizable)
+                .await
+                .unwrap();
             let count: u64 = garrison_raft::codec::decode(&read.reply).unwrap();
-            assert!(read.index >= written.index, "node {via} read at {} before write at {}", read.index, written.index);
-            assert!(count >= n, "node {via} saw {count} writes after {n} were acknowledged");
-            let stale = cluster.node(via).read(group, Vec::new(), ReadConsistency::Stale { min_index: written.index }).await.unwrap();
+            assert!(
+                read.index >= written.index,
+                "node {via} read at {} before write at {}",
+                read.index,
+                written.index
+            );
+            assert!(
+                count >= n,
+                "node {via} saw {count} writes after {n} were acknowledged"
+            );
+            let stale = cluster
+                .node(via)
+                .read(
+                    group,
+                    Vec::new(),
+                    ReadConsistency::Stale {
+                        min_index: written.index,
+                    },
+                )
+                .await
+                .unwrap();
             assert!(stale.index >= written.index);
         }
     }
@@ -150,7 +229,11 @@ async fn replicas_that_disagree_are_told_apart_by_their_chains() {
     let a = location_on_all(&cluster, "twin-a").await;
     let b = location_on_all(&cluster, "twin-b").await;
     let wa = cluster.node(1).write(a, b"same".to_vec()).await.unwrap();
-    let wb = cluster.node(1).write(b, b"different".to_vec()).await.unwrap();
+    let wb = cluster
+        .node(1)
+        .write(b, b"different".to_vec())
+        .await
+        .unwrap();
     cluster.wait_applied(a, wa.index).await;
     cluster.wait_applied(b, wb.index).await;
     let index = wa.index.min(wb.index);
@@ -176,7 +259,11 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
     cluster.leader(META_GROUP).await;
     let group = location_on_all(&cluster, "bridge").await;
     let old_leader = cluster.leader(group).await;
-    let survivor = cluster.running().into_iter().find(|id| *id != old_leader).unwrap();
+    let survivor = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != old_leader)
+        .unwrap();
     let mut acked = write_all(&cluster, survivor, group, "before", 30).await;
 
     let killed_at = Instant::now();
@@ -184,7 +271,10 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
     let new_leader = cluster.leader(group).await;
     assert_ne!(new_leader, old_leader);
     acked.extend(write_all(&cluster, survivor, group, "after", 30).await);
-    eprintln!("leader {old_leader} stopped; {new_leader} leads and accepted writes after {:?}", killed_at.elapsed());
+    eprintln!(
+        "leader {old_leader} stopped; {new_leader} leads and accepted writes after {:?}",
+        killed_at.elapsed()
+    );
 
     assert_replicas_hold(&cluster, group, &acked).await;
     cluster.shutdown().await;
@@ -204,8 +294,16 @@ async fn a_restarted_node_catches_up_from_its_own_log() {
     acked.extend(write_all(&cluster, 2, group, "after", 5).await);
     assert_replicas_hold(&cluster, group, &acked).await;
     // It caught up by replication: nothing was purged, so no snapshot.
-    assert_eq!(cluster.node(3).read_local(group, |s| s.last_applied.map(|l| l.index)).unwrap(),
-        cluster.node(1).read_local(group, |s| s.last_applied.map(|l| l.index)).unwrap());
+    assert_eq!(
+        cluster
+            .node(3)
+            .read_local(group, |s| s.last_applied.map(|l| l.index))
+            .unwrap(),
+        cluster
+            .node(1)
+            .read_local(group, |s| s.last_applied.map(|l| l.index))
+            .unwrap()
+    );
     cluster.shutdown().await;
 }
 
@@ -228,7 +326,11 @@ async fn a_node_that_missed_a_log_purge_catches_up_by_snapshot() {
     let follower = if leader == 1 { 2 } else { 1 };
     let mut purged_to = 0;
     for id in [1, 2] {
-        let compacted = cluster.node(id).compact(group, WAIT).await.expect("compact");
+        let compacted = cluster
+            .node(id)
+            .compact(group, WAIT)
+            .await
+            .expect("compact");
         if id == follower {
             purged_to = compacted;
         }
@@ -241,11 +343,18 @@ async fn a_node_that_missed_a_log_purge_catches_up_by_snapshot() {
 
     cluster.stop(leader).await;
     cluster.restart(3).await;
-    assert_eq!(cluster.leader(group).await, follower, "only the purged follower's log is complete");
+    assert_eq!(
+        cluster.leader(group).await,
+        follower,
+        "only the purged follower's log is complete"
+    );
     acked.extend(write_all(&cluster, 3, group, "after", 5).await);
     assert_replicas_hold(&cluster, group, &acked).await;
     let snapshot_index = cluster.node(3).snapshot_index(group);
-    assert!(snapshot_index >= Some(purged_to), "node 3 installed no snapshot covering {purged_to}: {snapshot_index:?}");
+    assert!(
+        snapshot_index >= Some(purged_to),
+        "node 3 installed no snapshot covering {purged_to}: {snapshot_index:?}"
+    );
 
     cluster.restart(leader).await;
     assert_replicas_hold(&cluster, group, &acked).await;
@@ -269,9 +378,15 @@ async fn creating_a_location_is_idempotent_and_survives_a_full_restart() {
     for id in [1, 2, 3] {
         cluster.restart(id).await;
     }
-    assert!(cluster.node(1).groups().contains(&group), "group reopened from sled at start-up");
+    assert!(
+        cluster.node(1).groups().contains(&group),
+        "group reopened from sled at start-up"
+    );
     assert_replicas_hold(&cluster, group, &acked).await;
-    assert_eq!(cluster.node(1).create_location("keep", &[]).await.unwrap(), first);
+    assert_eq!(
+        cluster.node(1).create_location("keep", &[]).await.unwrap(),
+        first
+    );
     let more = write_all(&cluster, 3, group, "y", 3).await;
     assert_replicas_hold(&cluster, group, &[acked, more].concat()).await;
     cluster.shutdown().await;
@@ -285,12 +400,21 @@ async fn removing_a_location_deletes_its_group_everywhere() {
     write_all(&cluster, 1, group, "x", 3).await;
     cluster.node(2).remove_location("ruins").await.unwrap();
     eventually("every node to drop the group", || {
-        let gone = cluster.running().iter().all(|id| !cluster.node(*id).groups().contains(&group));
+        let gone = cluster
+            .running()
+            .iter()
+            .all(|id| !cluster.node(*id).groups().contains(&group));
         async move { gone }
     })
     .await;
-    assert!(matches!(cluster.node(1).remove_location("ruins").await, Err(Error::Meta(_))));
-    assert!(matches!(cluster.node(1).write(group, b"late".to_vec()).await, Err(Error::UnknownGroup(_))));
+    assert!(matches!(
+        cluster.node(1).remove_location("ruins").await,
+        Err(Error::Meta(_))
+    ));
+    assert!(matches!(
+        cluster.node(1).write(group, b"late".to_vec()).await,
+        Err(Error::UnknownGroup(_))
+    ));
     cluster.shutdown().await;
 }
 
@@ -300,11 +424,23 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     cluster.leader(META_GROUP).await;
     let node = cluster.node(1);
     let before = node.directory();
-    assert!(matches!(node.create_location("bad name!", &[]).await, Err(Error::Meta(_))));
-    assert!(matches!(node.create_location("x", &[1, 7]).await, Err(Error::Meta(_))));
-    assert!(matches!(node.write(999, b"x".to_vec()).await, Err(Error::UnknownGroup(999))));
+    assert!(matches!(
+        node.create_location("bad name!", &[]).await,
+        Err(Error::Meta(_))
+    ));
+    assert!(matches!(
+        node.create_location("x", &[1, 7]).await,
+        Err(Error::Meta(_))
+    ));
+    assert!(matches!(
+        node.write(999, b"x".to_vec()).await,
+        Err(Error::UnknownGroup(999))
+    ));
     let limit = garrison_raft::RaftConfig::default().max_proposal_bytes;
-    let err = node.write(META_GROUP, vec![0; limit as usize + 1]).await.unwrap_err();
+    let err = node
+        .write(META_GROUP, vec![0; limit as usize + 1])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ProposalTooLarge { .. }), "{err}");
     assert_eq!(node.directory(), before);
     cluster.shutdown().await;
@@ -320,17 +456,29 @@ const ABORT_CHILD: &str = "GARRISON_TEST_ABORT_CHILD";
 #[test]
 fn a_committed_write_survives_an_abort_of_every_node() {
     if std::env::var(ABORT_CHILD).is_ok() {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let cluster = Cluster::start(3, test_config()).await;
             cluster.leader(META_GROUP).await;
             let group = location_on_all(&cluster, "vault").await;
-            let dirs: Vec<String> = cluster.dirs.values().map(|d| d.display().to_string()).collect();
+            let dirs: Vec<String> = cluster
+                .dirs
+                .values()
+                .map(|d| d.display().to_string())
+                .collect();
             let addrs: Vec<String> = cluster.addrs.values().map(|a| a.to_string()).collect();
             println!("cluster {} {}", dirs.join(","), addrs.join(","));
             for i in 0..40 {
                 let via = (i % 3) + 1;
-                cluster.node(via).write(group, format!("w{i}").into_bytes()).await.expect("write");
+                cluster
+                    .node(via)
+                    .write(group, format!("w{i}").into_bytes())
+                    .await
+                    .expect("write");
                 println!("acked w{i}");
             }
             std::process::abort();
@@ -338,7 +486,12 @@ fn a_committed_write_survives_an_abort_of_every_node() {
     }
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_committed_write_survives_an_abort_of_every_node", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "a_committed_write_survives_an_abort_of_every_node",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ABORT_CHILD, "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -354,19 +507,34 @@ fn a_committed_write_survives_an_abort_of_every_node() {
             acked.push(w.as_bytes().to_vec());
         }
     }
-    assert!(!child.wait().unwrap().success(), "the child must have aborted");
+    assert!(
+        !child.wait().unwrap().success(),
+        "the child must have aborted"
+    );
     let spec = spec.expect("the child printed its cluster");
     let (dirs, addrs) = spec.split_once(' ').unwrap();
     let dirs: Vec<std::path::PathBuf> = dirs.split(',').map(Into::into).collect();
     let addrs: Vec<std::net::SocketAddr> = addrs.split(',').map(|a| a.parse().unwrap()).collect();
-    assert_eq!(acked.len(), 40, "the child acknowledged every write before aborting");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    assert_eq!(
+        acked.len(),
+        40,
+        "the child acknowledged every write before aborting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let cluster = Cluster::resume(dirs.clone(), addrs, test_config()).await;
         cluster.leader(META_GROUP).await;
         let group = cluster.node(1).directory().locations["vault"].group;
         // A write in the new term commits everything before it.
-        let extra = cluster.node(1).write(group, b"after".to_vec()).await.unwrap();
+        let extra = cluster
+            .node(1)
+            .write(group, b"after".to_vec())
+            .await
+            .unwrap();
         cluster.wait_applied(group, extra.index).await;
         let mut expected = acked.clone();
         expected.push(b"after".to_vec());

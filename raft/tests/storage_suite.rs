@@ -12,12 +12,15 @@ use openraft::testing::{StoreBuilder, Suite};
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let storage = Storage::open(dir.path()).expect("sled opens");
         // A group id other than 0 checks that keys are really prefixed.
         let log = storage.log_store(42);
-        let sm = StateMachineStore::open(&storage, 42, Box::new(RecordApp::default())).expect("state machine opens");
+        let sm = StateMachineStore::open(&storage, 42, Box::new(RecordApp::default()))
+            .expect("state machine opens");
         Ok((dir, log, sm))
     }
 }
@@ -63,7 +66,12 @@ fn a_saved_vote_survives_an_abort_of_the_process() {
     }
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_saved_vote_survives_an_abort_of_the_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "a_saved_vote_survives_an_abort_of_the_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_CHILD_DIR, dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -89,7 +97,10 @@ async fn a_restarted_leader_must_be_elected_again() {
     let mut committed = openraft::Vote::new(5, 3);
     committed.commit();
     mine.save_vote(&committed).await.unwrap();
-    assert_eq!(mine.read_vote().await.unwrap(), Some(openraft::Vote::new(5, 3)));
+    assert_eq!(
+        mine.read_vote().await.unwrap(),
+        Some(openraft::Vote::new(5, 3))
+    );
     let mut other = storage.log_store(2).for_node(1);
     other.save_vote(&committed).await.unwrap();
     assert_eq!(other.read_vote().await.unwrap(), Some(committed));

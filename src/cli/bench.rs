@@ -48,7 +48,10 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     }
     let client = Arc::new(connect(cli).await?);
     for l in 0..args.locations {
-        client.create_location(&format!("bench-{l}")).await.context("creating the bench locations")?;
+        client
+            .create_location(&format!("bench-{l}"))
+            .await
+            .context("creating the bench locations")?;
     }
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -57,7 +60,8 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     let value = "x".repeat(args.value_size);
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let (client, done, failed, value) = (client.clone(), done.clone(), failed.clone(), value.clone());
+        let (client, done, failed, value) =
+            (client.clone(), done.clone(), failed.clone(), value.clone());
         let location = format!("bench-{}", c % args.locations);
         let count = args.count;
         workers.push(tokio::spawn(async move {
@@ -76,7 +80,10 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
                 n += 1;
                 let op = Op::Put {
                     entity: format!("unit/{c}"),
-                    fields: vec![("n".into(), Value::Int(n)), ("payload".into(), Value::Str(value.clone()))],
+                    fields: vec![
+                        ("n".into(), Value::Int(n)),
+                        ("payload".into(), Value::Str(value.clone())),
+                    ],
                 };
                 let t0 = Instant::now();
                 match player.transact(&client, &location, vec![op]).await {
@@ -101,7 +108,12 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let now = done.load(Ordering::Relaxed);
-                eprintln!("  {:>5.1}s  {now:>8} tx  {:>7} tx/s  {} failed", started.elapsed().as_secs_f64(), now - last, failed.load(Ordering::Relaxed));
+                eprintln!(
+                    "  {:>5.1}s  {now:>8} tx  {:>7} tx/s  {} failed",
+                    started.elapsed().as_secs_f64(),
+                    now - last,
+                    failed.load(Ordering::Relaxed)
+                );
                 last = now;
             }
         })

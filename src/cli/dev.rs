@@ -62,7 +62,10 @@ fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64) -> ServerConfig 
 /// a new cluster.
 fn prepare(dir: &Path, args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, ServerConfig)>> {
     let mut configs = Vec::new();
-    let existing: Vec<PathBuf> = (1..=9).map(|n| dir.join(format!("node-{n}/garrison.toml"))).filter(|p| p.exists()).collect();
+    let existing: Vec<PathBuf> = (1..=9)
+        .map(|n| dir.join(format!("node-{n}/garrison.toml")))
+        .filter(|p| p.exists())
+        .collect();
     if !existing.is_empty() && existing.len() as u64 != args.nodes {
         bail!(
             "{} holds a cluster of {} nodes; run with --nodes {} or choose another --data-dir",
@@ -77,9 +80,11 @@ fn prepare(dir: &Path, args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, ServerCon
         let config = if path.exists() {
             ServerConfig::load(&path)?
         } else {
-            std::fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
+            std::fs::create_dir_all(&node_dir)
+                .with_context(|| format!("cannot create {}", node_dir.display()))?;
             let config = node_config(dir, args.nodes, args.base_port, id);
-            std::fs::write(&path, toml::to_string(&config)?).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, toml::to_string(&config)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             config
         };
         configs.push((path, config));
@@ -89,9 +94,18 @@ fn prepare(dir: &Path, args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, ServerCon
 
 fn spawn_node(config_path: &Path, log: &Path) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the garrison executable")?;
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let mut command = Command::new(exe);
-    command.arg("node").arg("--config").arg(config_path).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+    command
+        .arg("node")
+        .arg("--config")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
     #[cfg(target_os = "linux")]
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -101,7 +115,9 @@ fn spawn_node(config_path: &Path, log: &Path) -> anyhow::Result<Child> {
             Ok(())
         });
     }
-    command.spawn().with_context(|| format!("cannot start a node for {}", config_path.display()))
+    command
+        .spawn()
+        .with_context(|| format!("cannot start a node for {}", config_path.display()))
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -152,12 +168,23 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
         std::fs::write(node_dir.join("pid"), format!("{}\n", child.id()))?;
         children.push((config.node_id, child));
     }
-    let endpoints: Vec<String> = configs[0].1.members.iter().map(|m| m.api_addr.clone()).collect();
+    let endpoints: Vec<String> = configs[0]
+        .1
+        .members
+        .iter()
+        .map(|m| m.api_addr.clone())
+        .collect();
     let started = Instant::now();
     let client = loop {
-        if let Some((id, status)) = children.iter_mut().find_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (*id, s))) {
+        if let Some((id, status)) = children
+            .iter_mut()
+            .find_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (*id, s)))
+        {
             stop_all(&mut children);
-            bail!("node {id} exited during start-up ({status}); see {}", dir.join(format!("node-{id}/node.log")).display());
+            bail!(
+                "node {id} exited during start-up ({status}); see {}",
+                dir.join(format!("node-{id}/node.log")).display()
+            );
         }
         match Client::connect(&endpoints).await {
             Ok(client) if client.locations().await.is_ok() => break client,
@@ -169,15 +196,32 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
         }
     };
     for name in DEV_LOCATIONS {
-        client.create_location(name).await.with_context(|| format!("creating location {name}"))?;
+        client
+            .create_location(name)
+            .await
+            .with_context(|| format!("creating location {name}"))?;
     }
-    let file = ClusterFile { cluster: client.cluster().to_string(), endpoints: endpoints.clone() };
+    let file = ClusterFile {
+        cluster: client.cluster().to_string(),
+        endpoints: endpoints.clone(),
+    };
     std::fs::write(ClusterFile::path(&dir), toml::to_string(&file)?)?;
 
-    println!("garrison dev cluster {:?} is up ({} nodes, data in {})", client.cluster(), configs.len(), dir.display());
+    println!(
+        "garrison dev cluster {:?} is up ({} nodes, data in {})",
+        client.cluster(),
+        configs.len(),
+        dir.display()
+    );
     for ((_, config), (_, child)) in configs.iter().zip(&children) {
         let me = config.me()?;
-        println!("  node {}: client {}  peer {}  pid {}", me.id, me.api_addr, me.peer_addr, child.id());
+        println!(
+            "  node {}: client {}  peer {}  pid {}",
+            me.id,
+            me.api_addr,
+            me.peer_addr,
+            child.id()
+        );
     }
     println!("locations: {}", DEV_LOCATIONS.join(", "));
     println!("try: garrison keygen; garrison tx -l alpha --put unit/1:hp=10; garrison get -l alpha; garrison status");

@@ -65,7 +65,9 @@ pub fn home() -> PathBuf {
     if let Some(dir) = std::env::var_os("GARRISON_HOME") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".garrison")
 }
 
@@ -94,16 +96,20 @@ pub fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("no cluster given and no dev cluster found ({} is missing): start one with `garrison dev`, or pass --cluster ADDR,...", path.display())
     })?;
-    let file: ClusterFile = toml::from_str(&text).with_context(|| format!("{} is not a cluster file", path.display()))?;
+    let file: ClusterFile = toml::from_str(&text)
+        .with_context(|| format!("{} is not a cluster file", path.display()))?;
     Ok(file.endpoints)
 }
 
 /// Connects to the cluster the command line points at.
 pub async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let endpoints = endpoints(cli)?;
-    Client::connect(&endpoints)
-        .await
-        .with_context(|| format!("cannot reach the cluster at {}; is it running?", endpoints.join(",")))
+    Client::connect(&endpoints).await.with_context(|| {
+        format!(
+            "cannot reach the cluster at {}; is it running?",
+            endpoints.join(",")
+        )
+    })
 }
 
 /// Runs the parsed command line; returns the process exit code.

@@ -82,8 +82,12 @@ fn parse_value(text: &str) -> Value {
 
 /// Splits `ENTITY:FIELD=REST`.
 fn entity_field(spec: &str, flag: &str) -> anyhow::Result<(String, String, String)> {
-    let (target, rest) = spec.split_once('=').with_context(|| format!("--{flag} {spec:?}: expected ENTITY:FIELD=VALUE"))?;
-    let (entity, field) = target.rsplit_once(':').with_context(|| format!("--{flag} {spec:?}: expected ENTITY:FIELD before '='"))?;
+    let (target, rest) = spec
+        .split_once('=')
+        .with_context(|| format!("--{flag} {spec:?}: expected ENTITY:FIELD=VALUE"))?;
+    let (entity, field) = target
+        .rsplit_once(':')
+        .with_context(|| format!("--{flag} {spec:?}: expected ENTITY:FIELD before '='"))?;
     Ok((entity.to_string(), field.to_string(), rest.to_string()))
 }
 
@@ -91,33 +95,62 @@ fn parse_op(flag: &str, spec: &str) -> anyhow::Result<Op> {
     Ok(match flag {
         "put" => {
             let (entity, field, value) = entity_field(spec, flag)?;
-            Op::Put { entity, fields: vec![(field, parse_value(&value))] }
+            Op::Put {
+                entity,
+                fields: vec![(field, parse_value(&value))],
+            }
         }
-        "delete" => Op::Delete { entity: spec.to_string() },
+        "delete" => Op::Delete {
+            entity: spec.to_string(),
+        },
         "incr" => {
             let (entity, field, rest) = entity_field(spec, flag)?;
             let mut parts = rest.split(',');
             let by = parts.next().unwrap_or_default();
-            let by: i64 = by.parse().with_context(|| format!("--incr {spec:?}: {by:?} is not an integer"))?;
+            let by: i64 = by
+                .parse()
+                .with_context(|| format!("--incr {spec:?}: {by:?} is not an integer"))?;
             let (mut min, mut max) = (None, None);
             for part in parts {
-                let bound = |v: &str| v.parse::<i64>().with_context(|| format!("--incr {spec:?}: bound {v:?} is not an integer"));
+                let bound = |v: &str| {
+                    v.parse::<i64>()
+                        .with_context(|| format!("--incr {spec:?}: bound {v:?} is not an integer"))
+                };
                 match part.split_once('=') {
                     Some(("min", v)) => min = Some(bound(v)?),
                     Some(("max", v)) => max = Some(bound(v)?),
-                    _ => bail!("--incr {spec:?}: expected min=N or max=N after the amount, got {part:?}"),
+                    _ => bail!(
+                        "--incr {spec:?}: expected min=N or max=N after the amount, got {part:?}"
+                    ),
                 }
             }
-            Op::Increment { entity, field, by, min, max }
+            Op::Increment {
+                entity,
+                field,
+                by,
+                min,
+                max,
+            }
         }
         "expect_version" => {
-            let (entity, version) = spec.rsplit_once('=').with_context(|| format!("--expect-version {spec:?}: expected ENTITY=VERSION"))?;
-            let version = version.parse().with_context(|| format!("--expect-version {spec:?}: {version:?} is not a version"))?;
-            Op::ExpectVersion { entity: entity.to_string(), version }
+            let (entity, version) = spec
+                .rsplit_once('=')
+                .with_context(|| format!("--expect-version {spec:?}: expected ENTITY=VERSION"))?;
+            let version = version.parse().with_context(|| {
+                format!("--expect-version {spec:?}: {version:?} is not a version")
+            })?;
+            Op::ExpectVersion {
+                entity: entity.to_string(),
+                version,
+            }
         }
         "expect" => {
             let (entity, field, value) = entity_field(spec, flag)?;
-            Op::ExpectField { entity, field, value: (!value.is_empty()).then(|| parse_value(&value)) }
+            Op::ExpectField {
+                entity,
+                field,
+                value: (!value.is_empty()).then(|| parse_value(&value)),
+            }
         }
         other => unreachable!("no operation flag {other}"),
     })
@@ -134,9 +167,15 @@ fn ordered_ops(args: &TxArgs, matches: Option<&clap::ArgMatches>) -> anyhow::Res
     ];
     let mut positioned = Vec::new();
     for (flag, values) in flags {
-        let indices: Vec<usize> = matches.and_then(|m| m.indices_of(flag)).map(|i| i.collect()).unwrap_or_default();
+        let indices: Vec<usize> = matches
+            .and_then(|m| m.indices_of(flag))
+            .map(|i| i.collect())
+            .unwrap_or_default();
         for (n, value) in values.iter().enumerate() {
-            positioned.push((indices.get(n).copied().unwrap_or(usize::MAX), parse_op(flag, value)?));
+            positioned.push((
+                indices.get(n).copied().unwrap_or(usize::MAX),
+                parse_op(flag, value)?,
+            ));
         }
     }
     positioned.sort_by_key(|(at, _)| *at);
@@ -148,24 +187,40 @@ fn ordered_ops(args: &TxArgs, matches: Option<&clap::ArgMatches>) -> anyhow::Res
 }
 
 fn print_entity(key: &str, e: &Entity) {
-    println!("{key}  (version {}, owner {})", e.version, &hex::encode(e.owner)[..16]);
+    println!(
+        "{key}  (version {}, owner {})",
+        e.version,
+        &hex::encode(e.owner)[..16]
+    );
     for (field, value) in &e.fields {
         println!("  {field} = {value}");
     }
 }
 
 /// Signs and submits one transaction.
-pub async fn tx(cli: &Cli, args: &TxArgs, matches: Option<&clap::ArgMatches>) -> anyhow::Result<i32> {
+pub async fn tx(
+    cli: &Cli,
+    args: &TxArgs,
+    matches: Option<&clap::ArgMatches>,
+) -> anyhow::Result<i32> {
     let ops = ordered_ops(args, matches)?;
     let key_path = args.key.clone().unwrap_or_else(default_key);
-    let key = Keypair::load(&key_path).context("no player key: create one with `garrison keygen`")?;
+    let key =
+        Keypair::load(&key_path).context("no player key: create one with `garrison keygen`")?;
     let client = connect(cli).await?;
     let mut player = Player::new(key);
     let receipt = player.transact(&client, &args.location, ops).await?;
-    let dup = if receipt.duplicate { " (resubmission: original outcome)" } else { "" };
+    let dup = if receipt.duplicate {
+        " (resubmission: original outcome)"
+    } else {
+        ""
+    };
     match &receipt.outcome {
         Outcome::Committed { events } => {
-            println!("committed at index {} (sequence {}){dup}", receipt.index, receipt.sequence);
+            println!(
+                "committed at index {} (sequence {}){dup}",
+                receipt.index, receipt.sequence
+            );
             for e in events {
                 println!("  {:?} {}", e.kind, e.entity);
             }
@@ -173,7 +228,10 @@ pub async fn tx(cli: &Cli, args: &TxArgs, matches: Option<&clap::ArgMatches>) ->
         }
         Outcome::Rejected { op, reason } => {
             let at = op.map(|i| format!("operation {i}: ")).unwrap_or_default();
-            println!("rejected at index {} (sequence {}){dup}: {at}{reason}", receipt.index, receipt.sequence);
+            println!(
+                "rejected at index {} (sequence {}){dup}: {at}{reason}",
+                receipt.index, receipt.sequence
+            );
             Ok(EXIT_REJECTED)
         }
     }
@@ -199,7 +257,13 @@ pub struct GetArgs {
 /// Reads an entity or a location.
 pub async fn get(cli: &Cli, args: &GetArgs) -> anyhow::Result<i32> {
     let client = connect(cli).await?;
-    let mode = if args.stale { ReadMode::Stale { min_index: args.min_index } } else { ReadMode::Linearizable };
+    let mode = if args.stale {
+        ReadMode::Stale {
+            min_index: args.min_index,
+        }
+    } else {
+        ReadMode::Linearizable
+    };
     match &args.entity {
         Some(key) => {
             let read = client.get_entity(&args.location, key, mode).await?;
@@ -210,12 +274,22 @@ pub async fn get(cli: &Cli, args: &GetArgs) -> anyhow::Result<i32> {
             println!("(as of index {})", read.index);
         }
         None => {
-            let read = client.get_location(&args.location, mode, MAX_ENTITIES_PER_READ).await?;
+            let read = client
+                .get_location(&args.location, mode, MAX_ENTITIES_PER_READ)
+                .await?;
             for (key, e) in &read.entities {
                 print_entity(key, e);
             }
-            let more = if read.truncated { ", more not shown" } else { "" };
-            println!("({} entities as of index {}{more})", read.entities.len(), read.index);
+            let more = if read.truncated {
+                ", more not shown"
+            } else {
+                ""
+            };
+            println!(
+                "({} entities as of index {}{more})",
+                read.entities.len(),
+                read.index
+            );
         }
     }
     Ok(0)
@@ -225,7 +299,10 @@ pub async fn get(cli: &Cli, args: &GetArgs) -> anyhow::Result<i32> {
 pub async fn create_location(cli: &Cli, name: &str) -> anyhow::Result<i32> {
     let client = connect(cli).await?;
     let info = client.create_location(name).await?;
-    println!("location {} is group {} on nodes {:?}", info.name, info.group, info.replicas);
+    println!(
+        "location {} is group {} on nodes {:?}",
+        info.name, info.group, info.replicas
+    );
     Ok(0)
 }
 
@@ -233,7 +310,10 @@ pub async fn create_location(cli: &Cli, name: &str) -> anyhow::Result<i32> {
 pub async fn locations(cli: &Cli) -> anyhow::Result<i32> {
     let client = connect(cli).await?;
     for info in client.locations().await? {
-        println!("{:<24} group {:<6} nodes {:?}", info.name, info.group, info.replicas);
+        println!(
+            "{:<24} group {:<6} nodes {:?}",
+            info.name, info.group, info.replicas
+        );
     }
     Ok(0)
 }
@@ -241,7 +321,9 @@ pub async fn locations(cli: &Cli) -> anyhow::Result<i32> {
 /// Prints every node's view of every group.
 pub async fn status(cli: &Cli) -> anyhow::Result<i32> {
     let endpoints = endpoints(cli)?;
-    let client = Client::connect(&endpoints).await.context("no node of the cluster answers")?;
+    let client = Client::connect(&endpoints)
+        .await
+        .context("no node of the cluster answers")?;
     println!("cluster {}", client.cluster());
     let mut rows: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut names: BTreeMap<u64, String> = BTreeMap::new();
@@ -251,21 +333,34 @@ pub async fn status(cli: &Cli) -> anyhow::Result<i32> {
             Ok(s) => {
                 println!("node {} at {addr}: up, {} groups", s.node, s.groups.len());
                 for g in s.groups {
-                    names.insert(g.group, g.location.clone().unwrap_or_else(|| "(meta)".into()));
-                    let role = if g.leader == Some(s.node) { "leader" } else { "follower" };
+                    names.insert(
+                        g.group,
+                        g.location.clone().unwrap_or_else(|| "(meta)".into()),
+                    );
+                    let role = if g.leader == Some(s.node) {
+                        "leader"
+                    } else {
+                        "follower"
+                    };
                     rows.entry(g.group).or_default().push(format!(
                         "n{}:{role} term {} applied {} leader {}",
                         s.node,
                         g.term,
                         g.applied_index,
-                        g.leader.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
+                        g.leader
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|| "?".into())
                     ));
                 }
             }
         }
     }
     for (group, views) in rows {
-        println!("group {group:<4} {:<20} {}", names[&group], views.join(" | "));
+        println!(
+            "group {group:<4} {:<20} {}",
+            names[&group],
+            views.join(" | ")
+        );
     }
     Ok(0)
 }
@@ -282,7 +377,9 @@ pub struct CheckArgs {
 /// Compares every replica of every group at a common index.
 pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
     let endpoints = endpoints(cli)?;
-    let client = Client::connect(&endpoints).await.context("no node of the cluster answers")?;
+    let client = Client::connect(&endpoints)
+        .await
+        .context("no node of the cluster answers")?;
     let mut hosts: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut names: BTreeMap<u64, String> = BTreeMap::new();
     let mut incomplete = false;
@@ -290,7 +387,10 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
         match client.consistency_of(addr, None, None).await {
             Ok(reports) => {
                 for r in reports {
-                    names.insert(r.group, r.location.clone().unwrap_or_else(|| "(meta)".into()));
+                    names.insert(
+                        r.group,
+                        r.location.clone().unwrap_or_else(|| "(meta)".into()),
+                    );
                     hosts.entry(r.group).or_default().push(addr.clone());
                 }
             }
@@ -306,7 +406,11 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
             Ok(verdict) => {
                 let bad = verdict.starts_with("DIVERGED");
                 diverged += bad as usize;
-                println!("group {group:<4} {:<20} {} replicas: {verdict}", names[group], addrs.len());
+                println!(
+                    "group {group:<4} {:<20} {} replicas: {verdict}",
+                    names[group],
+                    addrs.len()
+                );
             }
             Err(e) => {
                 incomplete = true;
@@ -318,14 +422,23 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
         println!("{diverged} group(s) DIVERGED");
         return Ok(EXIT_DIVERGED);
     }
-    let note = if incomplete { " (some replicas could not be checked)" } else { "" };
+    let note = if incomplete {
+        " (some replicas could not be checked)"
+    } else {
+        ""
+    };
     println!("no divergence in {} groups{note}", hosts.len());
     Ok(0)
 }
 
 /// Compares one group's replicas: chains at the lowest applied index, and
 /// state digests once all replicas stand at the same index.
-async fn check_group(client: &Client, group: u64, addrs: &[String], rounds: u32) -> anyhow::Result<String> {
+async fn check_group(
+    client: &Client,
+    group: u64,
+    addrs: &[String],
+    rounds: u32,
+) -> anyhow::Result<String> {
     let mut chain_checked_at = None;
     for _ in 0..rounds.max(1) {
         let mut reports: Vec<GroupConsistency> = Vec::new();
@@ -335,7 +448,10 @@ async fn check_group(client: &Client, group: u64, addrs: &[String], rounds: u32)
         let common = reports.iter().map(|r| r.applied_index).min().unwrap_or(0);
         let mut chains = BTreeSet::new();
         for addr in addrs {
-            for r in client.consistency_of(addr, Some(group), Some(common)).await? {
+            for r in client
+                .consistency_of(addr, Some(group), Some(common))
+                .await?
+            {
                 chains.insert(r.chain);
             }
         }
@@ -345,18 +461,25 @@ async fn check_group(client: &Client, group: u64, addrs: &[String], rounds: u32)
         if !chains.contains(&None) {
             chain_checked_at = Some(common);
         }
-        let at_same_index = reports.iter().all(|r| r.applied_index == reports[0].applied_index);
+        let at_same_index = reports
+            .iter()
+            .all(|r| r.applied_index == reports[0].applied_index);
         if at_same_index && chain_checked_at.is_some() {
             let digests: BTreeSet<[u8; 32]> = reports.iter().map(|r| r.state_digest).collect();
             if digests.len() > 1 {
                 return Ok(format!("DIVERGED: state digests differ at index {common}"));
             }
-            return Ok(format!("identical at index {common} (chain {})", &hex::encode(reports[0].chain.unwrap_or_default())[..16]));
+            return Ok(format!(
+                "identical at index {common} (chain {})",
+                &hex::encode(reports[0].chain.unwrap_or_default())[..16]
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(match chain_checked_at {
-        Some(i) => format!("chains agree at index {i}; replicas kept moving, state digests not compared"),
+        Some(i) => {
+            format!("chains agree at index {i}; replicas kept moving, state digests not compared")
+        }
         None => "not comparable: no common index in every replica's recent history".into(),
     })
 }

@@ -21,7 +21,10 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -39,14 +42,26 @@ impl Servers {
         Self::start_with(n, cluster, Default::default(), Default::default()).await
     }
 
-    pub async fn start_with(n: u64, cluster: &str, api: garrison::server::ApiLimits, raft: garrison_raft::RaftConfig) -> Self {
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn,openraft=error").try_init();
+    pub async fn start_with(
+        n: u64,
+        cluster: &str,
+        api: garrison::server::ApiLimits,
+        raft: garrison_raft::RaftConfig,
+    ) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn,openraft=error")
+            .try_init();
         let mut listeners = Vec::new();
         let mut members = Vec::new();
         for id in 1..=n {
             let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            members.push(Member { id, peer_addr: peer.local_addr().unwrap().to_string(), api_addr: api.local_addr().unwrap().to_string() });
+            members.push(Member {
+                id,
+                peer_addr: peer.local_addr().unwrap().to_string(),
+                api_addr: api.local_addr().unwrap().to_string(),
+            });
             listeners.push((peer, api));
         }
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -62,10 +77,19 @@ impl Servers {
                 api: api.clone(),
             };
             configs.push(config.clone());
-            servers.push(Some(Server::start_with_listeners(config, peer, api_listener).await.expect("server starts")));
+            servers.push(Some(
+                Server::start_with_listeners(config, peer, api_listener)
+                    .await
+                    .expect("server starts"),
+            ));
         }
         let endpoints = members.iter().map(|m| m.api_addr.clone()).collect();
-        Servers { servers, configs, endpoints, _dirs: dirs }
+        Servers {
+            servers,
+            configs,
+            endpoints,
+            _dirs: dirs,
+        }
     }
 
     /// The running server at position `i`.
@@ -90,7 +114,10 @@ impl Servers {
                     return;
                 }
                 Err(e) => {
-                    assert!(started.elapsed() < WAIT, "server {i} did not restart: {e:#}");
+                    assert!(
+                        started.elapsed() < WAIT,
+                        "server {i} did not restart: {e:#}"
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -34,7 +34,8 @@ const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT_BYT
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding into a Vec fails only for types serde cannot describe, which is
     // a programming error, never a property of the input.
-    bincode::serde::encode_to_vec(value, CONFIG).expect("every garrison format is bincode-encodable")
+    bincode::serde::encode_to_vec(value, CONFIG)
+        .expect("every garrison format is bincode-encodable")
 }
 
 /// Decodes a value and checks that the input held exactly one value.
@@ -44,12 +45,17 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// panic while decoding is caught and reported as malformed input, so no
 /// bytes from outside can take a task down.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bincode::serde::decode_from_slice(bytes, CONFIG)));
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bincode::serde::decode_from_slice(bytes, CONFIG)
+    }));
     let (value, used) = attempt
         .map_err(|_| DecodeError("a field's value is out of range (the decoder panicked)".into()))?
         .map_err(|e| DecodeError(e.to_string()))?;
     if used != bytes.len() {
-        return Err(DecodeError(format!("{} trailing bytes after the value", bytes.len() - used)));
+        return Err(DecodeError(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        )));
     }
     Ok(value)
 }
@@ -65,14 +71,19 @@ type StoredConfig = bincode::config::Configuration<
     bincode::config::Limit<STORED_DECODE_LIMIT_BYTES>,
 >;
 
-const STORED_CONFIG: StoredConfig = bincode::config::standard().with_limit::<STORED_DECODE_LIMIT_BYTES>();
+const STORED_CONFIG: StoredConfig =
+    bincode::config::standard().with_limit::<STORED_DECODE_LIMIT_BYTES>();
 
 /// Like [`decode`], for records this node wrote itself (snapshots): the same
 /// encoding with [`STORED_DECODE_LIMIT_BYTES`] as the limit.
 pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, STORED_CONFIG).map_err(|e| DecodeError(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, STORED_CONFIG)
+        .map_err(|e| DecodeError(e.to_string()))?;
     if used != bytes.len() {
-        return Err(DecodeError(format!("{} trailing bytes after the value", bytes.len() - used)));
+        return Err(DecodeError(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        )));
     }
     Ok(value)
 }
@@ -86,7 +97,9 @@ pub struct DecodeError(pub String);
 /// big-endian length, at most `max_frame_bytes`; a longer one is an error
 /// that closes the connection.
 pub fn frame_codec(max_frame_bytes: usize) -> tokio_util::codec::LengthDelimitedCodec {
-    tokio_util::codec::LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes).new_codec()
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame_bytes)
+        .new_codec()
 }
 
 /// A tokio-serde codec that frames tarpc messages with [`encode`]/[`decode`].
@@ -111,7 +124,9 @@ impl<Item, SinkItem: Serialize> tokio_serde::Serializer<SinkItem> for Bincode2<I
     }
 }
 
-impl<Item: DeserializeOwned, SinkItem> tokio_serde::Deserializer<Item> for Bincode2<Item, SinkItem> {
+impl<Item: DeserializeOwned, SinkItem> tokio_serde::Deserializer<Item>
+    for Bincode2<Item, SinkItem>
+{
     type Error = io::Error;
 
     fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> Result<Item, io::Error> {

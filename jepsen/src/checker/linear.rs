@@ -136,8 +136,15 @@ pub fn check_register(calls: &[Call]) -> Verdict {
             deepest = (stack.len(), Some(entries[entry].2));
         }
         let Some((e, s)) = stack.pop() else {
-            let culprit = deepest.1.map(|c| format!("{:?} by process {} completing at {:?} ns", calls[c].op, calls[c].process, calls[c].complete));
-            return Verdict::Violation(culprit.unwrap_or_else(|| "no operation can be placed first".into()));
+            let culprit = deepest.1.map(|c| {
+                format!(
+                    "{:?} by process {} completing at {:?} ns",
+                    calls[c].op, calls[c].process, calls[c].complete
+                )
+            });
+            return Verdict::Violation(
+                culprit.unwrap_or_else(|| "no operation can be placed first".into()),
+            );
         };
         let c = entries[e].2;
         linearized[c / 64] &= !(1 << (c % 64));
@@ -172,14 +179,28 @@ pub fn calls_by_key(events: &[Event]) -> BTreeMap<u64, Vec<Call>> {
                 open.insert(e.process, (e.time_ns, e.op.clone()));
             }
             Kind::Ok | Kind::Fail | Kind::Info => {
-                let Some((invoke, invoked)) = open.remove(&e.process) else { continue };
-                let Some((key, op)) = reg(if e.kind == Kind::Ok { &e.op } else { &invoked }) else { continue };
+                let Some((invoke, invoked)) = open.remove(&e.process) else {
+                    continue;
+                };
+                let Some((key, op)) = reg(if e.kind == Kind::Ok { &e.op } else { &invoked }) else {
+                    continue;
+                };
                 match e.kind {
                     Kind::Fail => {}
                     // A read whose outcome is unknown constrains nothing.
                     Kind::Info if matches!(op, RegOp::Read(_)) => {}
-                    Kind::Info => out.entry(key).or_default().push(Call { process: e.process, op, invoke, complete: None }),
-                    _ => out.entry(key).or_default().push(Call { process: e.process, op, invoke, complete: Some(e.time_ns) }),
+                    Kind::Info => out.entry(key).or_default().push(Call {
+                        process: e.process,
+                        op,
+                        invoke,
+                        complete: None,
+                    }),
+                    _ => out.entry(key).or_default().push(Call {
+                        process: e.process,
+                        op,
+                        invoke,
+                        complete: Some(e.time_ns),
+                    }),
                 }
             }
         }
@@ -187,7 +208,12 @@ pub fn calls_by_key(events: &[Event]) -> BTreeMap<u64, Vec<Call>> {
     for (process, (invoke, op)) in open {
         if let Some((key, op)) = reg(&op) {
             if !matches!(op, RegOp::Read(_)) {
-                out.entry(key).or_default().push(Call { process, op, invoke, complete: None });
+                out.entry(key).or_default().push(Call {
+                    process,
+                    op,
+                    invoke,
+                    complete: None,
+                });
             }
         }
     }
@@ -199,26 +225,48 @@ mod tests {
     use super::*;
 
     fn ok(process: u32, op: RegOp, invoke: u64, complete: u64) -> Call {
-        Call { process, op, invoke, complete: Some(complete) }
+        Call {
+            process,
+            op,
+            invoke,
+            complete: Some(complete),
+        }
     }
 
     fn info(process: u32, op: RegOp, invoke: u64) -> Call {
-        Call { process, op, invoke, complete: None }
+        Call {
+            process,
+            op,
+            invoke,
+            complete: None,
+        }
     }
 
     use RegOp::*;
 
     #[test]
     fn sequential_histories_are_linearizable() {
-        let h = [ok(0, Write(1), 0, 1), ok(0, Read(Some(1)), 2, 3), ok(0, Cas(Some(1), 2), 4, 5), ok(0, Read(Some(2)), 6, 7)];
+        let h = [
+            ok(0, Write(1), 0, 1),
+            ok(0, Read(Some(1)), 2, 3),
+            ok(0, Cas(Some(1), 2), 4, 5),
+            ok(0, Read(Some(2)), 6, 7),
+        ];
         assert_eq!(check_register(&h), Verdict::Linearizable);
-        assert_eq!(check_register(&[ok(0, Read(None), 0, 1)]), Verdict::Linearizable);
+        assert_eq!(
+            check_register(&[ok(0, Read(None), 0, 1)]),
+            Verdict::Linearizable
+        );
     }
 
     #[test]
     fn a_stale_read_is_a_violation() {
         // Write 2 completed before the read began, yet the read saw 1.
-        let h = [ok(0, Write(1), 0, 1), ok(0, Write(2), 2, 3), ok(1, Read(Some(1)), 4, 5)];
+        let h = [
+            ok(0, Write(1), 0, 1),
+            ok(0, Write(2), 2, 3),
+            ok(1, Read(Some(1)), 4, 5),
+        ];
         assert!(matches!(check_register(&h), Verdict::Violation(_)));
     }
 
@@ -232,11 +280,19 @@ mod tests {
     #[test]
     fn concurrent_operations_may_take_effect_in_either_order() {
         // Reads overlapping a write may see the old or the new value.
-        let h = [ok(0, Write(1), 0, 10), ok(1, Read(Some(1)), 1, 2), ok(2, Read(None), 3, 4)];
+        let h = [
+            ok(0, Write(1), 0, 10),
+            ok(1, Read(Some(1)), 1, 2),
+            ok(2, Read(None), 3, 4),
+        ];
         // The read of None comes after a read of 1 in real time: not allowed...
         assert!(matches!(check_register(&h), Verdict::Violation(_)));
         // ...but both reads overlapping each other, it is.
-        let h = [ok(0, Write(1), 0, 10), ok(1, Read(Some(1)), 1, 5), ok(2, Read(None), 2, 6)];
+        let h = [
+            ok(0, Write(1), 0, 10),
+            ok(1, Read(Some(1)), 1, 5),
+            ok(2, Read(None), 2, 6),
+        ];
         assert_eq!(check_register(&h), Verdict::Linearizable);
     }
 
@@ -254,28 +310,77 @@ mod tests {
     #[test]
     fn a_duplicated_apply_is_a_violation() {
         // One increment-like CAS chain applied twice: 1 -> 2 can only happen once.
-        let h = [ok(0, Write(1), 0, 1), ok(0, Cas(Some(1), 2), 2, 3), ok(1, Write(1), 4, 5), ok(2, Read(Some(2)), 6, 7)];
+        let h = [
+            ok(0, Write(1), 0, 1),
+            ok(0, Cas(Some(1), 2), 2, 3),
+            ok(1, Write(1), 4, 5),
+            ok(2, Read(Some(2)), 6, 7),
+        ];
         assert!(matches!(check_register(&h), Verdict::Violation(_)));
     }
 
     #[test]
     fn calls_are_built_from_a_history() {
         use crate::history::{Event, Kind, Op};
-        let ev = |process, kind, op, time_ns| Event { process, kind, op, time_ns, note: String::new() };
+        let ev = |process, kind, op, time_ns| Event {
+            process,
+            kind,
+            op,
+            time_ns,
+            note: String::new(),
+        };
         let events = vec![
             ev(0, Kind::Invoke, Op::Write { key: 1, value: 5 }, 0),
-            ev(1, Kind::Invoke, Op::Read { key: 1, value: None }, 1),
+            ev(
+                1,
+                Kind::Invoke,
+                Op::Read {
+                    key: 1,
+                    value: None,
+                },
+                1,
+            ),
             ev(0, Kind::Info, Op::Write { key: 1, value: 5 }, 2),
-            ev(1, Kind::Ok, Op::Read { key: 1, value: Some(5) }, 3),
-            ev(2, Kind::Invoke, Op::Cas { key: 2, old: Some(1), new: 2 }, 4),
-            ev(2, Kind::Fail, Op::Cas { key: 2, old: Some(1), new: 2 }, 5),
+            ev(
+                1,
+                Kind::Ok,
+                Op::Read {
+                    key: 1,
+                    value: Some(5),
+                },
+                3,
+            ),
+            ev(
+                2,
+                Kind::Invoke,
+                Op::Cas {
+                    key: 2,
+                    old: Some(1),
+                    new: 2,
+                },
+                4,
+            ),
+            ev(
+                2,
+                Kind::Fail,
+                Op::Cas {
+                    key: 2,
+                    old: Some(1),
+                    new: 2,
+                },
+                5,
+            ),
             ev(3, Kind::Invoke, Op::Write { key: 2, value: 9 }, 6),
         ];
         let calls = calls_by_key(&events);
         assert_eq!(calls[&1].len(), 2);
         assert_eq!(calls[&1][0].complete, None);
         assert_eq!(calls[&1][1].op, RegOp::Read(Some(5)));
-        assert_eq!(calls[&2].len(), 1, "the failed cas is dropped, the unfinished write kept");
+        assert_eq!(
+            calls[&2].len(),
+            1,
+            "the failed cas is dropped, the unfinished write kept"
+        );
         assert_eq!(check_register(&calls[&1]), Verdict::Linearizable);
     }
 }

@@ -22,7 +22,11 @@ pub struct Check {
 
 impl Check {
     fn new(name: &str, valid: bool, detail: String) -> Self {
-        Self { name: name.to_string(), valid, detail }
+        Self {
+            name: name.to_string(),
+            valid,
+            detail,
+        }
     }
 }
 
@@ -39,7 +43,11 @@ pub fn linearizability(events: &[Event]) -> Check {
         }
     }
     let valid = bad.is_empty();
-    let mut detail = format!("{} keys, {} operations checked", calls.len(), calls.values().map(Vec::len).sum::<usize>());
+    let mut detail = format!(
+        "{} keys, {} operations checked",
+        calls.len(),
+        calls.values().map(Vec::len).sum::<usize>()
+    );
     if !bad.is_empty() {
         detail += &format!("; NOT linearizable: {}", bad.join("; "));
     }
@@ -83,7 +91,10 @@ pub fn no_lost_writes(events: &[Event], ledgers: &BTreeMap<String, Ledger>) -> C
         acked_total += acked.len();
         let last = ledgers.get(&player).map(|l| l.last).unwrap_or(0);
         if let Some(max) = acked.iter().max().filter(|m| **m > last) {
-            lost.push(format!("player {}: sequence {max} acknowledged, final state has {last}", &player[..8]));
+            lost.push(format!(
+                "player {}: sequence {max} acknowledged, final state has {last}",
+                &player[..8]
+            ));
         }
     }
     let detail = if lost.is_empty() {
@@ -103,13 +114,29 @@ pub fn exactly_once(events: &[Event], ledgers: &BTreeMap<String, Ledger>) -> Che
     for (player, ledger) in ledgers {
         let invoked = outcomes.get(player).map(|o| o.2).unwrap_or(0);
         if ledger.count != ledger.last {
-            bad.push(format!("player {}: {} applications for sequences up to {} (duplicate or gap)", &player[..8], ledger.count, ledger.last));
+            bad.push(format!(
+                "player {}: {} applications for sequences up to {} (duplicate or gap)",
+                &player[..8],
+                ledger.count,
+                ledger.last
+            ));
         }
         if ledger.last > invoked {
-            bad.push(format!("player {}: sequence {} applied, only {invoked} sent", &player[..8], ledger.last));
+            bad.push(format!(
+                "player {}: sequence {} applied, only {invoked} sent",
+                &player[..8],
+                ledger.last
+            ));
         }
     }
-    let detail = if bad.is_empty() { format!("{} players, every sequence applied exactly once", ledgers.len()) } else { bad.join("; ") };
+    let detail = if bad.is_empty() {
+        format!(
+            "{} players, every sequence applied exactly once",
+            ledgers.len()
+        )
+    } else {
+        bad.join("; ")
+    };
     Check::new("exactly-once", bad.is_empty(), detail)
 }
 
@@ -117,15 +144,35 @@ pub fn exactly_once(events: &[Event], ledgers: &BTreeMap<String, Ledger>) -> Che
 pub fn replicas_identical(exit_ok: bool, output: &str) -> Check {
     let valid = exit_ok && output.contains("no divergence") && !output.contains("not checked");
     let detail = output.lines().last().unwrap_or("").to_string();
-    Check::new("replicas-identical", valid, if valid { detail } else { format!("garrison check: {}", output.trim()) })
+    Check::new(
+        "replicas-identical",
+        valid,
+        if valid {
+            detail
+        } else {
+            format!("garrison check: {}", output.trim())
+        },
+    )
 }
 
 /// The majority accepted writes again within the bound after healing.
 pub fn liveness(recovered_after_ms: Option<u64>, bound_ms: u64) -> Check {
     match recovered_after_ms {
-        Some(ms) if ms <= bound_ms => Check::new("liveness", true, format!("writes accepted {ms} ms after healing")),
-        Some(ms) => Check::new("liveness", false, format!("writes accepted only {ms} ms after healing (bound {bound_ms} ms)")),
-        None => Check::new("liveness", false, format!("no write accepted within {bound_ms} ms of healing")),
+        Some(ms) if ms <= bound_ms => Check::new(
+            "liveness",
+            true,
+            format!("writes accepted {ms} ms after healing"),
+        ),
+        Some(ms) => Check::new(
+            "liveness",
+            false,
+            format!("writes accepted only {ms} ms after healing (bound {bound_ms} ms)"),
+        ),
+        None => Check::new(
+            "liveness",
+            false,
+            format!("no write accepted within {bound_ms} ms of healing"),
+        ),
     }
 }
 
@@ -134,16 +181,32 @@ mod tests {
     use super::*;
 
     fn ev(process: u32, kind: Kind, sequence: u64) -> Event {
-        Event { process, kind, op: Op::Tx { player: "p".repeat(16), sequence }, time_ns: 0, note: String::new() }
+        Event {
+            process,
+            kind,
+            op: Op::Tx {
+                player: "p".repeat(16),
+                sequence,
+            },
+            time_ns: 0,
+            note: String::new(),
+        }
     }
 
     fn ledgers(last: u64, count: u64) -> BTreeMap<String, Ledger> {
-        [("p".repeat(16), Ledger { last, count })].into_iter().collect()
+        [("p".repeat(16), Ledger { last, count })]
+            .into_iter()
+            .collect()
     }
 
     #[test]
     fn a_lost_acknowledged_write_is_caught() {
-        let events = vec![ev(0, Kind::Invoke, 1), ev(0, Kind::Ok, 1), ev(0, Kind::Invoke, 2), ev(0, Kind::Ok, 2)];
+        let events = vec![
+            ev(0, Kind::Invoke, 1),
+            ev(0, Kind::Ok, 1),
+            ev(0, Kind::Invoke, 2),
+            ev(0, Kind::Ok, 2),
+        ];
         assert!(no_lost_writes(&events, &ledgers(2, 2)).valid);
         let check = no_lost_writes(&events, &ledgers(1, 1));
         assert!(!check.valid, "{check:?}");
@@ -152,23 +215,56 @@ mod tests {
 
     #[test]
     fn a_duplicate_apply_is_caught() {
-        let events = vec![ev(0, Kind::Invoke, 1), ev(0, Kind::Info, 1), ev(0, Kind::Invoke, 2), ev(0, Kind::Ok, 2)];
+        let events = vec![
+            ev(0, Kind::Invoke, 1),
+            ev(0, Kind::Info, 1),
+            ev(0, Kind::Invoke, 2),
+            ev(0, Kind::Ok, 2),
+        ];
         assert!(exactly_once(&events, &ledgers(2, 2)).valid);
-        assert!(!exactly_once(&events, &ledgers(2, 3)).valid, "applied three times for two sequences");
+        assert!(
+            !exactly_once(&events, &ledgers(2, 3)).valid,
+            "applied three times for two sequences"
+        );
         assert!(!exactly_once(&events, &ledgers(2, 1)).valid, "a gap");
-        assert!(!exactly_once(&events, &ledgers(5, 5)).valid, "more applied than sent");
+        assert!(
+            !exactly_once(&events, &ledgers(5, 5)).valid,
+            "more applied than sent"
+        );
     }
 
     #[test]
     fn a_stale_read_is_caught() {
-        let r = |process, kind, op, time_ns| Event { process, kind, op, time_ns, note: String::new() };
+        let r = |process, kind, op, time_ns| Event {
+            process,
+            kind,
+            op,
+            time_ns,
+            note: String::new(),
+        };
         let events = vec![
             r(0, Kind::Invoke, Op::Write { key: 1, value: 1 }, 0),
             r(0, Kind::Ok, Op::Write { key: 1, value: 1 }, 1),
             r(0, Kind::Invoke, Op::Write { key: 1, value: 2 }, 2),
             r(0, Kind::Ok, Op::Write { key: 1, value: 2 }, 3),
-            r(1, Kind::Invoke, Op::Read { key: 1, value: None }, 4),
-            r(1, Kind::Ok, Op::Read { key: 1, value: Some(1) }, 5),
+            r(
+                1,
+                Kind::Invoke,
+                Op::Read {
+                    key: 1,
+                    value: None,
+                },
+                4,
+            ),
+            r(
+                1,
+                Kind::Ok,
+                Op::Read {
+                    key: 1,
+                    value: Some(1),
+                },
+                5,
+            ),
         ];
         assert!(!linearizability(&events).valid);
         assert!(linearizability(&events[..4]).valid);

@@ -13,13 +13,15 @@ use tarpc::{client, context, serde_transport};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::{Header, PeerClient, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION};
+use super::{
+    Header, PeerClient, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION,
+};
 use crate::codec::Bincode2;
 use crate::config::RaftConfig;
 use crate::error::Error;
 use crate::typ::{
-    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest, InstallSnapshotResponse, Node,
-    NodeId, TypeConfig, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest,
+    InstallSnapshotResponse, Node, NodeId, TypeConfig, VoteRequest, VoteResponse,
 };
 
 /// The connections of one node to its peers.
@@ -43,7 +45,12 @@ pub async fn connect(addr: &str, config: &RaftConfig) -> std::io::Result<PeerCli
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} took over {timeout:?}")))??;
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {addr} took over {timeout:?}"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     let framed = Framed::new(stream, frame_codec(config));
     let transport = serde_transport::new(framed, Bincode2::default());
@@ -67,12 +74,20 @@ fn deadline(ttl: Duration) -> context::Context {
 impl PeerPool {
     /// An empty pool for node `me`.
     pub fn new(me: NodeId, config: Arc<RaftConfig>) -> Arc<Self> {
-        Arc::new(Self { me, config, slots: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            me,
+            config,
+            slots: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The header for a request about `group`.
     pub fn header(&self, group: GroupId) -> Header {
-        Header { version: PEER_PROTOCOL_VERSION, from: self.me, group }
+        Header {
+            version: PEER_PROTOCOL_VERSION,
+            from: self.me,
+            group,
+        }
     }
 
     fn slot(&self, node: NodeId, addr: &str) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -108,7 +123,10 @@ impl PeerPool {
         }
         if let Some(at) = slot.retry_at {
             if Instant::now() < at {
-                return Err(Error::Unreachable { node, reason: format!("backing off after failing to connect to {addr}") });
+                return Err(Error::Unreachable {
+                    node,
+                    reason: format!("backing off after failing to connect to {addr}"),
+                });
             }
         }
         match connect(addr, &self.config).await {
@@ -122,8 +140,12 @@ impl PeerPool {
             }
             Err(e) => {
                 slot.retry_at = Some(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(Duration::from_millis(self.config.reconnect_backoff_max_ms));
-                Err(Error::Unreachable { node, reason: format!("connecting to {addr}: {e}") })
+                slot.backoff = (slot.backoff * 2)
+                    .min(Duration::from_millis(self.config.reconnect_backoff_max_ms));
+                Err(Error::Unreachable {
+                    node,
+                    reason: format!("connecting to {addr}: {e}"),
+                })
             }
         }
     }
@@ -131,7 +153,12 @@ impl PeerPool {
     /// Drops the connection of `generation` to `node` after it failed, so the
     /// next call reconnects. A newer connection is left alone.
     pub async fn forget(&self, node: NodeId, generation: u64) {
-        let slot = self.slots.lock().expect("peer table lock").get(&node).cloned();
+        let slot = self
+            .slots
+            .lock()
+            .expect("peer table lock")
+            .get(&node)
+            .cloned();
         if let Some(slot) = slot {
             let mut slot = slot.lock().await;
             if matches!(&slot.client, Some((_, g)) if *g == generation) {
@@ -151,14 +178,24 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<WriteReply, Error> {
         let (client, generation) = self.client(node, addr).await?;
-        let result = client.forward_write(deadline(timeout), self.header(group), payload).await;
+        let result = client
+            .forward_write(deadline(timeout), self.header(group), payload)
+            .await;
         self.reply(node, generation, result).await
     }
 
     /// Asks `node`, which should lead `group`, for a read index.
-    pub async fn read_index(&self, node: NodeId, addr: &str, group: GroupId, timeout: Duration) -> Result<u64, Error> {
+    pub async fn read_index(
+        &self,
+        node: NodeId,
+        addr: &str,
+        group: GroupId,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
         let (client, generation) = self.client(node, addr).await?;
-        let result = client.read_index(deadline(timeout), self.header(group)).await;
+        let result = client
+            .read_index(deadline(timeout), self.header(group))
+            .await;
         self.reply(node, generation, result).await
     }
 
@@ -173,23 +210,48 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<ReadReply, Error> {
         let (client, generation) = self.client(node, addr).await?;
-        let result = client.forward_read(deadline(timeout), self.header(group), query, consistency).await;
+        let result = client
+            .forward_read(deadline(timeout), self.header(group), query, consistency)
+            .await;
         self.reply(node, generation, result).await
     }
 
     /// Maps a forwarded request's outcome to the crate's errors, dropping
     /// the connection when the transport failed.
-    async fn reply<T>(&self, node: NodeId, generation: u64, result: Result<Result<T, PeerError>, RpcError>) -> Result<T, Error> {
+    async fn reply<T>(
+        &self,
+        node: NodeId,
+        generation: u64,
+        result: Result<Result<T, PeerError>, RpcError>,
+    ) -> Result<T, Error> {
         match result {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(PeerError::NotLeader { group, leader })) => Err(Error::NotLeader { group, leader }),
+            Ok(Err(PeerError::NotLeader { group, leader })) => {
+                Err(Error::NotLeader { group, leader })
+            }
             Ok(Err(PeerError::UnknownGroup(group))) => Err(Error::UnknownGroup(group)),
-            Ok(Err(PeerError::Behind { group, applied, wanted })) => Err(Error::Behind { group, applied, wanted }),
-            Ok(Err(error)) => Err(Error::Remote { node, error: Box::new(error) }),
-            Err(RpcError::DeadlineExceeded) => Err(Error::Timeout(format!("request forwarded to node {node}"))),
+            Ok(Err(PeerError::Behind {
+                group,
+                applied,
+                wanted,
+            })) => Err(Error::Behind {
+                group,
+                applied,
+                wanted,
+            }),
+            Ok(Err(error)) => Err(Error::Remote {
+                node,
+                error: Box::new(error),
+            }),
+            Err(RpcError::DeadlineExceeded) => {
+                Err(Error::Timeout(format!("request forwarded to node {node}")))
+            }
             Err(e) => {
                 self.forget(node, generation).await;
-                Err(Error::Unreachable { node, reason: e.to_string() })
+                Err(Error::Unreachable {
+                    node,
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -213,7 +275,12 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupNetwork {
-        GroupNetwork { pool: self.pool.clone(), group: self.group, target, addr: node.addr.clone() }
+        GroupNetwork {
+            pool: self.pool.clone(),
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+        }
     }
 }
 
@@ -242,12 +309,16 @@ impl GroupNetwork {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => match remote(error) {
                 Ok(e) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-                Err(e @ PeerError::UnknownGroup(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+                Err(e @ PeerError::UnknownGroup(_)) => {
+                    Err(RPCError::Unreachable(Unreachable::new(&e)))
+                }
                 Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
             },
             // A deadline, or the peer refusing one request (busy): the
             // connection itself is fine.
-            Err(e @ (RpcError::DeadlineExceeded | RpcError::Server(_))) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e @ (RpcError::DeadlineExceeded | RpcError::Server(_))) => {
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
             Err(e) => {
                 self.pool.forget(self.target, generation).await;
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
@@ -256,7 +327,10 @@ impl GroupNetwork {
     }
 
     async fn connection<E: std::error::Error>(&self) -> Rpc<(PeerClient, u64), E> {
-        self.pool.client(self.target, &self.addr).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+        self.pool
+            .client(self.target, &self.addr)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
 
@@ -267,7 +341,13 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse, crate::typ::RaftError> {
         let (client, generation) = self.connection().await?;
-        let result = client.append_entries(deadline(option.hard_ttl()), self.pool.header(self.group), rpc).await;
+        let result = client
+            .append_entries(
+                deadline(option.hard_ttl()),
+                self.pool.header(self.group),
+                rpc,
+            )
+            .await;
         self.outcome(generation, result, |e| match e {
             PeerError::Raft(e) => Ok(*e),
             other => Err(other),
@@ -281,7 +361,13 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Rpc<InstallSnapshotResponse, crate::typ::InstallSnapshotError> {
         let (client, generation) = self.connection().await?;
-        let result = client.install_snapshot(deadline(option.hard_ttl()), self.pool.header(self.group), rpc).await;
+        let result = client
+            .install_snapshot(
+                deadline(option.hard_ttl()),
+                self.pool.header(self.group),
+                rpc,
+            )
+            .await;
         self.outcome(generation, result, |e| match e {
             PeerError::InstallSnapshot(e) => Ok(*e),
             other => Err(other),
@@ -289,9 +375,19 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Rpc<VoteResponse, crate::typ::RaftError> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse, crate::typ::RaftError> {
         let (client, generation) = self.connection().await?;
-        let result = client.vote(deadline(option.hard_ttl()), self.pool.header(self.group), rpc).await;
+        let result = client
+            .vote(
+                deadline(option.hard_ttl()),
+                self.pool.header(self.group),
+                rpc,
+            )
+            .await;
         self.outcome(generation, result, |e| match e {
             PeerError::Raft(e) => Ok(*e),
             other => Err(other),

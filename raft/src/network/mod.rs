@@ -14,8 +14,8 @@ pub mod server;
 use serde::{Deserialize, Serialize};
 
 use crate::typ::{
-    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotError, InstallSnapshotRequest,
-    InstallSnapshotResponse, NodeId, RaftError, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotError,
+    InstallSnapshotRequest, InstallSnapshotResponse, NodeId, RaftError, VoteRequest, VoteResponse,
 };
 
 pub use client::{GroupNetworkFactory, PeerPool};
@@ -143,7 +143,10 @@ pub enum PeerError {
 #[tarpc::service]
 pub trait Peer {
     /// Raft append-entries (and heartbeats) for the header's group.
-    async fn append_entries(header: Header, rpc: AppendEntriesRequest) -> Result<AppendEntriesResponse, PeerError>;
+    async fn append_entries(
+        header: Header,
+        rpc: AppendEntriesRequest,
+    ) -> Result<AppendEntriesResponse, PeerError>;
     /// Raft request-vote for the header's group.
     async fn vote(header: Header, rpc: VoteRequest) -> Result<VoteResponse, PeerError>;
     /// One chunk of a snapshot for the header's group.
@@ -157,7 +160,11 @@ pub trait Peer {
     /// its leadership with a quorum.
     async fn read_index(header: Header) -> Result<u64, PeerError>;
     /// A query for a replica of the header's group (no further forwarding).
-    async fn forward_read(header: Header, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, PeerError>;
+    async fn forward_read(
+        header: Header,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, PeerError>;
 }
 
 #[cfg(test)]
@@ -170,7 +177,9 @@ mod tests {
     /// be refused as malformed instead.
     #[test]
     fn a_request_with_an_absurd_deadline_is_malformed_not_a_panic() {
-        let frame = [0x00, 0xfd, 0xd6, 0x31, 0x24, 0x40, 0x00, 0x3b, 0x9a, 0xca, 0x00];
+        let frame = [
+            0x00, 0xfd, 0xd6, 0x31, 0x24, 0x40, 0x00, 0x3b, 0x9a, 0xca, 0x00,
+        ];
         assert!(codec::decode::<tarpc::ClientMessage<PeerRequest>>(&frame).is_err());
     }
 }

@@ -19,12 +19,14 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::client::frame_codec;
-use super::{Header, Peer, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION};
+use super::{
+    Header, Peer, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION,
+};
 use crate::codec::Bincode2;
 use crate::config::RaftConfig;
 use crate::typ::{
-    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest, InstallSnapshotResponse, Raft,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest,
+    InstallSnapshotResponse, Raft, VoteRequest, VoteResponse,
 };
 
 /// What the listener needs from the node: its groups, and a way to propose.
@@ -33,10 +35,17 @@ pub trait Dispatch: Send + Sync + 'static {
     fn raft(&self, group: GroupId) -> Option<Raft>;
 
     /// Proposes `payload` to `group` if this node leads it (no further forwarding).
-    fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> impl Future<Output = Result<WriteReply, PeerError>> + Send;
+    fn write_as_leader(
+        &self,
+        group: GroupId,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<WriteReply, PeerError>> + Send;
 
     /// The read index of `group` if this node leads it.
-    fn read_index_as_leader(&self, group: GroupId) -> impl Future<Output = Result<u64, PeerError>> + Send;
+    fn read_index_as_leader(
+        &self,
+        group: GroupId,
+    ) -> impl Future<Output = Result<u64, PeerError>> + Send;
 
     /// Answers a query from the local replica of `group`.
     fn read_here(
@@ -72,23 +81,35 @@ impl PeerListener {
     ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let limit = config.max_peer_connections;
-        tokio::spawn(garrison_wire::accept_connections(listener, limit, "peer", stop.clone(), move |stream, peer, permit| {
-            let transport = serde_transport::new(Framed::new(stream, frame_codec(&config)), Bincode2::default());
-            let server = PeerServer { dispatch: dispatch.clone(), config: config.clone() };
-            let channel = BaseChannel::new(server::Config::default(), transport)
-                .max_concurrent_requests(config.max_in_flight_requests_per_connection);
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let serve = channel.execute(server.serve()).for_each(|request| async {
-                    tokio::spawn(request);
+        tokio::spawn(garrison_wire::accept_connections(
+            listener,
+            limit,
+            "peer",
+            stop.clone(),
+            move |stream, peer, permit| {
+                let transport = serde_transport::new(
+                    Framed::new(stream, frame_codec(&config)),
+                    Bincode2::default(),
+                );
+                let server = PeerServer {
+                    dispatch: dispatch.clone(),
+                    config: config.clone(),
+                };
+                let channel = BaseChannel::new(server::Config::default(), transport)
+                    .max_concurrent_requests(config.max_in_flight_requests_per_connection);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let serve = channel.execute(server.serve()).for_each(|request| async {
+                        tokio::spawn(request);
+                    });
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = serve => tracing::debug!(%peer, "peer connection closed"),
+                    }
+                    drop(permit);
                 });
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = serve => tracing::debug!(%peer, "peer connection closed"),
-                }
-                drop(permit);
-            });
-        }));
+            },
+        ));
         Ok(Self { local_addr })
     }
 
@@ -106,7 +127,10 @@ struct PeerServer<D> {
 
 impl<D> Clone for PeerServer<D> {
     fn clone(&self) -> Self {
-        Self { dispatch: self.dispatch.clone(), config: self.config.clone() }
+        Self {
+            dispatch: self.dispatch.clone(),
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -123,9 +147,15 @@ impl<D: Dispatch> PeerServer<D> {
     /// of the cluster (the meta group), not necessarily of the group.
     fn any_member(&self, header: &Header) -> Result<Raft, PeerError> {
         if header.version != PEER_PROTOCOL_VERSION {
-            return Err(PeerError::Version { got: header.version, supported: PEER_PROTOCOL_VERSION });
+            return Err(PeerError::Version {
+                got: header.version,
+                supported: PEER_PROTOCOL_VERSION,
+            });
         }
-        let raft = self.dispatch.raft(header.group).ok_or(PeerError::UnknownGroup(header.group))?;
+        let raft = self
+            .dispatch
+            .raft(header.group)
+            .ok_or(PeerError::UnknownGroup(header.group))?;
         if let Some(meta) = self.dispatch.raft(crate::typ::META_GROUP) {
             check_member(&meta, header, crate::typ::META_GROUP)?;
         }
@@ -141,8 +171,15 @@ fn check_member(raft: &Raft, header: &Header, group: crate::typ::GroupId) -> Res
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
     if membership.nodes().next().is_some() && membership.get_node(&header.from).is_none() {
-        tracing::warn!(from = header.from, group, "refusing a peer request from a node that is not a member");
-        return Err(PeerError::NotAMember { node: header.from, group });
+        tracing::warn!(
+            from = header.from,
+            group,
+            "refusing a peer request from a node that is not a member"
+        );
+        return Err(PeerError::NotAMember {
+            node: header.from,
+            group,
+        });
     }
     Ok(())
 }
@@ -157,13 +194,26 @@ impl<D: Dispatch> Peer for PeerServer<D> {
         let raft = self.group(&header)?;
         let entries = rpc.entries.len() as u64;
         if entries > self.config.max_entries_per_append {
-            return Err(PeerError::TooManyEntries { entries, max: self.config.max_entries_per_append });
+            return Err(PeerError::TooManyEntries {
+                entries,
+                max: self.config.max_entries_per_append,
+            });
         }
-        raft.append_entries(rpc).await.map_err(|e| PeerError::Raft(Box::new(e)))
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| PeerError::Raft(Box::new(e)))
     }
 
-    async fn vote(self, _: context::Context, header: Header, rpc: VoteRequest) -> Result<VoteResponse, PeerError> {
-        self.group(&header)?.vote(rpc).await.map_err(|e| PeerError::Raft(Box::new(e)))
+    async fn vote(
+        self,
+        _: context::Context,
+        header: Header,
+        rpc: VoteRequest,
+    ) -> Result<VoteResponse, PeerError> {
+        self.group(&header)?
+            .vote(rpc)
+            .await
+            .map_err(|e| PeerError::Raft(Box::new(e)))
     }
 
     async fn install_snapshot(
@@ -172,14 +222,25 @@ impl<D: Dispatch> Peer for PeerServer<D> {
         header: Header,
         rpc: InstallSnapshotRequest,
     ) -> Result<InstallSnapshotResponse, PeerError> {
-        self.group(&header)?.install_snapshot(rpc).await.map_err(|e| PeerError::InstallSnapshot(Box::new(e)))
+        self.group(&header)?
+            .install_snapshot(rpc)
+            .await
+            .map_err(|e| PeerError::InstallSnapshot(Box::new(e)))
     }
 
-    async fn forward_write(self, _: context::Context, header: Header, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
+    async fn forward_write(
+        self,
+        _: context::Context,
+        header: Header,
+        payload: Vec<u8>,
+    ) -> Result<WriteReply, PeerError> {
         self.any_member(&header)?;
         let bytes = payload.len() as u64;
         if bytes > self.config.max_proposal_bytes {
-            return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
+            return Err(PeerError::ProposalTooLarge {
+                bytes,
+                max: self.config.max_proposal_bytes,
+            });
         }
         self.dispatch.write_as_leader(header.group, payload).await
     }
@@ -199,8 +260,13 @@ impl<D: Dispatch> Peer for PeerServer<D> {
         self.any_member(&header)?;
         let bytes = query.len() as u64;
         if bytes > self.config.max_proposal_bytes {
-            return Err(PeerError::ProposalTooLarge { bytes, max: self.config.max_proposal_bytes });
+            return Err(PeerError::ProposalTooLarge {
+                bytes,
+                max: self.config.max_proposal_bytes,
+            });
         }
-        self.dispatch.read_here(header.group, query, consistency).await
+        self.dispatch
+            .read_here(header.group, query, consistency)
+            .await
     }
 }

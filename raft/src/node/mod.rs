@@ -35,7 +35,9 @@ use crate::codec;
 use crate::config::{NodeConfig, RaftConfig};
 use crate::error::Error;
 use crate::meta::{Directory, LocationRecord, MetaApp, MetaCommand, MetaReply};
-use crate::network::{GroupNetworkFactory, PeerListener, PeerPool, ReadConsistency, ReadReply, WriteReply};
+use crate::network::{
+    GroupNetworkFactory, PeerListener, PeerPool, ReadConsistency, ReadReply, WriteReply,
+};
 use crate::storage::state::AppliedState;
 use crate::storage::{GroupRecord, StateMachineStore, Storage};
 use crate::typ::{GroupId, Node as RaftNode, NodeId, Raft, META_GROUP};
@@ -143,8 +145,14 @@ impl Node {
     ) -> Result<Self, Error> {
         config.validate()?;
         for (broken, what) in [
-            (cfg!(garrison_unsafe_stale_reads), "serves linearizable reads without a read index"),
-            (cfg!(garrison_unsafe_early_ack), "acknowledges log appends before they are flushed"),
+            (
+                cfg!(garrison_unsafe_stale_reads),
+                "serves linearizable reads without a read index",
+            ),
+            (
+                cfg!(garrison_unsafe_early_ack),
+                "acknowledges log appends before they are flushed",
+            ),
         ] {
             if broken {
                 tracing::error!("THIS IS A DELIBERATELY BROKEN TEST BUILD: it {what}; never use it for real data");
@@ -164,9 +172,13 @@ impl Node {
             stop: CancellationToken::new(),
             config,
         });
-        let listener = PeerListener::start_on(listener, limits, shared.clone(), shared.stop.clone())
-            .map_err(|e| Error::Config(format!("cannot serve peers: {e}")))?;
-        let node = Node { peer_addr: listener.local_addr(), shared };
+        let listener =
+            PeerListener::start_on(listener, limits, shared.clone(), shared.stop.clone())
+                .map_err(|e| Error::Config(format!("cannot serve peers: {e}")))?;
+        let node = Node {
+            peer_addr: listener.local_addr(),
+            shared,
+        };
         if let Err(e) = node.open_stored_groups().await {
             node.shutdown().await;
             return Err(e);
@@ -179,7 +191,10 @@ impl Node {
         let shared = &self.shared;
         let stored = shared.storage.groups()?;
         if !stored.iter().any(|(g, _)| *g == META_GROUP) {
-            shared.storage.add_group(META_GROUP, &GroupRecord::Meta).await?;
+            shared
+                .storage
+                .add_group(META_GROUP, &GroupRecord::Meta)
+                .await?;
         }
         shared.open_group(META_GROUP, GroupRecord::Meta).await?;
         for (group, record) in stored {
@@ -188,8 +203,12 @@ impl Node {
             }
         }
         if !shared.config.members.is_empty() {
-            let members: BTreeMap<NodeId, RaftNode> =
-                shared.config.members.iter().map(|(id, addr)| (*id, RaftNode::new(addr.clone()))).collect();
+            let members: BTreeMap<NodeId, RaftNode> = shared
+                .config
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, RaftNode::new(addr.clone())))
+                .collect();
             shared.initialize(META_GROUP, members).await?;
         }
         Ok(())
@@ -212,7 +231,11 @@ impl Node {
 
     /// Creates a location (or returns the existing one of that name) through
     /// the meta group. `replicas` empty lets the meta group place it.
-    pub async fn create_location(&self, name: &str, replicas: &[NodeId]) -> Result<LocationRecord, Error> {
+    pub async fn create_location(
+        &self,
+        name: &str,
+        replicas: &[NodeId],
+    ) -> Result<LocationRecord, Error> {
         let command = MetaCommand::CreateLocation {
             name: name.to_string(),
             replicas: replicas.to_vec(),
@@ -227,7 +250,12 @@ impl Node {
     /// Removes a location through the meta group; every replica then deletes
     /// its group's data.
     pub async fn remove_location(&self, name: &str) -> Result<LocationRecord, Error> {
-        match self.meta_command(MetaCommand::RemoveLocation { name: name.to_string() }).await? {
+        match self
+            .meta_command(MetaCommand::RemoveLocation {
+                name: name.to_string(),
+            })
+            .await?
+        {
             MetaReply::Removed(record) => Ok(record),
             other => Err(Error::Meta(format!("{other:?}"))),
         }
@@ -246,7 +274,12 @@ impl Node {
     pub fn directory(&self) -> Directory {
         self.shared
             .read_app(META_GROUP, |state| {
-                state.app.as_any().downcast_ref::<MetaApp>().map(|m| m.directory().clone()).unwrap_or_default()
+                state
+                    .app
+                    .as_any()
+                    .downcast_ref::<MetaApp>()
+                    .map(|m| m.directory().clone())
+                    .unwrap_or_default()
             })
             .unwrap_or_default()
     }
@@ -261,14 +294,23 @@ impl Node {
 
     /// Reads the local replica's applied state of `group` (may lag the
     /// leader): for inspection and tests; clients use [`Node::read`].
-    pub fn read_local<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
+    pub fn read_local<T>(
+        &self,
+        group: GroupId,
+        read: impl FnOnce(&AppliedState) -> T,
+    ) -> Result<T, Error> {
         self.shared.read_app(group, read)
     }
 
     /// Answers `query` with `group`'s app, from any node: linearizable
     /// (reflects every write acknowledged before the call) or stale (from
     /// whichever replica answers, at least at `min_index`).
-    pub async fn read(&self, group: GroupId, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, Error> {
+    pub async fn read(
+        &self,
+        group: GroupId,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, Error> {
         self.shared.read(group, query, consistency).await
     }
 
@@ -279,18 +321,36 @@ impl Node {
         self.shared.read_app(group, |s| {
             let applied_index = s.last_applied.map(|l| l.index).unwrap_or(0);
             let index = at.unwrap_or(applied_index);
-            ConsistencyReport { group, applied_index, index, chain: s.chain_at(index), state_digest: s.state_digest() }
+            ConsistencyReport {
+                group,
+                applied_index,
+                index,
+                chain: s.chain_at(index),
+                state_digest: s.state_digest(),
+            }
         })
     }
 
     /// The ids of the groups open on this node.
     pub fn groups(&self) -> Vec<GroupId> {
-        self.shared.groups.read().expect("group table lock").keys().copied().collect()
+        self.shared
+            .groups
+            .read()
+            .expect("group table lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Status of one local group.
     pub fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
-        let g = self.shared.groups.read().expect("group table lock").get(&group).cloned()?;
+        let g = self
+            .shared
+            .groups
+            .read()
+            .expect("group table lock")
+            .get(&group)
+            .cloned()?;
         let m = g.raft.metrics().borrow().clone();
         Some(GroupStatus {
             group,
@@ -308,7 +368,10 @@ impl Node {
 
     /// Status of every local group, by id.
     pub fn status(&self) -> Vec<GroupStatus> {
-        self.groups().into_iter().filter_map(|g| self.group_status(g)).collect()
+        self.groups()
+            .into_iter()
+            .filter_map(|g| self.group_status(g))
+            .collect()
     }
 
     /// The leader of a local group, as this replica knows it.
@@ -321,28 +384,51 @@ impl Node {
     /// snapshot). Returns once the snapshot covers `applied` at the call.
     pub async fn compact(&self, group: GroupId, timeout: Duration) -> Result<u64, Error> {
         let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
-        let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
-        raft.trigger().snapshot().await.map_err(|e| Error::Raft(e.to_string()))?;
+        let applied = raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
         raft.wait(Some(timeout))
-            .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied, "snapshot")
+            .metrics(
+                |m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied,
+                "snapshot",
+            )
             .await
             .map_err(|e| Error::Timeout(e.to_string()))?;
-        raft.trigger().purge_log(applied).await.map_err(|e| Error::Raft(e.to_string()))?;
+        raft.trigger()
+            .purge_log(applied)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
         Ok(applied)
     }
 
     /// The last log index covered by the local replica's current snapshot.
     pub fn snapshot_index(&self, group: GroupId) -> Option<u64> {
-        self.shared.raft(group).and_then(|r| r.metrics().borrow().snapshot.map(|s| s.index))
+        self.shared
+            .raft(group)
+            .and_then(|r| r.metrics().borrow().snapshot.map(|s| s.index))
     }
 
     /// The last log index the local replica has purged from its log.
     pub fn purged_index(&self, group: GroupId) -> Option<u64> {
-        self.shared.raft(group).and_then(|r| r.metrics().borrow().purged.map(|s| s.index))
+        self.shared
+            .raft(group)
+            .and_then(|r| r.metrics().borrow().purged.map(|s| s.index))
     }
 
     /// Waits until the local replica of `group` has applied `index`.
-    pub async fn wait_applied(&self, group: GroupId, index: u64, timeout: Duration) -> Result<(), Error> {
+    pub async fn wait_applied(
+        &self,
+        group: GroupId,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
         raft.wait(Some(timeout))
             .applied_index_at_least(Some(index), "applied")
@@ -356,7 +442,9 @@ impl Node {
     pub async fn shutdown(&self) {
         self.shared.stop.cancel();
         let groups: Vec<(GroupId, Group)> =
-            std::mem::take(&mut *self.shared.groups.write().expect("group table lock")).into_iter().collect();
+            std::mem::take(&mut *self.shared.groups.write().expect("group table lock"))
+                .into_iter()
+                .collect();
         for (id, group) in groups {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(group = id, error = %e, "raft shutdown failed");
@@ -368,11 +456,24 @@ impl Node {
 
 impl Shared {
     fn raft(&self, group: GroupId) -> Option<Raft> {
-        self.groups.read().expect("group table lock").get(&group).map(|g| g.raft.clone())
+        self.groups
+            .read()
+            .expect("group table lock")
+            .get(&group)
+            .map(|g| g.raft.clone())
     }
 
-    fn read_app<T>(&self, group: GroupId, read: impl FnOnce(&AppliedState) -> T) -> Result<T, Error> {
-        let sm = self.groups.read().expect("group table lock").get(&group).map(|g| g.sm.clone());
+    fn read_app<T>(
+        &self,
+        group: GroupId,
+        read: impl FnOnce(&AppliedState) -> T,
+    ) -> Result<T, Error> {
+        let sm = self
+            .groups
+            .read()
+            .expect("group table lock")
+            .get(&group)
+            .map(|g| g.sm.clone());
         let sm = sm.ok_or(Error::UnknownGroup(group))?;
         let state = sm.read();
         Ok(read(&state))
@@ -388,15 +489,28 @@ impl Shared {
         };
         let sm = StateMachineStore::open(&self.storage, group, app)?;
         let network = GroupNetworkFactory::new(self.pool.clone(), group);
-        let raft = Raft::new(self.id, self.raft_config.clone(), network, self.storage.log_store(group).for_node(self.id), sm.clone())
-            .await
-            .map_err(|e| Error::Raft(format!("opening group {group}: {e}")))?;
-        self.groups.write().expect("group table lock").insert(group, Group { raft, sm, record });
+        let raft = Raft::new(
+            self.id,
+            self.raft_config.clone(),
+            network,
+            self.storage.log_store(group).for_node(self.id),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| Error::Raft(format!("opening group {group}: {e}")))?;
+        self.groups
+            .write()
+            .expect("group table lock")
+            .insert(group, Group { raft, sm, record });
         Ok(())
     }
 
     /// Initializes `group` with `members` unless it already has state.
-    async fn initialize(&self, group: GroupId, members: BTreeMap<NodeId, RaftNode>) -> Result<(), Error> {
+    async fn initialize(
+        &self,
+        group: GroupId,
+        members: BTreeMap<NodeId, RaftNode>,
+    ) -> Result<(), Error> {
         let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
         match raft.initialize(members).await {
             Ok(()) => Ok(()),
@@ -404,5 +518,4 @@ impl Shared {
             Err(e) => Err(Error::Raft(format!("initializing group {group}: {e}"))),
         }
     }
-
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
-use super::{Shared, MAX_ROUTING_ATTEMPTS, REQUEST_TIMEOUT, ROUTING_BACKOFF_MAX, ROUTING_BACKOFF_MIN};
+use super::{
+    Shared, MAX_ROUTING_ATTEMPTS, REQUEST_TIMEOUT, ROUTING_BACKOFF_MAX, ROUTING_BACKOFF_MIN,
+};
 use crate::error::Error;
 use crate::meta::MetaApp;
 use crate::network::server::Dispatch;
@@ -21,18 +23,30 @@ use crate::network::{PeerError, ReadConsistency, ReadReply, WriteReply};
 use crate::typ::{GroupId, NodeId, Proposal, Raft, META_GROUP};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Shared {
     /// Proposes `payload` if this node leads `group`; never forwards.
     async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
         let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
-        let proposal = Proposal { log_time_ms: now_ms(), payload };
+        let proposal = Proposal {
+            log_time_ms: now_ms(),
+            payload,
+        };
         match raft.client_write(proposal).await {
-            Ok(written) => Ok(WriteReply { index: written.log_id.index, reply: written.data.0 }),
+            Ok(written) => Ok(WriteReply {
+                index: written.log_id.index,
+                reply: written.data.0,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { group, leader: f.leader_id })
+                Err(Error::NotLeader {
+                    group,
+                    leader: f.leader_id,
+                })
             }
             Err(e) => Err(Error::Raft(e.to_string())),
         }
@@ -45,7 +59,10 @@ impl Shared {
         match raft.ensure_linearizable().await {
             Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { group, leader: f.leader_id })
+                Err(Error::NotLeader {
+                    group,
+                    leader: f.leader_id,
+                })
             }
             Err(e) => Err(Error::Raft(e.to_string())),
         }
@@ -57,7 +74,11 @@ impl Shared {
             let raft = self.raft(g)?;
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
-            metrics.membership_config.membership().get_node(&node).map(|n| n.addr.clone())
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&node)
+                .map(|n| n.addr.clone())
         })
     }
 
@@ -65,7 +86,8 @@ impl Shared {
     fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
         self.read_app(META_GROUP, |s| {
             let meta = s.app.as_any().downcast_ref::<MetaApp>();
-            meta.and_then(|m| m.directory().by_group(group)).map(|l| l.replicas.iter().copied().collect())
+            meta.and_then(|m| m.directory().by_group(group))
+                .map(|l| l.replicas.iter().copied().collect())
         })
         .ok()
         .flatten()
@@ -73,9 +95,17 @@ impl Shared {
     }
 
     /// Waits (bounded by `left`) until the local replica of `group` knows a leader.
-    async fn known_leader(&self, raft: &Raft, group: GroupId, left: Duration) -> Result<NodeId, Error> {
+    async fn known_leader(
+        &self,
+        raft: &Raft,
+        group: GroupId,
+        left: Duration,
+    ) -> Result<NodeId, Error> {
         let wait = raft.wait(Some(left.min(Duration::from_secs(2))));
-        match wait.metrics(|m| m.current_leader.is_some(), "a leader").await {
+        match wait
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+        {
             Ok(m) => Ok(m.current_leader.expect("waited for a leader")),
             Err(_) => Err(Error::NoLeader { group }),
         }
@@ -124,14 +154,29 @@ impl Shared {
             };
             // One try may not use the whole budget: a stale leader behind a
             // partition would otherwise hold the request until it runs out.
-            let per_try = left.min(Duration::from_millis(3 * self.limits.election_timeout_max_ms).max(Duration::from_secs(1)));
+            let per_try = left.min(
+                Duration::from_millis(3 * self.limits.election_timeout_max_ms)
+                    .max(Duration::from_secs(1)),
+            );
             match attempt(target, per_try).await {
                 Ok(value) => return Ok(value),
-                Err(Error::NotLeader { leader: Some(leader), .. }) if leader != target => {
+                Err(Error::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if leader != target => {
                     hint = Some(leader);
-                    last_error = Error::NotLeader { group, leader: Some(leader) };
+                    last_error = Error::NotLeader {
+                        group,
+                        leader: Some(leader),
+                    };
                 }
-                Err(e @ (Error::NotLeader { .. } | Error::Unreachable { .. } | Error::NoLeader { .. } | Error::UnknownGroup(_) | Error::Timeout(_))) => {
+                Err(
+                    e @ (Error::NotLeader { .. }
+                    | Error::Unreachable { .. }
+                    | Error::NoLeader { .. }
+                    | Error::UnknownGroup(_)
+                    | Error::Timeout(_)),
+                ) => {
                     if self.raft(group).is_none() && replicas.is_empty() {
                         return Err(e);
                     }
@@ -147,14 +192,24 @@ impl Shared {
     }
 
     fn peer_address(&self, group: GroupId, node: NodeId) -> Result<String, Error> {
-        self.address_of(group, node).ok_or(Error::Unreachable { node, reason: "no known address".into() })
+        self.address_of(group, node).ok_or(Error::Unreachable {
+            node,
+            reason: "no known address".into(),
+        })
     }
 
     /// Proposes `payload` to `group` through its leader, wherever it is.
-    pub(super) async fn write(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, Error> {
+    pub(super) async fn write(
+        &self,
+        group: GroupId,
+        payload: Vec<u8>,
+    ) -> Result<WriteReply, Error> {
         let bytes = payload.len() as u64;
         if bytes > self.limits.max_proposal_bytes {
-            return Err(Error::ProposalTooLarge { bytes, max: self.limits.max_proposal_bytes });
+            return Err(Error::ProposalTooLarge {
+                bytes,
+                max: self.limits.max_proposal_bytes,
+            });
         }
         self.route(group, |target, left| {
             let payload = payload.clone();
@@ -163,7 +218,9 @@ impl Shared {
                     self.write_as_leader(group, payload).await
                 } else {
                     let addr = self.peer_address(group, target)?;
-                    self.pool.forward_write(target, &addr, group, payload, left).await
+                    self.pool
+                        .forward_write(target, &addr, group, payload, left)
+                        .await
                 }
             }
         })
@@ -185,7 +242,12 @@ impl Shared {
 
     /// Answers `query` from the local replica of `group`, once it has applied
     /// what `consistency` requires.
-    pub(super) async fn read_here(&self, group: GroupId, query: &[u8], consistency: ReadConsistency) -> Result<ReadReply, Error> {
+    pub(super) async fn read_here(
+        &self,
+        group: GroupId,
+        query: &[u8],
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, Error> {
         let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
         let wanted = match consistency {
             // The deliberately broken build: serve "linearizable" reads from
@@ -195,10 +257,22 @@ impl Shared {
             ReadConsistency::Stale { min_index } => min_index,
         };
         if wanted > 0 {
-            let reached = raft.wait(Some(REQUEST_TIMEOUT)).applied_index_at_least(Some(wanted), "read index").await;
+            let reached = raft
+                .wait(Some(REQUEST_TIMEOUT))
+                .applied_index_at_least(Some(wanted), "read index")
+                .await;
             if reached.is_err() {
-                let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
-                return Err(Error::Behind { group, applied, wanted });
+                let applied = raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                return Err(Error::Behind {
+                    group,
+                    applied,
+                    wanted,
+                });
             }
         }
         self.read_app(group, |state| ReadReply {
@@ -209,10 +283,18 @@ impl Shared {
 
     /// Answers `query` on `group` from this node if it hosts the group, or
     /// from one of its replicas.
-    pub(super) async fn read(&self, group: GroupId, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, Error> {
+    pub(super) async fn read(
+        &self,
+        group: GroupId,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, Error> {
         let bytes = query.len() as u64;
         if bytes > self.limits.max_proposal_bytes {
-            return Err(Error::ProposalTooLarge { bytes, max: self.limits.max_proposal_bytes });
+            return Err(Error::ProposalTooLarge {
+                bytes,
+                max: self.limits.max_proposal_bytes,
+            });
         }
         if self.raft(group).is_some() {
             return self.read_here(group, &query, consistency).await;
@@ -223,8 +305,21 @@ impl Shared {
         }
         let mut last_error = Error::UnknownGroup(group);
         for replica in replicas {
-            let Ok(addr) = self.peer_address(group, replica) else { continue };
-            match self.pool.forward_read(replica, &addr, group, query.clone(), consistency, REQUEST_TIMEOUT).await {
+            let Ok(addr) = self.peer_address(group, replica) else {
+                continue;
+            };
+            match self
+                .pool
+                .forward_read(
+                    replica,
+                    &addr,
+                    group,
+                    query.clone(),
+                    consistency,
+                    REQUEST_TIMEOUT,
+                )
+                .await
+            {
                 Ok(reply) => return Ok(reply),
                 Err(e) => last_error = e,
             }
@@ -237,7 +332,15 @@ fn to_peer_error(e: Error) -> PeerError {
     match e {
         Error::NotLeader { group, leader } => PeerError::NotLeader { group, leader },
         Error::UnknownGroup(group) => PeerError::UnknownGroup(group),
-        Error::Behind { group, applied, wanted } => PeerError::Behind { group, applied, wanted },
+        Error::Behind {
+            group,
+            applied,
+            wanted,
+        } => PeerError::Behind {
+            group,
+            applied,
+            wanted,
+        },
         Error::ShuttingDown => PeerError::ShuttingDown,
         other => PeerError::WriteFailed(other.to_string()),
     }
@@ -248,15 +351,30 @@ impl Dispatch for Shared {
         Shared::raft(self, group)
     }
 
-    async fn write_as_leader(&self, group: GroupId, payload: Vec<u8>) -> Result<WriteReply, PeerError> {
-        Shared::write_as_leader(self, group, payload).await.map_err(to_peer_error)
+    async fn write_as_leader(
+        &self,
+        group: GroupId,
+        payload: Vec<u8>,
+    ) -> Result<WriteReply, PeerError> {
+        Shared::write_as_leader(self, group, payload)
+            .await
+            .map_err(to_peer_error)
     }
 
     async fn read_index_as_leader(&self, group: GroupId) -> Result<u64, PeerError> {
-        Shared::read_index_as_leader(self, group).await.map_err(to_peer_error)
+        Shared::read_index_as_leader(self, group)
+            .await
+            .map_err(to_peer_error)
     }
 
-    async fn read_here(&self, group: GroupId, query: Vec<u8>, consistency: ReadConsistency) -> Result<ReadReply, PeerError> {
-        Shared::read_here(self, group, &query, consistency).await.map_err(to_peer_error)
+    async fn read_here(
+        &self,
+        group: GroupId,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, PeerError> {
+        Shared::read_here(self, group, &query, consistency)
+            .await
+            .map_err(to_peer_error)
     }
 }

@@ -33,7 +33,13 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(group: GroupId, log: sled::Tree, raft: sled::Tree, flusher: Flusher) -> Self {
-        Self { group, log, raft, flusher, local_node: None }
+        Self {
+            group,
+            log,
+            raft,
+            flusher,
+            local_node: None,
+        }
     }
 
     /// The store as node `id` uses it: a leadership of `id` saved before a
@@ -43,9 +49,17 @@ impl LogStore {
         self
     }
 
-    fn read_var<T: serde::de::DeserializeOwned>(&self, var: RaftVar) -> Result<Option<T>, StorageError> {
-        let read_err = |e: &dyn std::fmt::Display| StorageIOError::read(openraft::AnyError::error(e)).into();
-        match self.raft.get(raft_key(self.group, var)).map_err(|e| read_err(&e))? {
+    fn read_var<T: serde::de::DeserializeOwned>(
+        &self,
+        var: RaftVar,
+    ) -> Result<Option<T>, StorageError> {
+        let read_err =
+            |e: &dyn std::fmt::Display| StorageIOError::read(openraft::AnyError::error(e)).into();
+        match self
+            .raft
+            .get(raft_key(self.group, var))
+            .map_err(|e| read_err(&e))?
+        {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| read_err(&e)),
         }
@@ -64,7 +78,8 @@ impl LogStore {
             None => Ok(None),
             Some(item) => {
                 let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                let entry: Entry = codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry: Entry =
+                    codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -73,10 +88,16 @@ impl LogStore {
     /// Removes the log keys in `[from, to)` of this group in one batch.
     fn remove_range(&self, from: u64, to_inclusive: u64) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for key in self.log.range(log_key(self.group, from)..=log_key(self.group, to_inclusive)).keys() {
+        for key in self
+            .log
+            .range(log_key(self.group, from)..=log_key(self.group, to_inclusive))
+            .keys()
+        {
             batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e).into())
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -101,9 +122,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         }
         let mut entries = Vec::new();
-        for item in self.log.range(log_key(self.group, start)..=log_key(self.group, end)) {
+        for item in self
+            .log
+            .range(log_key(self.group, start)..=log_key(self.group, end))
+        {
             let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            entries.push(codec::decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
+            entries
+                .push(codec::decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(entries)
     }
@@ -115,7 +140,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_var(RaftVar::LastPurged)?;
         let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -126,7 +154,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_var(RaftVar::Vote, vote)?;
         // A vote counts only once it is on disk: a node that forgot its vote
         // after a crash could vote twice in one term.
-        self.flusher.flush().await.map_err(|e| StorageIOError::write_vote(openraft::AnyError::error(e)).into())
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(openraft::AnyError::error(e)).into())
     }
 
     /// openraft 0.9 resumes leadership at start-up when the saved vote is a
@@ -152,19 +183,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_var::<Option<LogId>>(RaftVar::Committed)?.flatten())
+        Ok(self
+            .read_var::<Option<LogId>>(RaftVar::Committed)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(&log_key(self.group, entry.log_id.index), codec::encode(&entry));
+            batch.insert(
+                &log_key(self.group, entry.log_id.index),
+                codec::encode(&entry),
+            );
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         if cfg!(garrison_unsafe_early_ack) {
             // The deliberately broken build: report entries durable before
             // they are flushed, so a crash can lose acknowledged writes.

@@ -97,7 +97,12 @@ impl Storage {
 
     /// The log store of one group.
     pub fn log_store(&self, group: GroupId) -> LogStore {
-        LogStore::new(group, self.log.clone(), self.raft.clone(), self.flusher.clone())
+        LogStore::new(
+            group,
+            self.log.clone(),
+            self.raft.clone(),
+            self.flusher.clone(),
+        )
     }
 
     /// Every group this node holds, in id order.
@@ -112,7 +117,8 @@ impl Storage {
 
     /// Records that this node holds `group`, durably.
     pub async fn add_group(&self, group: GroupId, record: &GroupRecord) -> Result<(), Error> {
-        self.groups.insert(group.to_be_bytes(), codec::encode(record))?;
+        self.groups
+            .insert(group.to_be_bytes(), codec::encode(record))?;
         self.flusher.flush().await.map_err(Error::Storage)
     }
 
@@ -164,7 +170,12 @@ fn group_from_key(key: &[u8]) -> Result<GroupId, Error> {
     let bytes: [u8; 8] = key
         .get(..8)
         .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| Error::Storage(format!("stored key of {} bytes has no group prefix", key.len())))?;
+        .ok_or_else(|| {
+            Error::Storage(format!(
+                "stored key of {} bytes has no group prefix",
+                key.len()
+            ))
+        })?;
     Ok(GroupId::from_be_bytes(bytes))
 }
 
@@ -202,7 +213,11 @@ impl Flusher {
             while rx.recv_many(&mut batch, MAX_WAITERS_PER_FLUSH).await > 0 {
                 // Every waiter in `batch` wrote before it was queued, so this
                 // flush covers its data.
-                let result = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+                let result = db
+                    .flush_async()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 flush_count.fetch_add(1, Ordering::Relaxed);
                 waiter_count.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for done in batch.drain(..) {
@@ -210,18 +225,28 @@ impl Flusher {
                 }
             }
         });
-        Self { tx, flushes, waiters }
+        Self {
+            tx,
+            flushes,
+            waiters,
+        }
     }
 
     /// Waits until everything written before the call is on disk.
     pub(crate) async fn flush(&self) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(done).await.map_err(|_| Error::ShuttingDown.to_string())?;
+        self.tx
+            .send(done)
+            .await
+            .map_err(|_| Error::ShuttingDown.to_string())?;
         wait.await.map_err(|_| Error::ShuttingDown.to_string())?
     }
 
     fn stats(&self) -> FlushStats {
-        FlushStats { flushes: self.flushes.load(Ordering::Relaxed), waiters: self.waiters.load(Ordering::Relaxed) }
+        FlushStats {
+            flushes: self.flushes.load(Ordering::Relaxed),
+            waiters: self.waiters.load(Ordering::Relaxed),
+        }
     }
 }
 

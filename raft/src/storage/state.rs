@@ -21,7 +21,10 @@ use sha2::{Digest, Sha256};
 use super::{Flusher, Storage};
 use crate::app::{ApplyContext, GroupApp};
 use crate::codec;
-use crate::typ::{Entry, GroupId, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::typ::{
+    Entry, GroupId, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
 
 /// Version of [`SnapshotImage`]; bumped when its layout changes.
 pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
@@ -76,7 +79,10 @@ pub struct AppliedState {
 impl AppliedState {
     /// The chain value after applying `index`, if this replica still holds it.
     pub fn chain_at(&self, index: u64) -> Option<[u8; 32]> {
-        let at = self.history.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        let at = self
+            .history
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()?;
         Some(self.history[at].1)
     }
 
@@ -135,7 +141,11 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the state machine of `group` around `app`, restoring the last
     /// persisted snapshot if there is one.
-    pub fn open(storage: &Storage, group: GroupId, app: Box<dyn GroupApp>) -> Result<Self, crate::Error> {
+    pub fn open(
+        storage: &Storage,
+        group: GroupId,
+        app: Box<dyn GroupApp>,
+    ) -> Result<Self, crate::Error> {
         let tree = storage.snapshot_tree();
         let mut state = AppliedState {
             last_applied: None,
@@ -148,7 +158,9 @@ impl StateMachineStore {
         if let Some(bytes) = tree.get(group.to_be_bytes())? {
             let record: SnapshotRecord = codec::decode_stored(&bytes)?;
             let image: SnapshotImage = codec::decode_stored(&record.data)?;
-            state.restore_from(&record.meta, &image).map_err(crate::Error::Storage)?;
+            state
+                .restore_from(&record.meta, &image)
+                .map_err(crate::Error::Storage)?;
         }
         Ok(Self {
             group,
@@ -162,7 +174,9 @@ impl StateMachineStore {
 
     /// Read access to the applied state. Hold it briefly: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
-        self.state.read().expect("a panic in apply poisons the state machine; the node must stop")
+        self.state
+            .read()
+            .expect("a panic in apply poisons the state machine; the node must stop")
     }
 
     async fn persist(&self, record: &SnapshotRecord) -> Result<(), StorageError> {
@@ -170,9 +184,13 @@ impl StateMachineStore {
         // A snapshot built from older state can finish after an installed,
         // newer one: never let it replace the newer record.
         let _order = self.persisting.lock().await;
-        let stored = self.tree.get(self.group.to_be_bytes()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let stored = self
+            .tree
+            .get(self.group.to_be_bytes())
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         if let Some(stored) = stored {
-            let stored: SnapshotRecord = codec::decode_stored(&stored).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            let stored: SnapshotRecord = codec::decode_stored(&stored)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
             if stored.meta.last_log_id > record.meta.last_log_id {
                 return Ok(());
             }
@@ -180,10 +198,9 @@ impl StateMachineStore {
         self.tree
             .insert(self.group.to_be_bytes(), codec::encode(record))
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into())
+        self.flusher.flush().await.map_err(|e| {
+            StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into()
+        })
     }
 }
 
@@ -210,7 +227,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut state = self.state.write().expect("a panic in apply poisons the state machine; the node must stop");
+        let mut state = self
+            .state
+            .write()
+            .expect("a panic in apply poisons the state machine; the node must stop");
         let state = &mut *state;
         let mut replies = Vec::new();
         for entry in entries {
@@ -219,7 +239,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(last) = state.last_applied {
                 // openraft applies in log order; its storage suite skips
                 // indexes, so only monotonicity is asserted.
-                assert!(log_id.index > last.index, "group {}: apply of {} after {}", self.group, log_id.index, last.index);
+                assert!(
+                    log_id.index > last.index,
+                    "group {}: apply of {} after {}",
+                    self.group,
+                    log_id.index,
+                    last.index
+                );
             }
             let reply = match entry.payload {
                 EntryPayload::Blank => Reply::default(),
@@ -254,22 +280,42 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let bad = |e: String| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e));
+        let bad = |e: String| {
+            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+        };
         let image: SnapshotImage = codec::decode_stored(&data).map_err(|e| bad(e.to_string()))?;
         {
-            let mut state = self.state.write().expect("a panic in apply poisons the state machine; the node must stop");
+            let mut state = self
+                .state
+                .write()
+                .expect("a panic in apply poisons the state machine; the node must stop");
             state.restore_from(meta, &image).map_err(bad)?;
         }
-        self.persist(&SnapshotRecord { meta: meta.clone(), data }).await
+        self.persist(&SnapshotRecord {
+            meta: meta.clone(),
+            data,
+        })
+        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let bytes = self.tree.get(self.group.to_be_bytes()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let bytes = self
+            .tree
+            .get(self.group.to_be_bytes())
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let Some(bytes) = bytes else { return Ok(None) };
-        let record: SnapshotRecord = codec::decode_stored(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(record.data)) }))
+        let record: SnapshotRecord =
+            codec::decode_stored(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(Cursor::new(record.data)),
+        }))
     }
 }
 
@@ -285,14 +331,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             let seq = self.snapshots_built.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match state.last_applied {
-                Some(id) => format!("{}-{}-{}-{seq}", id.leader_id.term, id.leader_id.node_id, id.index),
+                Some(id) => format!(
+                    "{}-{}-{}-{seq}",
+                    id.leader_id.term, id.leader_id.node_id, id.index
+                ),
                 None => format!("empty-{seq}"),
             };
-            let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+                snapshot_id,
+            };
             (meta, codec::encode(&image))
         };
         let record = SnapshotRecord { meta, data };
         self.persist(&record).await?;
-        Ok(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(record.data)) })
+        Ok(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(Cursor::new(record.data)),
+        })
     }
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use garrison_raft::codec;
 use garrison_raft::storage::state::AppliedState;
-use garrison_raft::{AppFactory, ApplyContext, GroupApp, GroupId, Node, NodeConfig, NodeId, RaftConfig};
+use garrison_raft::{
+    AppFactory, ApplyContext, GroupApp, GroupId, Node, NodeConfig, NodeId, RaftConfig,
+};
 use serde::{Deserialize, Serialize};
 
 /// Generous bound for anything a test waits for.
@@ -28,7 +30,8 @@ pub struct RecordApp {
 
 impl GroupApp for RecordApp {
     fn apply(&mut self, ctx: &ApplyContext<'_>, payload: &[u8]) -> Vec<u8> {
-        self.applied.push((ctx.index, ctx.log_time_ms, payload.to_vec()));
+        self.applied
+            .push((ctx.index, ctx.log_time_ms, payload.to_vec()));
         codec::encode(&(self.applied.len() as u64))
     }
     fn query(&self, _query: &[u8]) -> Vec<u8> {
@@ -56,13 +59,22 @@ impl AppFactory for RecordFactory {
 
 /// The payloads a replica applied, in order.
 pub fn payloads(state: &AppliedState) -> Vec<Vec<u8>> {
-    let app = state.app.as_any().downcast_ref::<RecordApp>().expect("a RecordApp group");
+    let app = state
+        .app
+        .as_any()
+        .downcast_ref::<RecordApp>()
+        .expect("a RecordApp group");
     app.applied.iter().map(|(_, _, p)| p.clone()).collect()
 }
 
 /// The full recorded state of a replica.
 pub fn record(state: &AppliedState) -> RecordApp {
-    state.app.as_any().downcast_ref::<RecordApp>().expect("a RecordApp group").clone()
+    state
+        .app
+        .as_any()
+        .downcast_ref::<RecordApp>()
+        .expect("a RecordApp group")
+        .clone()
 }
 
 /// Polls `check` every 20 ms until it returns true, panicking after `WAIT`.
@@ -73,7 +85,10 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -87,7 +102,11 @@ pub fn init_tracing() {
 
 /// Timing for tests: the defaults, but snapshots only when a test asks.
 pub fn test_config() -> RaftConfig {
-    RaftConfig { snapshot_logs_since_last: 1_000_000, snapshot_logs_to_keep: 0, ..RaftConfig::default() }
+    RaftConfig {
+        snapshot_logs_since_last: 1_000_000,
+        snapshot_logs_to_keep: 0,
+        ..RaftConfig::default()
+    }
 }
 
 /// Real nodes in one process, each with its own sled directory and port.
@@ -106,7 +125,9 @@ impl Cluster {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback");
             addrs.insert(id, listener.local_addr().unwrap());
             listeners.insert(id, listener);
         }
@@ -114,14 +135,20 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             addrs,
-            dirs: (1..=n).map(|id| (id, temp[id as usize - 1].path().to_path_buf())).collect(),
+            dirs: (1..=n)
+                .map(|id| (id, temp[id as usize - 1].path().to_path_buf()))
+                .collect(),
             _temp: temp,
             config,
         };
         for (id, listener) in listeners {
-            let node = Node::start_with_listener(cluster.node_config(id), listener, Arc::new(RecordFactory))
-                .await
-                .expect("node starts");
+            let node = Node::start_with_listener(
+                cluster.node_config(id),
+                listener,
+                Arc::new(RecordFactory),
+            )
+            .await
+            .expect("node starts");
             cluster.nodes.insert(id, Some(node));
         }
         cluster
@@ -133,14 +160,22 @@ impl Cluster {
             listen_addr: self.addrs[&id],
             data_dir: self.dirs[&id].clone(),
             cluster_name: "test".into(),
-            members: self.addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            members: self
+                .addrs
+                .iter()
+                .map(|(id, a)| (*id, a.to_string()))
+                .collect(),
             raft: self.config.clone(),
         }
     }
 
     /// Starts nodes on directories and addresses a previous cluster left
     /// (the caller owns the directories).
-    pub async fn resume(dirs: Vec<std::path::PathBuf>, addrs: Vec<SocketAddr>, config: RaftConfig) -> Self {
+    pub async fn resume(
+        dirs: Vec<std::path::PathBuf>,
+        addrs: Vec<SocketAddr>,
+        config: RaftConfig,
+    ) -> Self {
         init_tracing();
         let ids: Vec<NodeId> = (1..=dirs.len() as NodeId).collect();
         let mut cluster = Cluster {
@@ -161,13 +196,22 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Stops a node the way a crash would, as far as its peers can tell: its
     /// groups and listener stop at once.
     pub async fn stop(&mut self, id: NodeId) {
-        let node = self.nodes.get_mut(&id).unwrap().take().expect("node is running");
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .unwrap()
+            .take()
+            .expect("node is running");
         node.shutdown().await;
     }
 
@@ -212,7 +256,10 @@ impl Cluster {
     /// Waits until every running replica of `group` has applied `index`.
     pub async fn wait_applied(&self, group: GroupId, index: u64) {
         for id in self.running() {
-            self.node(id).wait_applied(group, index, WAIT).await.expect("replica catches up");
+            self.node(id)
+                .wait_applied(group, index, WAIT)
+                .await
+                .expect("replica catches up");
         }
     }
 
