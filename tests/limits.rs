@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Servers, WAIT};
 use garrison::server::ApiLimits;
 use garrison_client::api::{ApiError, GarrisonClient, Outcome, API_VERSION};
@@ -171,13 +169,19 @@ async fn silent_and_idle_connections_are_closed() {
     let request = tarpc::ClientMessage::Request(tarpc::Request {
         context: tarpc::context::current(),
         id: 1,
-        message: garrison_client::api::GarrisonRequest::Status { version: API_VERSION },
+        message: garrison_client::api::GarrisonRequest::Status {
+            version: API_VERSION,
+        },
     });
     let frame = garrison_wire::encode(&request);
-    idle.write_all(&(frame.len() as u32).to_be_bytes()).await.unwrap();
+    idle.write_all(&(frame.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
     idle.write_all(&frame).await.unwrap();
     let mut length = [0u8; 4];
-    idle.read_exact(&mut length).await.expect("the status answer");
+    idle.read_exact(&mut length)
+        .await
+        .expect("the status answer");
     assert_closed_by_server(&mut idle).await;
     servers.shutdown().await;
 }
