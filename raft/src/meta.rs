@@ -181,6 +181,16 @@ impl MetaApp {
     }
 }
 
+/// The directory held by the meta group's applied state (empty if `state`
+/// is not the meta group's).
+pub fn directory_of(state: &crate::storage::state::AppliedState) -> Option<&Directory> {
+    state
+        .app
+        .as_any()
+        .downcast_ref::<MetaApp>()
+        .map(MetaApp::directory)
+}
+
 /// Checks a location name: 1 to [`MAX_LOCATION_NAME_BYTES`] bytes of `[A-Za-z0-9_./-]`.
 pub fn check_location_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_LOCATION_NAME_BYTES {

@@ -34,7 +34,7 @@ use crate::app::AppFactory;
 use crate::codec;
 use crate::config::{NodeConfig, RaftConfig};
 use crate::error::Error;
-use crate::meta::{Directory, LocationRecord, MetaApp, MetaCommand, MetaReply};
+use crate::meta::{directory_of, Directory, LocationRecord, MetaApp, MetaCommand, MetaReply};
 use crate::network::{
     GroupNetworkFactory, PeerListener, PeerPool, ReadConsistency, ReadReply, WriteReply,
 };
@@ -274,12 +274,7 @@ impl Node {
     pub fn directory(&self) -> Directory {
         self.shared
             .read_app(META_GROUP, |state| {
-                state
-                    .app
-                    .as_any()
-                    .downcast_ref::<MetaApp>()
-                    .map(|m| m.directory().clone())
-                    .unwrap_or_default()
+                directory_of(state).cloned().unwrap_or_default()
             })
             .unwrap_or_default()
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Shared, RECONCILE_INTERVAL};
 use crate::error::Error;
-use crate::meta::MetaApp;
+use crate::meta::directory_of;
 use crate::storage::GroupRecord;
 use crate::typ::{GroupId, Node as RaftNode, NodeId, META_GROUP};
 
@@ -14,12 +14,7 @@ impl Shared {
     /// Brings the local groups in line with the meta group's directory.
     async fn reconcile(&self) -> Result<(), Error> {
         let (directory, members) = self.read_app(META_GROUP, |s| {
-            let directory = s
-                .app
-                .as_any()
-                .downcast_ref::<MetaApp>()
-                .map(|m| m.directory().clone())
-                .unwrap_or_default();
+            let directory = directory_of(s).cloned().unwrap_or_default();
             let members: BTreeMap<NodeId, RaftNode> = s
                 .membership
                 .membership()

@@ -17,7 +17,7 @@ use super::{
     Shared, MAX_ROUTING_ATTEMPTS, REQUEST_TIMEOUT, ROUTING_BACKOFF_MAX, ROUTING_BACKOFF_MIN,
 };
 use crate::error::Error;
-use crate::meta::MetaApp;
+use crate::meta::directory_of;
 use crate::network::server::Dispatch;
 use crate::network::{PeerError, ReadConsistency, ReadReply, WriteReply};
 use crate::typ::{GroupId, NodeId, Proposal, Raft, META_GROUP};
@@ -85,8 +85,8 @@ impl Shared {
     /// The replicas of `group` according to the local directory.
     fn replicas_of(&self, group: GroupId) -> Vec<NodeId> {
         self.read_app(META_GROUP, |s| {
-            let meta = s.app.as_any().downcast_ref::<MetaApp>();
-            meta.and_then(|m| m.directory().by_group(group))
+            directory_of(s)
+                .and_then(|d| d.by_group(group))
                 .map(|l| l.replicas.iter().copied().collect())
         })
         .ok()
