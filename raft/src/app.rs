@@ -21,6 +21,7 @@
 
 use std::any::Any;
 
+use crate::meta::Directory;
 use crate::typ::{GroupId, Membership, NodeId};
 
 /// What apply may know besides the payload: all of it comes from the log.
@@ -61,8 +62,72 @@ pub trait GroupApp: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// Makes the app of a new location group.
+/// Makes the app of a new location group, and the meta group's extension.
 pub trait AppFactory: Send + Sync + 'static {
     /// A fresh, empty app for the location `location` held in group `group`.
     fn create(&self, group: GroupId, location: &str) -> Box<dyn GroupApp>;
+
+    /// A fresh, empty extension of the meta group: the application's own
+    /// cluster-wide state (for garrison, the access policy). The default
+    /// extension refuses every command.
+    fn meta_extension(&self) -> Box<dyn MetaExtension> {
+        Box::new(NoExtension)
+    }
+}
+
+/// Application state kept in the meta group beside the location directory,
+/// under the same apply contract as [`GroupApp`].
+///
+/// The extension may create and remove locations, through the
+/// [`Directory`] it is handed, in the same entry as its own changes: that
+/// is how a signed administrative transaction both checks its signer's
+/// permission and creates a location, atomically, on every replica.
+pub trait MetaExtension: Send + Sync + 'static {
+    /// Applies one committed extension payload and returns the encoded reply.
+    /// Changes to `directory` are kept only if the extension makes them.
+    fn apply(
+        &mut self,
+        ctx: &ApplyContext<'_>,
+        directory: &mut Directory,
+        payload: &[u8],
+    ) -> Vec<u8>;
+
+    /// Answers a read-only query.
+    fn query(&self, directory: &Directory, query: &[u8]) -> Vec<u8>;
+
+    /// Encodes the whole extension state.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole extension state; on error it is left as it was.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+
+    /// Gives read access to the concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// The extension of a meta group whose application has none: it holds
+/// nothing and answers every payload with an empty reply.
+#[derive(Debug, Default)]
+pub struct NoExtension;
+
+impl MetaExtension for NoExtension {
+    fn apply(&mut self, _: &ApplyContext<'_>, _: &mut Directory, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn query(&self, _: &Directory, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }

@@ -57,7 +57,7 @@ pub mod node;
 pub mod storage;
 pub mod typ;
 
-pub use app::{AppFactory, ApplyContext, GroupApp};
+pub use app::{AppFactory, ApplyContext, GroupApp, MetaExtension, NoExtension};
 pub use config::{NodeConfig, RaftConfig};
 pub use error::Error;
 pub use network::{ReadConsistency, ReadReply, WriteReply};

@@ -1,4 +1,5 @@
-//! The meta group's application: the location directory.
+//! The meta group's application: the location directory, and the
+//! application's cluster-wide state (its [`MetaExtension`]).
 //!
 //! The meta group (group 0) runs on every node. Its Raft membership *is* the
 //! cluster's membership (node ids and peer addresses); its state is the
@@ -16,12 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{ApplyContext, GroupApp};
+use crate::app::{ApplyContext, GroupApp, MetaExtension, NoExtension};
 use crate::codec;
 use crate::typ::{GroupId, NodeId, META_GROUP};
 
 /// Version of the encoded [`Directory`] in meta snapshots.
-pub const DIRECTORY_FORMAT_VERSION: u16 = 1;
+pub const DIRECTORY_FORMAT_VERSION: u16 = 2;
 
 /// Longest location name, in bytes.
 pub const MAX_LOCATION_NAME_BYTES: usize = 128;
@@ -72,6 +73,9 @@ pub enum MetaCommand {
         /// The name.
         name: String,
     },
+    /// A payload for the application's [`MetaExtension`]; the reply is
+    /// [`MetaReply::Extension`].
+    Extension(Vec<u8>),
 }
 
 /// The meta group's answer to a [`MetaCommand`].
@@ -85,6 +89,8 @@ pub enum MetaReply {
     Removed(LocationRecord),
     /// The command was refused and changed nothing; the text says why.
     Refused(String),
+    /// The extension's encoded reply.
+    Extension(Vec<u8>),
 }
 
 /// A read of the meta group's state.
@@ -94,76 +100,64 @@ pub enum MetaQuery {
     Directory,
     /// One location; the reply is an encoded `Option<LocationRecord>`.
     Location(String),
+    /// A query for the application's [`MetaExtension`]; the reply is its
+    /// reply, as it encoded it.
+    Extension(Vec<u8>),
 }
 
-/// The meta group's [`GroupApp`].
-#[derive(Debug, Default)]
-pub struct MetaApp {
-    directory: Directory,
-}
-
-impl MetaApp {
-    /// An empty directory; the first location group gets id 1.
-    pub fn new() -> Self {
-        Self {
-            directory: Directory {
-                locations: BTreeMap::new(),
-                next_group: META_GROUP + 1,
-            },
-        }
-    }
-
-    /// The directory as of the last applied entry.
-    pub fn directory(&self) -> &Directory {
-        &self.directory
-    }
-
-    fn create(
+impl Directory {
+    /// Creates the location `name`, or returns the existing record (and
+    /// `false`). `replicas` empty lets placement choose `factor` of the
+    /// voters in `ctx`'s membership. On error nothing changed.
+    pub fn create_location(
         &mut self,
         ctx: &ApplyContext<'_>,
-        name: String,
-        replicas: Vec<NodeId>,
+        name: &str,
+        replicas: &[NodeId],
         factor: u32,
-    ) -> MetaReply {
-        if let Some(existing) = self.directory.locations.get(&name) {
-            return MetaReply::Exists(existing.clone());
+    ) -> Result<(LocationRecord, bool), String> {
+        if let Some(existing) = self.locations.get(name) {
+            return Ok((existing.clone(), false));
         }
-        if let Err(why) = check_location_name(&name) {
-            return MetaReply::Refused(why);
-        }
+        check_location_name(name)?;
         let voters: BTreeSet<NodeId> = ctx.membership.voter_ids().collect();
         let chosen: BTreeSet<NodeId> = if replicas.is_empty() {
             if factor == 0 {
-                return MetaReply::Refused("replication_factor must be positive".into());
+                return Err("replication_factor must be positive".into());
             }
             self.least_loaded(&voters, factor as usize)
         } else {
             let set: BTreeSet<NodeId> = replicas.iter().copied().collect();
             if set.len() != replicas.len() {
-                return MetaReply::Refused("replicas name a node twice".into());
+                return Err("replicas name a node twice".into());
             }
             if let Some(stranger) = set.iter().find(|n| !voters.contains(n)) {
-                return MetaReply::Refused(format!(
-                    "node {stranger} is not a member of the cluster"
-                ));
+                return Err(format!("node {stranger} is not a member of the cluster"));
             }
             set
         };
         let record = LocationRecord {
-            name: name.clone(),
-            group: self.directory.next_group,
+            name: name.to_string(),
+            group: self.next_group,
             replicas: chosen,
             created_at_index: ctx.index,
         };
-        self.directory.next_group += 1;
-        self.directory.locations.insert(name, record.clone());
-        MetaReply::Created(record)
+        self.next_group += 1;
+        self.locations.insert(name.to_string(), record.clone());
+        Ok((record, true))
+    }
+
+    /// Removes the location `name`; on error nothing changed.
+    pub fn remove_location(&mut self, name: &str) -> Result<LocationRecord, String> {
+        self.locations
+            .remove(name)
+            .ok_or_else(|| format!("location {name:?} does not exist"))
     }
 
     /// The `count` voters holding the fewest replicas, ties by node id.
     fn least_loaded(&self, voters: &BTreeSet<NodeId>, count: usize) -> BTreeSet<NodeId> {
         let mut load: BTreeMap<NodeId, usize> = voters.iter().map(|&n| (n, 0)).collect();
-        for location in self.directory.locations.values() {
+        for location in self.locations.values() {
             for node in &location.replicas {
                 if let Some(n) = load.get_mut(node) {
                     *n += 1;
@@ -181,6 +175,51 @@ impl MetaApp {
     }
 }
 
+/// The meta group's [`GroupApp`]: the directory and the application's
+/// [`MetaExtension`].
+pub struct MetaApp {
+    directory: Directory,
+    extension: Box<dyn MetaExtension>,
+}
+
+impl std::fmt::Debug for MetaApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaApp")
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MetaApp {
+    fn default() -> Self {
+        Self::new(Box::new(NoExtension))
+    }
+}
+
+impl MetaApp {
+    /// An empty directory (the first location group gets id 1) and an empty
+    /// `extension`.
+    pub fn new(extension: Box<dyn MetaExtension>) -> Self {
+        Self {
+            directory: Directory {
+                locations: BTreeMap::new(),
+                next_group: META_GROUP + 1,
+            },
+            extension,
+        }
+    }
+
+    /// The directory as of the last applied entry.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The application's extension, as of the last applied entry.
+    pub fn extension(&self) -> &dyn MetaExtension {
+        self.extension.as_ref()
+    }
+}
+
 /// The directory held by the meta group's applied state (empty if `state`
 /// is not the meta group's).
 pub fn directory_of(state: &crate::storage::state::AppliedState) -> Option<&Directory> {
@@ -189,6 +228,16 @@ pub fn directory_of(state: &crate::storage::state::AppliedState) -> Option<&Dire
         .as_any()
         .downcast_ref::<MetaApp>()
         .map(MetaApp::directory)
+}
+
+/// The extension held by the meta group's applied state (`None` if `state`
+/// is not the meta group's).
+pub fn extension_of(state: &crate::storage::state::AppliedState) -> Option<&dyn MetaExtension> {
+    state
+        .app
+        .as_any()
+        .downcast_ref::<MetaApp>()
+        .map(MetaApp::extension)
 }
 
 /// Checks a location name: 1 to [`MAX_LOCATION_NAME_BYTES`] bytes of `[A-Za-z0-9_./-]`.
@@ -214,6 +263,8 @@ pub fn check_location_name(name: &str) -> Result<(), String> {
 struct DirectoryImage {
     format_version: u16,
     directory: Directory,
+    /// The extension's own snapshot.
+    extension: Vec<u8>,
 }
 
 impl GroupApp for MetaApp {
@@ -224,12 +275,22 @@ impl GroupApp for MetaApp {
                 name,
                 replicas,
                 replication_factor,
-            }) => self.create(ctx, name, replicas, replication_factor),
+            }) => match self
+                .directory
+                .create_location(ctx, &name, &replicas, replication_factor)
+            {
+                Ok((record, true)) => MetaReply::Created(record),
+                Ok((record, false)) => MetaReply::Exists(record),
+                Err(why) => MetaReply::Refused(why),
+            },
             Ok(MetaCommand::RemoveLocation { name }) => {
-                match self.directory.locations.remove(&name) {
-                    Some(record) => MetaReply::Removed(record),
-                    None => MetaReply::Refused(format!("location {name:?} does not exist")),
+                match self.directory.remove_location(&name) {
+                    Ok(record) => MetaReply::Removed(record),
+                    Err(why) => MetaReply::Refused(why),
                 }
+            }
+            Ok(MetaCommand::Extension(payload)) => {
+                MetaReply::Extension(self.extension.apply(ctx, &mut self.directory, &payload))
             }
         };
         codec::encode(&reply)
@@ -239,6 +300,7 @@ impl GroupApp for MetaApp {
         match codec::decode::<MetaQuery>(query) {
             Ok(MetaQuery::Directory) => codec::encode(&Some(self.directory.clone())),
             Ok(MetaQuery::Location(name)) => codec::encode(&self.directory.locations.get(&name)),
+            Ok(MetaQuery::Extension(query)) => self.extension.query(&self.directory, &query),
             // An undecodable query gets an empty reply, which no query's
             // reply type decodes from.
             Err(_) => Vec::new(),
@@ -249,6 +311,7 @@ impl GroupApp for MetaApp {
         codec::encode(&DirectoryImage {
             format_version: DIRECTORY_FORMAT_VERSION,
             directory: self.directory.clone(),
+            extension: self.extension.snapshot(),
         })
     }
 
@@ -260,6 +323,7 @@ impl GroupApp for MetaApp {
                 image.format_version
             ));
         }
+        self.extension.restore(&image.extension)?;
         self.directory = image.directory;
         Ok(())
     }
@@ -305,7 +369,7 @@ mod tests {
     #[test]
     fn creating_a_location_twice_returns_the_first_record() {
         let m = membership(&[1, 2, 3]);
-        let mut app = MetaApp::new();
+        let mut app = MetaApp::default();
         let MetaReply::Created(first) = apply(&mut app, &m, 1, create("hill", vec![])) else {
             panic!()
         };
@@ -320,7 +384,7 @@ mod tests {
     #[test]
     fn placement_spreads_replicas_over_the_least_loaded_nodes() {
         let m = membership(&[1, 2, 3, 4, 5]);
-        let mut app = MetaApp::new();
+        let mut app = MetaApp::default();
         let mut counts = BTreeMap::new();
         for i in 0..10 {
             let MetaReply::Created(r) =
@@ -342,7 +406,7 @@ mod tests {
     #[test]
     fn bad_commands_are_refused_and_change_nothing() {
         let m = membership(&[1, 2, 3]);
-        let mut app = MetaApp::new();
+        let mut app = MetaApp::default();
         let cases = [
             create("", vec![]),
             create("has space", vec![]),
@@ -381,10 +445,10 @@ mod tests {
     #[test]
     fn snapshot_and_restore_round_trip() {
         let m = membership(&[1, 2, 3]);
-        let mut app = MetaApp::new();
+        let mut app = MetaApp::default();
         apply(&mut app, &m, 1, create("a", vec![2]));
         apply(&mut app, &m, 2, create("b", vec![]));
-        let mut copy = MetaApp::new();
+        let mut copy = MetaApp::default();
         copy.restore(&app.snapshot()).unwrap();
         assert_eq!(copy.directory(), app.directory());
         assert!(copy.restore(b"nonsense").is_err());

@@ -30,7 +30,7 @@ use std::time::Duration;
 use openraft::error::{InitializeError, RaftError};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppFactory;
+use crate::app::{AppFactory, MetaExtension};
 use crate::codec;
 use crate::config::{NodeConfig, RaftConfig};
 use crate::error::Error;
@@ -261,6 +261,25 @@ impl Node {
         }
     }
 
+    /// Proposes `payload` to the meta group's extension and returns its
+    /// reply, from any node.
+    pub async fn extension_command(&self, payload: Vec<u8>) -> Result<Vec<u8>, Error> {
+        match self.meta_command(MetaCommand::Extension(payload)).await? {
+            MetaReply::Extension(reply) => Ok(reply),
+            other => Err(Error::Meta(format!("unexpected meta reply {other:?}"))),
+        }
+    }
+
+    /// Reads this node's meta replica's extension (possibly behind the leader).
+    pub fn read_extension<T>(
+        &self,
+        read: impl FnOnce(&dyn MetaExtension) -> T,
+    ) -> Result<T, Error> {
+        self.shared.read_app(META_GROUP, |state| {
+            read(crate::meta::extension_of(state).expect("group 0 holds the meta app"))
+        })
+    }
+
     async fn meta_command(&self, command: MetaCommand) -> Result<MetaReply, Error> {
         let reply = self.write(META_GROUP, codec::encode(&command)).await?;
         match codec::decode::<MetaReply>(&reply.reply)? {
@@ -479,7 +498,9 @@ impl Shared {
             return Err(Error::ShuttingDown);
         }
         let app = match &record {
-            GroupRecord::Meta => Box::new(MetaApp::new()) as Box<dyn crate::GroupApp>,
+            GroupRecord::Meta => {
+                Box::new(MetaApp::new(self.factory.meta_extension())) as Box<dyn crate::GroupApp>
+            }
             GroupRecord::Location { name } => self.factory.create(group, name),
         };
         let sm = StateMachineStore::open(&self.storage, group, app)?;
