@@ -8,6 +8,12 @@
 //! - `garrison-client`: transactions, signing, the client API and the Rust
 //!   client; the only place that touches ed25519.
 //! - [`state`]: a location's entities and the rules of each operation.
+//! - [`access`]: roles, permissions and the access check (AccessControlManager).
+//! - [`admin`]: the meta group's extension: the access policy's source of
+//!   truth and administrative transactions.
+//! - [`propagate`]: carries the policy into every location's log; bootstrap.
+//! - [`sequence`]: per-player sequence numbers and remembered outcomes.
+//! - [`audit`]: the audit trail of carried-out transactions.
 //! - [`location`]: the location group's app: sequence numbers, exactly-once
 //!   outcomes, queries, snapshots.
 //! - [`service`]: the client API a node serves: ingress checks, routing.
@@ -17,9 +23,14 @@
 
 pub use garrison_raft as raft;
 
+pub mod access;
+pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod limits;
 pub mod location;
+pub mod propagate;
+pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod state;

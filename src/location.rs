@@ -4,36 +4,41 @@
 //!
 //! Apply trusts that ingress verified the signature (every node does before
 //! it proposes) and re-checks everything that depends on state or on the
-//! log: canonical decoding, cluster, location, sequence number. A
-//! transaction whose sequence number is the player's next is applied (or
-//! rejected by the rules) and its outcome is remembered; the same signed
-//! transaction submitted again gets that outcome back, marked duplicate.
+//! log: canonical decoding, location, sequence number ([`crate::sequence`]),
+//! and then, operation by operation, the signer's permission under the
+//! location's copy of the access policy ([`crate::access`]). The outcome is
+//! remembered for resubmissions and appended to the audit trail
+//! ([`crate::audit`]).
 
 use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
-use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
+use garrison_client::tx::{PlayerKey, SignedTransaction};
 use garrison_raft::{codec, ApplyContext, GroupApp};
 use serde::{Deserialize, Serialize};
 
+use crate::access::Policy;
+use crate::audit::AuditLog;
+use crate::sequence::{self, Admission, Players};
 use crate::state::Fragment;
-
-/// Outcomes remembered per player and location, for resubmissions.
-pub const MAX_REMEMBERED_OUTCOMES: usize = 64;
 
 /// Most bytes of entities one location read returns (below the client
 /// port's default frame limit of 1 MiB); the reply says when it stopped.
 pub const MAX_READ_REPLY_BYTES: usize = 512 * 1024;
 
 /// Version of [`LocationImage`].
-pub const LOCATION_FORMAT_VERSION: u16 = 1;
+pub const LOCATION_FORMAT_VERSION: u16 = 2;
 
 /// What a location group's log entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocationCommand {
     /// A signed transaction that passed ingress checks. Its reply is a [`TxReceipt`].
     Submit(SignedTransaction),
+    /// The cluster's access policy as of meta index `policy.version`,
+    /// proposed by a node (never by a client). Applied only if newer than
+    /// the location's; the reply is the location's policy version after it.
+    Policy(Policy),
 }
 
 /// Reads of a location's state.
@@ -48,26 +53,17 @@ pub enum LocationQuery {
     },
     /// A player's next sequence number; the reply is `u64`.
     NextSequence(PlayerKey),
-}
-
-/// One remembered outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Remembered {
-    /// The transaction's sequence number.
-    pub sequence: u64,
-    /// SHA-256 of its canonical bytes.
-    pub digest: [u8; 32],
-    /// The receipt it got.
-    pub receipt: TxReceipt,
-}
-
-/// A player's record at one location.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlayerRecord {
-    /// The sequence number the player's next transaction must carry.
-    pub next_sequence: u64,
-    /// The last [`MAX_REMEMBERED_OUTCOMES`] outcomes, oldest first.
-    pub recent: VecDeque<Remembered>,
+    /// The location's copy of the access policy; the reply is [`Policy`].
+    Policy,
+    /// Audit trail entries; the reply is `(Vec<AuditEntry>, bool more, Option<u64> oldest)`.
+    Audit {
+        /// Only this player's, if given.
+        player: Option<PlayerKey>,
+        /// Entries at or after this index.
+        from_index: u64,
+        /// How many at most.
+        max: u32,
+    },
 }
 
 /// A location's whole replicated state, as snapshots store it.
@@ -78,7 +74,11 @@ pub struct LocationImage {
     /// The entities.
     pub fragment: Fragment,
     /// Every player that has acted here.
-    pub players: BTreeMap<PlayerKey, PlayerRecord>,
+    pub players: Players,
+    /// The access policy as of the last policy entry (version 0: none yet).
+    pub policy: Policy,
+    /// The transactions carried out here, newest last.
+    pub audit: AuditLog,
 }
 
 /// The [`GroupApp`] of a location group.
@@ -105,99 +105,65 @@ impl LocationApp {
         &self.state.fragment
     }
 
-    /// The player's next sequence number here.
-    pub fn next_sequence(&self, player: &PlayerKey) -> u64 {
-        self.state
-            .players
-            .get(player)
-            .map(|p| p.next_sequence)
-            .unwrap_or(1)
+    /// The location's copy of the access policy.
+    pub fn policy(&self) -> &Policy {
+        &self.state.policy
     }
 
-    /// Applies one command at `index`; the receipt is the reply.
-    pub fn submit(&mut self, index: u64, signed: &SignedTransaction) -> TxReceipt {
-        let receipt = |sequence, outcome| TxReceipt {
+    /// The player's next sequence number here.
+    pub fn next_sequence(&self, player: &PlayerKey) -> u64 {
+        sequence::next_sequence(&self.state.players, player)
+    }
+
+    /// Carries out a signed transaction at log `index` and `log_time_ms`;
+    /// the receipt is the reply.
+    pub fn submit(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        signed: &SignedTransaction,
+    ) -> TxReceipt {
+        let (tx, digest) = match sequence::admit(&self.state.players, &self.location, index, signed)
+        {
+            Admission::Done(receipt) => return receipt,
+            Admission::Fresh { tx, digest } => (tx, digest),
+        };
+        let outcome = if self.state.policy.version == 0 {
+            Outcome::Rejected {
+                op: None,
+                reason: Rejection::PolicyPending,
+            }
+        } else {
+            let policy = &self.state.policy;
+            let location = self.location.as_str();
+            let player = tx.player;
+            self.state
+                .fragment
+                .apply(location, &player, &tx.ops, index, &|op, owner| {
+                    policy.check(&player, Some(location), op.action(), op.entity(), owner)
+                })
+        };
+        let receipt = TxReceipt {
             location: self.location.clone(),
             index,
-            sequence,
+            sequence: tx.sequence,
             outcome,
             duplicate: false,
         };
-        let refuse = |sequence, reason| receipt(sequence, Outcome::Rejected { op: None, reason });
-        let tx = match Transaction::from_canonical_bytes(&signed.transaction) {
-            Ok(tx) => tx,
-            Err(e) => return refuse(0, Rejection::Malformed(e.to_string())),
-        };
-        // Ingress checked these; a forged forward must not get past apply
-        // either (sequence 0 or an empty transaction included).
-        if let Err(e) = tx.check_limits() {
-            return refuse(tx.sequence, Rejection::Malformed(e.to_string()));
+        sequence::remember(&mut self.state.players, &tx, digest, &receipt);
+        self.state
+            .audit
+            .record(log_time_ms, tx.player, signed, &receipt);
+        receipt
+    }
+
+    /// Takes `policy` if it is newer than the location's; returns the
+    /// location's policy version after.
+    pub fn set_policy(&mut self, policy: Policy) -> u64 {
+        if policy.version > self.state.policy.version {
+            self.state.policy = policy;
         }
-        // The cluster name is checked at ingress only: it comes from each
-        // node's configuration, and apply may depend on nothing local.
-        if tx.location != self.location {
-            return refuse(
-                tx.sequence,
-                Rejection::WrongLocation {
-                    expected: self.location.clone(),
-                    got: tx.location,
-                },
-            );
-        }
-        let next = self.next_sequence(&tx.player);
-        let digest = signed.digest();
-        if tx.sequence < next {
-            let seen = self.state.players.get(&tx.player).and_then(|r| {
-                r.recent
-                    .iter()
-                    .find(|r| r.sequence == tx.sequence && r.digest == digest)
-            });
-            if let Some(seen) = seen {
-                return TxReceipt {
-                    duplicate: true,
-                    ..seen.receipt.clone()
-                };
-            }
-            return refuse(
-                tx.sequence,
-                Rejection::SequenceReused {
-                    got: tx.sequence,
-                    next,
-                },
-            );
-        }
-        if tx.sequence > next {
-            return refuse(
-                tx.sequence,
-                Rejection::SequenceGap {
-                    expected: next,
-                    got: tx.sequence,
-                },
-            );
-        }
-        let outcome = self
-            .state
-            .fragment
-            .apply(&self.location, &tx.player, &tx.ops, index);
-        let done = receipt(tx.sequence, outcome);
-        let record = self
-            .state
-            .players
-            .entry(tx.player)
-            .or_insert_with(|| PlayerRecord {
-                next_sequence: 1,
-                recent: VecDeque::new(),
-            });
-        record.next_sequence = tx.sequence + 1;
-        if record.recent.len() == MAX_REMEMBERED_OUTCOMES {
-            record.recent.pop_front();
-        }
-        record.recent.push_back(Remembered {
-            sequence: tx.sequence,
-            digest,
-            receipt: done.clone(),
-        });
-        done
+        self.state.policy.version
     }
 
     fn query_reply(&self, query: LocationQuery) -> Vec<u8> {
@@ -218,26 +184,30 @@ impl LocationApp {
                 codec::encode(&(entities, truncated))
             }
             LocationQuery::NextSequence(player) => codec::encode(&self.next_sequence(&player)),
+            LocationQuery::Policy => codec::encode(&self.state.policy),
+            LocationQuery::Audit {
+                player,
+                from_index,
+                max,
+            } => self.state.audit.reply(player.as_ref(), from_index, max),
         }
     }
 }
 
 impl GroupApp for LocationApp {
     fn apply(&mut self, ctx: &ApplyContext<'_>, payload: &[u8]) -> Vec<u8> {
-        let receipt = match codec::decode::<LocationCommand>(payload) {
-            Ok(LocationCommand::Submit(signed)) => self.submit(ctx.index, &signed),
-            Err(e) => TxReceipt {
-                location: self.location.clone(),
-                index: ctx.index,
-                sequence: 0,
-                outcome: Outcome::Rejected {
-                    op: None,
-                    reason: Rejection::Malformed(e.to_string()),
-                },
-                duplicate: false,
-            },
-        };
-        codec::encode(&receipt)
+        match codec::decode::<LocationCommand>(payload) {
+            Ok(LocationCommand::Submit(signed)) => {
+                codec::encode(&self.submit(ctx.index, ctx.log_time_ms, &signed))
+            }
+            Ok(LocationCommand::Policy(policy)) => codec::encode(&self.set_policy(policy)),
+            Err(e) => codec::encode(&sequence::rejected(
+                &self.location,
+                ctx.index,
+                0,
+                Rejection::Malformed(e.to_string()),
+            )),
+        }
     }
 
     fn query(&self, query: &[u8]) -> Vec<u8> {
@@ -252,14 +222,12 @@ impl GroupApp for LocationApp {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let image: LocationImage = codec::decode_stored(snapshot).map_err(|e| e.to_string())?;
-        if image.format_version != LOCATION_FORMAT_VERSION {
-            return Err(format!(
-                "location format version {} is not supported",
-                image.format_version
-            ));
-        }
-        self.state = image;
+        self.state = decode_image(
+            snapshot,
+            "location",
+            LOCATION_FORMAT_VERSION,
+            |i: &LocationImage| i.format_version,
+        )?;
         Ok(())
     }
 
@@ -268,11 +236,32 @@ impl GroupApp for LocationApp {
     }
 }
 
+/// Decodes a snapshot image of `what`, refusing another format version.
+pub(crate) fn decode_image<T: serde::de::DeserializeOwned>(
+    snapshot: &[u8],
+    what: &str,
+    supported: u16,
+    version: impl Fn(&T) -> u16,
+) -> Result<T, String> {
+    let image: T = codec::decode_stored(snapshot).map_err(|e| e.to_string())?;
+    if version(&image) != supported {
+        return Err(format!(
+            "{what} format version {} is not supported",
+            version(&image)
+        ));
+    }
+    Ok(image)
+}
+
 /// Makes [`LocationApp`]s.
 pub struct LocationFactory;
 
 impl garrison_raft::AppFactory for LocationFactory {
     fn create(&self, _group: garrison_raft::GroupId, location: &str) -> Box<dyn GroupApp> {
         Box::new(LocationApp::new(location))
+    }
+
+    fn meta_extension(&self) -> Box<dyn garrison_raft::MetaExtension> {
+        Box::new(crate::admin::AdminApp::default())
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::StreamExt;
 use garrison_client::api::Garrison;
+use garrison_client::tx::PlayerKey;
 use garrison_raft::{Node, NodeConfig, RaftConfig};
 use serde::{Deserialize, Serialize};
 use tarpc::serde_transport;
@@ -17,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
 use crate::location::LocationFactory;
+use crate::propagate;
 use crate::service::ApiService;
 
 /// One member of the cluster, as every node's configuration lists it.
@@ -92,6 +95,15 @@ pub struct ServerConfig {
     /// Client port limits.
     #[serde(default)]
     pub api: ApiLimits,
+    /// Public keys (hex) that hold the admin role when this node bootstraps
+    /// the cluster's access policy. Used once, by the first node to start
+    /// with a non-empty list; later changes go through admin transactions.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
+    /// The roles the cluster starts with (default: the built-in
+    /// `policy/roles.toml`). Read at bootstrap only.
+    #[serde(default)]
+    pub roles_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -102,7 +114,36 @@ impl ServerConfig {
         let config: ServerConfig = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid garrison configuration", path.display()))?;
         config.me()?;
+        config.admins()?;
+        config.roles()?;
         Ok(config)
+    }
+
+    /// The decoded `admin_keys`.
+    pub fn admins(&self) -> anyhow::Result<Vec<PlayerKey>> {
+        self.admin_keys
+            .iter()
+            .map(|hex_key| {
+                let bytes = hex::decode(hex_key)
+                    .ok()
+                    .and_then(|b| PlayerKey::try_from(b).ok())
+                    .with_context(|| {
+                        format!("admin key {hex_key:?} is not 64 hex digits (a 32-byte public key)")
+                    })?;
+                Ok(bytes)
+            })
+            .collect()
+    }
+
+    /// The roles file's policy (the built-in one if none is named).
+    pub fn roles(&self) -> anyhow::Result<Policy> {
+        let text = match &self.roles_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read roles file {}", path.display()))?,
+            None => DEFAULT_ROLES_TOML.to_string(),
+        };
+        let file = RolesFile::parse(&text).map_err(|e| anyhow::anyhow!("roles file: {e}"))?;
+        Ok(file.policy())
     }
 
     /// This node's entry in `members`.
@@ -173,6 +214,14 @@ impl Server {
             .collect();
         let service = ApiService::new(node.clone(), config.cluster.clone(), api_addrs, &config.api);
         let stop = CancellationToken::new();
+        tokio::spawn(propagate::sync(node.clone(), stop.clone()));
+        tokio::spawn(propagate::bootstrap(
+            node.clone(),
+            config.admins()?,
+            config.roles()?,
+            config.raft.replication_factor as u32,
+            stop.clone(),
+        ));
         let api_addr = api_listener.local_addr()?;
         tokio::spawn(serve_clients(
             api_listener,

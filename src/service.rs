@@ -14,6 +14,7 @@ use garrison_client::api::{
     ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead,
     NodeStatus, ReadMode, TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
 };
+use garrison_client::policy::ADMIN_LOCATION;
 use garrison_client::tx::{
     PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES,
 };
@@ -22,8 +23,13 @@ use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
 use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
 use tarpc::context;
 
+/// How long an administrative transaction waits for the local meta replica.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+use crate::admin::{AdminCommand, AdminQuery, AdminReply};
 use crate::limits::{Connection, PlayerLimiter};
 use crate::location::{LocationCommand, LocationQuery};
+use crate::propagate;
 use crate::server::ApiLimits;
 
 /// Serves one client connection's requests against this node.
@@ -140,6 +146,9 @@ impl ApiService {
     /// The group holding `location`: from the local directory, or, if this
     /// node's meta replica has not seen it yet, from a linearizable read.
     async fn group_of(&self, location: &str) -> Result<GroupId, ApiError> {
+        if location == ADMIN_LOCATION {
+            return Ok(META_GROUP);
+        }
         if let Some(record) = self.node.directory().locations.get(location) {
             return Ok(record.group);
         }
@@ -168,6 +177,53 @@ impl ApiService {
             .await
             .map_err(api_error)?;
         Ok((reply.index, decode(&reply.reply)?))
+    }
+
+    /// Proposes an administrative transaction to the meta group; if it
+    /// changed the policy or created locations, carries the policy into
+    /// every location concerned before answering.
+    async fn submit_admin(&self, signed: SignedTransaction) -> Result<TxReceipt, ApiError> {
+        let command = codec::encode(&AdminCommand::Submit(signed));
+        let reply = self
+            .node
+            .extension_command(command)
+            .await
+            .map_err(api_error)?;
+        let (receipt, changed, created) = match decode::<AdminReply>(&reply)? {
+            AdminReply::Submitted {
+                receipt,
+                policy,
+                created,
+            } => (receipt, policy.is_some(), created),
+            AdminReply::Refused(why) => return Err(ApiError::InvalidRequest(why)),
+            other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        // A duplicate may be the retry of a submission whose push failed:
+        // push again (a location ignores a policy it already has).
+        if !(changed || receipt.duplicate || !created.is_empty()) {
+            return Ok(receipt);
+        }
+        self.node
+            .wait_applied(META_GROUP, receipt.index, REQUEST_TIMEOUT)
+            .await
+            .map_err(api_error)?;
+        let directory = self.node.directory();
+        let groups: Vec<GroupId> = directory
+            .locations
+            .values()
+            .filter(|l| changed || receipt.duplicate || created.contains(&l.name))
+            .map(|l| l.group)
+            .collect();
+        let failed = propagate::push(&self.node, &propagate::meta_policy(&self.node), groups).await;
+        if let Some((group, e)) = failed.first() {
+            return Err(ApiError::Unavailable(format!(
+                "committed at meta index {}, but {} location(s) have not applied the policy yet \
+                 (group {group}: {e}); resubmit the same transaction to wait for them",
+                receipt.index,
+                failed.len()
+            )));
+        }
+        Ok(receipt)
     }
 
     /// Ingress: every check that needs no state, then the signature.
@@ -207,6 +263,9 @@ impl Garrison for ApiService {
     ) -> Result<TxReceipt, ApiError> {
         self.admit_request(version)?;
         let (group, _) = self.admit(&signed).await?;
+        if group == META_GROUP {
+            return self.submit_admin(signed).await;
+        }
         let written = self
             .node
             .write(group, codec::encode(&LocationCommand::Submit(signed)))
@@ -267,26 +326,19 @@ impl Garrison for ApiService {
         mode: ReadMode,
     ) -> Result<u64, ApiError> {
         self.admit_request(version)?;
+        if location == ADMIN_LOCATION {
+            let query = MetaQuery::Extension(codec::encode(&AdminQuery::NextSequence(player)));
+            let reply = self
+                .node
+                .read(META_GROUP, codec::encode(&query), consistency(mode))
+                .await
+                .map_err(api_error)?;
+            return decode(&reply.reply);
+        }
         let (_, next) = self
             .query(&location, LocationQuery::NextSequence(player), mode)
             .await?;
         Ok(next)
-    }
-
-    async fn create_location(
-        self,
-        _: context::Context,
-        version: u16,
-        name: String,
-    ) -> Result<LocationInfo, ApiError> {
-        self.admit_request(version)?;
-        garrison_raft::meta::check_location_name(&name).map_err(ApiError::InvalidRequest)?;
-        let record = self
-            .node
-            .create_location(&name, &[])
-            .await
-            .map_err(api_error)?;
-        Ok(info(&record))
     }
 
     async fn locations(

@@ -16,6 +16,10 @@ pub const MAX_FIELDS_PER_ENTITY: usize = 64;
 /// Most entities one location may hold.
 pub const MAX_ENTITIES_PER_LOCATION: usize = 100_000;
 
+/// Asked before each operation whether the signer may do it to an entity
+/// owned by the given player (`None`: the entity does not exist).
+pub type Authorize<'a> = &'a dyn Fn(&Op, Option<&PlayerKey>) -> Result<(), Rejection>;
+
 /// The entities of one location, by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fragment {
@@ -39,14 +43,30 @@ impl Overlay<'_> {
 }
 
 impl Fragment {
-    /// Applies `ops` for `player` at log `index`, all or nothing.
-    pub fn apply(&mut self, location: &str, player: &PlayerKey, ops: &[Op], index: u64) -> Outcome {
+    /// Applies `ops` for `player` at log `index`, all or nothing. Before
+    /// each operation, `authorize` is asked whether the player may do it to
+    /// the entity's current owner (`None`: the entity does not exist), as
+    /// the transaction's earlier operations left it.
+    pub fn apply(
+        &mut self,
+        location: &str,
+        player: &PlayerKey,
+        ops: &[Op],
+        index: u64,
+        authorize: Authorize<'_>,
+    ) -> Outcome {
         let mut overlay = Overlay {
             base: &self.entities,
             touched: BTreeMap::new(),
         };
         for (i, op) in ops.iter().enumerate() {
-            if let Err(reason) = apply_op(&mut overlay, player, op, index) {
+            let owner = op
+                .entity()
+                .and_then(|key| overlay.get(key))
+                .map(|e| &e.owner);
+            let done =
+                authorize(op, owner).and_then(|()| apply_op(&mut overlay, player, op, index));
+            if let Err(reason) = done {
                 return Outcome::Rejected {
                     op: Some(i as u32),
                     reason,
@@ -201,12 +221,21 @@ fn apply_op(
                 });
             }
         }
+        Op::Admin(_) => {
+            return Err(Rejection::Malformed(
+                "an administrative operation in a location's transaction".into(),
+            ))
+        }
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    fn apply(f: &mut Fragment, l: &str, p: &PlayerKey, ops: &[Op], index: u64) -> Outcome {
+        f.apply(l, p, ops, index, &|_, _| Ok(()))
+    }
+
     use super::*;
 
     const P: PlayerKey = [7; 32];
@@ -238,11 +267,11 @@ mod tests {
     #[test]
     fn put_creates_then_changes_and_versions_follow_the_log() {
         let mut f = Fragment::default();
-        let events = committed(&f.apply("l", &P, &[put("unit/1", "hp", 10)], 5)).clone();
+        let events = committed(&apply(&mut f, "l", &P, &[put("unit/1", "hp", 10)], 5)).clone();
         assert_eq!(events[0].kind, EventKind::Created);
         assert_eq!(f.entities["unit/1"].version, 5);
         assert_eq!(f.entities["unit/1"].owner, P);
-        let events = committed(&f.apply("l", &[9; 32], &[put("unit/1", "hp", 9)], 8)).clone();
+        let events = committed(&apply(&mut f, "l", &[9; 32], &[put("unit/1", "hp", 9)], 8)).clone();
         assert_eq!(events[0].kind, EventKind::Changed);
         assert_eq!(f.entities["unit/1"].version, 8);
         assert_eq!(f.entities["unit/1"].owner, P, "the creator stays the owner");
@@ -251,13 +280,13 @@ mod tests {
     #[test]
     fn a_failing_operation_rejects_the_whole_transaction() {
         let mut f = Fragment::default();
-        f.apply("l", &P, &[put("depot/3", "ammo", 5)], 1);
+        apply(&mut f, "l", &P, &[put("depot/3", "ammo", 5)], 1);
         let before = f.clone();
         let ops = [
             put("unit/1", "hp", 1),
             incr("depot/3", "ammo", -6, Some(0), None),
         ];
-        match f.apply("l", &P, &ops, 2) {
+        match apply(&mut f, "l", &P, &ops, 2) {
             Outcome::Rejected {
                 op: Some(1),
                 reason: Rejection::OutOfBounds { result: -1, .. },
@@ -270,7 +299,8 @@ mod tests {
     #[test]
     fn every_rule_is_checked() {
         let mut f = Fragment::default();
-        f.apply(
+        apply(
+            &mut f,
             "l",
             &P,
             &[Op::Put {
@@ -335,7 +365,7 @@ mod tests {
         ];
         for (op, expected) in cases {
             let before = f.clone();
-            match f.apply("l", &P, std::slice::from_ref(&op), 4) {
+            match apply(&mut f, "l", &P, std::slice::from_ref(&op), 4) {
                 Outcome::Rejected {
                     op: Some(0),
                     reason,
@@ -367,7 +397,7 @@ mod tests {
             incr("e", "n", 4, Some(0), Some(5)),
             incr("e", "fresh", -2, None, None),
         ];
-        committed(&f.apply("l", &P, &ops, 9));
+        committed(&apply(&mut f, "l", &P, &ops, 9));
         assert_eq!(f.entities["e"].fields["n"], Value::Int(5));
         assert_eq!(f.entities["e"].fields["fresh"], Value::Int(-2));
     }
@@ -378,7 +408,8 @@ mod tests {
         let fields: Vec<(String, Value)> = (0..MAX_FIELDS_PER_ENTITY)
             .map(|i| (format!("f{i}"), Value::Int(0)))
             .collect();
-        committed(&f.apply(
+        committed(&apply(
+            &mut f,
             "l",
             &P,
             &[Op::Put {
@@ -389,14 +420,14 @@ mod tests {
         ));
         let before = f.clone();
         assert!(matches!(
-            f.apply("l", &P, &[put("e", "one-more", 1)], 2),
+            apply(&mut f, "l", &P, &[put("e", "one-more", 1)], 2),
             Outcome::Rejected {
                 reason: Rejection::TooManyFields { .. },
                 ..
             }
         ));
         assert!(matches!(
-            f.apply("l", &P, &[incr("e", "one-more", 1, None, None)], 2),
+            apply(&mut f, "l", &P, &[incr("e", "one-more", 1, None, None)], 2),
             Outcome::Rejected {
                 reason: Rejection::TooManyFields { .. },
                 ..
@@ -408,7 +439,8 @@ mod tests {
     #[test]
     fn create_then_delete_in_one_transaction_leaves_no_trace() {
         let mut f = Fragment::default();
-        let events = committed(&f.apply(
+        let events = committed(&apply(
+            &mut f,
             "l",
             &P,
             &[

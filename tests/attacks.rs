@@ -39,7 +39,7 @@ async fn gold(client: &Client) -> Option<Value> {
 
 async fn setup(servers: &Servers, key: &Keypair) -> (Client, Vec<SignedTransaction>) {
     let client = servers.client().await;
-    client.create_location(LOCATION).await.unwrap();
+    servers.create_location(&client, LOCATION).await;
     let create = Transaction {
         cluster: client.cluster().into(),
         location: LOCATION.into(),

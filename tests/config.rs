@@ -9,6 +9,7 @@ fn the_example_configuration_loads_and_states_the_defaults() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("garrison.example.toml");
     let config = ServerConfig::load(&path).expect("garrison.example.toml loads");
     assert_eq!(config.members.len(), 3);
+    assert!(config.admin_keys.is_empty() && config.roles_file.is_none());
     assert_eq!(
         config.raft,
         RaftConfig::default(),
@@ -29,6 +30,8 @@ fn bad_configurations_say_what_is_wrong() {
         ("node_id = 9\ncluster = \"c\"\ndata_dir = \"d\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "not among the members"),
         ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\ncolour = \"blue\"\n", "unknown field"),
         ("node_id = \"one\"\n", "invalid type"),
+        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\nadmin_keys = [\"abc\"]\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "not 64 hex digits"),
+        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\nroles_file = \"/nonexistent/roles.toml\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "cannot read roles file"),
     ];
     for (i, (text, words)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

@@ -1,8 +1,12 @@
 //! Apply is deterministic and total: the same transactions give the same
 //! state (byte for byte) on every replica, a replica restored from a
-//! snapshot continues identically, and no input makes apply panic.
+//! snapshot continues identically, and no input makes apply panic. The
+//! replicas hold an access policy under which some transactions are denied,
+//! and it changes halfway (a revocation), so access checks are covered too.
 
+use garrison::access::{RolesFile, DEFAULT_ROLES_TOML};
 use garrison::location::{LocationApp, LocationCommand};
+use garrison_client::policy::Scope;
 use garrison_client::tx::{Op, Transaction, Value};
 use garrison_client::Keypair;
 use garrison_raft::typ::{Membership, Node};
@@ -90,6 +94,25 @@ fn membership() -> Membership {
     Membership::new(vec![[1u64].into_iter().collect()], nodes)
 }
 
+/// The policy entry of `version`: player 0 is a game master until version
+/// 2 revokes it, player 2 an observer, player 1 holds the default role.
+fn policy(version: u64, keys: &[Keypair]) -> Vec<u8> {
+    let mut p = RolesFile::parse(DEFAULT_ROLES_TOML).unwrap().policy();
+    p.version = version;
+    let mut assign = |k: &Keypair, role: &str| {
+        let scope = Scope::Location(LOCATION.into());
+        p.assignments
+            .entry(k.public())
+            .or_default()
+            .insert((role.to_string(), scope));
+    };
+    if version == 1 {
+        assign(&keys[0], "game_master");
+    }
+    assign(&keys[2], "observer");
+    codec::encode(&LocationCommand::Policy(p))
+}
+
 /// Applies `payload` at `index` to every app, returning the replies.
 fn apply_all(apps: &mut [LocationApp], index: u64, payload: &[u8]) -> Vec<Vec<u8>> {
     let m = membership();
@@ -114,8 +137,16 @@ proptest! {
         let mut next = [1u64; 3];
         let mut sent: Vec<Vec<u8>> = Vec::new();
         let mut restored: Option<LocationApp> = None;
+        apply_all(&mut apps, 1, &policy(1, &keys));
         for (i, (p, offset, ops, resubmit)) in steps.into_iter().enumerate() {
-            let index = i as u64 + 1;
+            let index = 2 * i as u64 + 2;
+            if i == 20 {
+                let revoke = policy(2, &keys);
+                apply_all(&mut apps, index - 1, &revoke);
+                if let Some(r) = restored.as_mut() {
+                    apply_all(std::slice::from_mut(r), index - 1, &revoke);
+                }
+            }
             let payload = if resubmit && !sent.is_empty() {
                 sent[i % sent.len()].clone()
             } else {

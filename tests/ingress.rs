@@ -58,8 +58,8 @@ fn rejected(result: Result<TxReceipt, ClientError>) -> (Option<u32>, Rejection) 
 async fn every_kind_of_bad_transaction_gets_a_clear_error_and_changes_nothing() {
     let servers = Servers::start(3, "ingress").await;
     let client = servers.client().await;
-    client.create_location(LOCATION).await.unwrap();
-    client.create_location("elsewhere").await.unwrap();
+    servers.create_location(&client, LOCATION).await;
+    servers.create_location(&client, "elsewhere").await;
     let key = Keypair::from_seed([3; 32]);
     let mut player = Player::new(key.clone());
     let first = player
@@ -164,7 +164,7 @@ async fn every_kind_of_bad_transaction_gets_a_clear_error_and_changes_nothing() 
     // so this is what a forged routing would meet).
     let wrong_place = tx(&client, &key, "elsewhere", 2, vec![put("unit/1", "hp", 1)]);
     let mut app = garrison::location::LocationApp::new(LOCATION);
-    let receipt = app.submit(7, &wrong_place.sign(key.signing_key()));
+    let receipt = app.submit(7, 0, &wrong_place.sign(key.signing_key()));
     assert!(matches!(
         receipt.outcome,
         Outcome::Rejected {
@@ -232,7 +232,7 @@ async fn every_kind_of_bad_transaction_gets_a_clear_error_and_changes_nothing() 
 async fn resubmitting_the_same_signed_transaction_returns_its_original_outcome() {
     let servers = Servers::start(3, "exactly-once").await;
     let client = servers.client().await;
-    client.create_location(LOCATION).await.unwrap();
+    servers.create_location(&client, LOCATION).await;
     let key = Keypair::from_seed([5; 32]);
     let signed = tx(
         &client,
@@ -297,7 +297,7 @@ async fn resubmitting_the_same_signed_transaction_returns_its_original_outcome()
 async fn reads_say_which_index_they_reflect() {
     let servers = Servers::start(3, "reads").await;
     let client = servers.client().await;
-    client.create_location(LOCATION).await.unwrap();
+    servers.create_location(&client, LOCATION).await;
     let mut player = Player::new(Keypair::from_seed([6; 32]));
     let written = player
         .transact(&client, LOCATION, vec![put("unit/9", "hp", 3)])

@@ -11,9 +11,14 @@ use garrison_client::{Client, ClientOptions, Keypair, Op, Player, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Sets `unit/1` (owned by the first player to write it).
 fn put(n: i64) -> Vec<Op> {
+    put_on("unit/1", n)
+}
+
+fn put_on(entity: &str, n: i64) -> Vec<Op> {
     vec![Op::Put {
-        entity: "unit/1".into(),
+        entity: entity.into(),
         fields: vec![("n".into(), Value::Int(n))],
     }]
 }
@@ -101,7 +106,7 @@ async fn a_flooding_player_is_limited_and_others_are_still_served() {
     };
     let servers = Servers::start_with(3, "flood", api, Default::default()).await;
     let setup = servers.client().await;
-    setup.create_location("keep").await.unwrap();
+    servers.create_location(&setup, "keep").await;
     let flooder = Keypair::from_seed([8; 32]);
     let tx = garrison_client::Transaction {
         cluster: setup.cluster().into(),
@@ -140,8 +145,14 @@ async fn a_flooding_player_is_limited_and_others_are_still_served() {
     // Another player is served at once.
     let client = pinned(&servers.endpoints[0]).await;
     let mut other = Player::new(Keypair::from_seed([9; 32]));
-    let served = other.transact(&client, "keep", put(1)).await.unwrap();
-    assert!(matches!(served.outcome, Outcome::Committed { .. }));
+    let served = other
+        .transact(&client, "keep", put_on("unit/2", 1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(served.outcome, Outcome::Committed { .. }),
+        "{served:?}"
+    );
     // The client library waits as told and resubmits, instead of failing.
     let mut patient = Player::new(flooder);
     let later = patient.transact(&client, "keep", put(2)).await.unwrap();

@@ -81,6 +81,8 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             members: members.clone(),
             raft: Default::default(),
             api: Default::default(),
+            admin_keys: vec![hex::encode(common::admin_key().public())],
+            roles_file: None,
         };
         let path = dir.join(format!("node-{}.toml", m.id));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
@@ -161,7 +163,10 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
         p.start();
     }
     let client = connect(&endpoints).await;
-    client.create_location("front").await.unwrap();
+    Player::new(common::admin_key())
+        .create_location(&client, "front")
+        .await
+        .unwrap();
     let mut player = Player::new(Keypair::generate());
     let mut acked = write(&client, &mut player, 0..20).await;
 

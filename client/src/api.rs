@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Action;
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 1;
+pub const API_VERSION: u16 = 2;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -169,6 +170,25 @@ pub enum Rejection {
     /// The logged command does not decode (a bug or a newer format).
     #[error("malformed command: {0}")]
     Malformed(String),
+    /// The signer's roles do not allow this; the reason says what is missing.
+    #[error("permission denied: {reason}")]
+    Denied {
+        /// The action that was refused.
+        action: Action,
+        /// The entity it was refused on, if any.
+        entity: Option<String>,
+        /// What is missing: no role granting the action, or the entity
+        /// belongs to another player.
+        reason: String,
+    },
+    /// The location has not yet received the cluster's access policy (it
+    /// was just created); retry shortly with the next sequence number.
+    #[error("this location has not received the cluster's access policy yet; retry shortly")]
+    PolicyPending,
+    /// An administrative operation cannot be carried out in the current
+    /// state (an unknown role, a missing assignment...); the text says why.
+    #[error("administrative operation refused: {0}")]
+    AdminRefused(String),
 }
 
 fn bound(b: &Option<i64>) -> String {
@@ -206,6 +226,36 @@ pub struct TxReceipt {
     /// True when this is the remembered outcome of an earlier submission of
     /// the same signed transaction (nothing was applied again).
     pub duplicate: bool,
+}
+
+/// One transaction in a location's audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The log index it was carried out at.
+    pub index: u64,
+    /// The log time of that entry, in milliseconds since the Unix epoch.
+    pub log_time_ms: u64,
+    /// The signer.
+    pub player: PlayerKey,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// The signed transaction, exactly as submitted (its signature can be checked).
+    pub transaction: SignedTransaction,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// A read of an audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRead {
+    /// The log index the answer reflects.
+    pub index: u64,
+    /// The matching entries, oldest first.
+    pub entries: Vec<AuditEntry>,
+    /// True when more matching entries follow the last one returned.
+    pub more: bool,
+    /// The oldest index the trail still holds (older entries rolled off).
+    pub oldest_index: Option<u64>,
 }
 
 /// One entity read.
@@ -364,8 +414,6 @@ pub trait Garrison {
         player: PlayerKey,
         mode: ReadMode,
     ) -> Result<u64, ApiError>;
-    /// Creates a location (or returns the existing one).
-    async fn create_location(version: u16, name: String) -> Result<LocationInfo, ApiError>;
     /// Every location.
     async fn locations(version: u16) -> Result<Vec<LocationInfo>, ApiError>;
     /// This node's status.

@@ -26,6 +26,7 @@ use crate::api::{
 };
 use crate::error::ClientError;
 use crate::keys::Keypair;
+use crate::policy::{AdminOp, ADMIN_LOCATION};
 use crate::tx::{Op, SignedTransaction, Transaction};
 
 /// Largest frame the client sends or accepts.
@@ -373,15 +374,6 @@ impl Client {
         .await
     }
 
-    /// Creates a location, or returns the existing one of that name.
-    pub async fn create_location(&self, name: &str) -> Result<LocationInfo, ClientError> {
-        self.with_retries(None, |c| {
-            let name = name.to_string();
-            async move { c.create_location(self.ctx(), API_VERSION, name).await }
-        })
-        .await
-    }
-
     /// Every location.
     pub async fn locations(&self) -> Result<Vec<LocationInfo>, ClientError> {
         self.with_retries(None, |c| async move {
@@ -517,6 +509,34 @@ impl Player {
         Ok(receipt)
     }
 
+    /// Signs and submits an administrative transaction (see
+    /// [`crate::policy`]); the player needs a role that allows each operation.
+    pub async fn admin(
+        &mut self,
+        client: &Client,
+        ops: Vec<AdminOp>,
+    ) -> Result<TxReceipt, ClientError> {
+        let ops = ops.into_iter().map(Op::Admin).collect();
+        self.transact(client, ADMIN_LOCATION, ops).await
+    }
+
+    /// Creates a location (nothing happens if it exists) and waits until it
+    /// can take transactions; a refusal (no permission) is an error.
+    pub async fn create_location(
+        &mut self,
+        client: &Client,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let op = AdminOp::CreateLocation {
+            name: name.to_string(),
+        };
+        let receipt = self.admin(client, vec![op]).await?;
+        match receipt.outcome {
+            Outcome::Committed { .. } => Ok(()),
+            Outcome::Rejected { reason, .. } => Err(ClientError::Rejected(reason)),
+        }
+    }
+
     /// Updates the sequence tracking after a receipt for this player.
     pub fn record(&mut self, location: &str, receipt: &TxReceipt) {
         match &receipt.outcome {
@@ -529,11 +549,11 @@ impl Player {
             }
             // Refused before the rules ran: the sequence number was not used.
             Outcome::Rejected {
+                op: None,
                 reason:
                     Rejection::Malformed(_)
                     | Rejection::WrongCluster { .. }
                     | Rejection::WrongLocation { .. },
-                ..
             } => {}
             _ => {
                 self.next.insert(location.to_string(), receipt.sequence + 1);

@@ -25,6 +25,9 @@ pub enum ClientError {
         /// The last failure.
         last: String,
     },
+    /// The cluster carried the request out and refused it; nothing changed.
+    #[error("refused: {0}")]
+    Rejected(crate::api::Rejection),
     /// A key file problem.
     #[error("{0}")]
     Key(String),

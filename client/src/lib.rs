@@ -17,6 +17,7 @@
 //! - [`tx`]: transactions, their canonical bytes, signing and ingress checks.
 //! - [`api`]: the tarpc service nodes serve to clients, and its types.
 //! - [`keys`]: generating, saving and loading player keys.
+//! - [`policy`]: access-control vocabulary and administrative operations.
 //! - [`client`]: [`Client`] (endpoints, retries, leader affinity) and
 //!   [`Player`] (sequence numbers, exactly-once submission).
 //! - [`error`]: the error type, [`ClientError`].
@@ -25,6 +26,7 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod keys;
+pub mod policy;
 pub mod tx;
 
 pub use api::{

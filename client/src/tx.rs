@@ -29,6 +29,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::policy::{Action, AdminOp, ADMIN_LOCATION};
+
 /// Prefix of every signed message: the transaction format's name and version.
 pub const SIGNING_DOMAIN: &[u8] = b"garrison/tx/v1";
 /// Largest canonical transaction, in bytes.
@@ -119,17 +121,32 @@ pub enum Op {
         /// The required value.
         value: Option<Value>,
     },
+    /// An administrative operation; only in transactions for
+    /// [`ADMIN_LOCATION`], which hold nothing else.
+    Admin(AdminOp),
 }
 
 impl Op {
-    /// The entity the operation is about.
-    pub fn entity(&self) -> &str {
+    /// The entity the operation is about (`None` for administrative ones).
+    pub fn entity(&self) -> Option<&str> {
         match self {
             Op::Put { entity, .. }
             | Op::Delete { entity }
             | Op::Increment { entity, .. }
             | Op::ExpectVersion { entity, .. }
-            | Op::ExpectField { entity, .. } => entity,
+            | Op::ExpectField { entity, .. } => Some(entity),
+            Op::Admin(_) => None,
+        }
+    }
+
+    /// The permission the signer needs for this operation.
+    pub fn action(&self) -> Action {
+        match self {
+            Op::Put { .. } => Action::Put,
+            Op::Delete { .. } => Action::Delete,
+            Op::Increment { .. } => Action::Increment,
+            Op::ExpectVersion { .. } | Op::ExpectField { .. } => Action::Read,
+            Op::Admin(op) => op.action(),
         }
     }
 }
@@ -240,7 +257,25 @@ impl Transaction {
                 self.ops.len()
             ));
         }
+        let admin = self.location == ADMIN_LOCATION;
         for (i, op) in self.ops.iter().enumerate() {
+            match (admin, op) {
+                (true, Op::Admin(_)) | (false, Op::Put { .. })
+                | (false, Op::Delete { .. })
+                | (false, Op::Increment { .. })
+                | (false, Op::ExpectVersion { .. })
+                | (false, Op::ExpectField { .. }) => {}
+                (true, _) => {
+                    return limit(format!(
+                        "operation {i}: a transaction for {ADMIN_LOCATION} holds only administrative operations"
+                    ))
+                }
+                (false, Op::Admin(_)) => {
+                    return limit(format!(
+                        "operation {i}: administrative operations go in a transaction for {ADMIN_LOCATION}"
+                    ))
+                }
+            }
             check_op(op).map_err(|why| TxError::Limit(format!("operation {i}: {why}")))?;
         }
         Ok(())
@@ -258,7 +293,10 @@ impl Transaction {
 }
 
 fn check_op(op: &Op) -> Result<(), String> {
-    let entity = op.entity();
+    let entity = match op {
+        Op::Admin(admin) => return admin.check_limits(),
+        op => op.entity().unwrap_or_default(),
+    };
     if entity.is_empty() || entity.len() > MAX_ENTITY_KEY_BYTES {
         return Err(format!(
             "entity key must be 1 to {MAX_ENTITY_KEY_BYTES} bytes"
@@ -322,6 +360,7 @@ fn check_op(op: &Op) -> Result<(), String> {
                 check_value(value)?;
             }
         }
+        Op::Admin(_) => unreachable!("checked above"),
     }
     Ok(())
 }

@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
             "a refused snapshot changed the state"
         );
     }
-    let mut meta = MetaApp::new();
+    // The meta app with garrison's extension (policy, admin sequences, audit).
+    let mut meta = MetaApp::new(Box::new(garrison::admin::AdminApp::default()));
     let before = meta.snapshot();
     if meta.restore(data).is_err() {
         assert_eq!(

@@ -84,6 +84,12 @@ impl NodeProc {
     }
 }
 
+/// The harness's admin key: it bootstraps the cluster's policy and creates
+/// the workload's locations.
+pub fn admin_key() -> garrison_client::Keypair {
+    garrison_client::Keypair::from_seed([0xad; 32])
+}
+
 /// The cluster: namespaces, configurations, processes.
 pub struct Cluster {
     /// The nodes, by id - 1.
@@ -145,7 +151,11 @@ impl Cluster {
         sh("ip", &["link", "set", "gjh", "up"])?;
 
         let ips: Vec<String> = (1..=n).map(|i| format!("10.77.0.{}", 10 + i)).collect();
-        let mut members = String::new();
+        // Top-level keys go before the [[members]] tables.
+        let mut members = format!(
+            "admin_keys = [\"{}\"]\n\n",
+            hex::encode(admin_key().public())
+        );
         for (i, ip) in ips.iter().enumerate() {
             members += &format!("[[members]]\nid = {}\npeer_addr = \"{ip}:{PEER_PORT}\"\napi_addr = \"{ip}:{API_PORT}\"\n\n", i + 1);
         }

@@ -178,11 +178,27 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     let admin = connect(&endpoints, Duration::from_secs(60))
         .await
         .context("the cluster did not come up")?;
+    let mut admin_player = garrison_client::Player::new(cluster::admin_key());
     for location in workload::REGISTER_LOCATIONS
         .iter()
         .chain([&workload::LEDGER_LOCATION])
     {
-        admin.create_location(location).await?;
+        admin_player.create_location(&admin, location).await?;
+    }
+    let grants: Vec<garrison_client::policy::AdminOp> = (0..args.workers)
+        .map(|p| garrison_client::policy::AdminOp::AssignRole {
+            player: workload::worker_key(p).public(),
+            role: "game_master".into(),
+            scope: garrison_client::policy::Scope::Everywhere,
+        })
+        .collect();
+    for chunk in grants.chunks(64) {
+        let receipt = admin_player.admin(&admin, chunk.to_vec()).await?;
+        anyhow::ensure!(
+            matches!(receipt.outcome, garrison_client::Outcome::Committed { .. }),
+            "granting the workers their role: {:?}",
+            receipt.outcome
+        );
     }
     let recorder = Arc::new(Recorder::new(Some(&dir.join("history.jsonl")))?);
     let work = workload::Workload::new(recorder.clone());

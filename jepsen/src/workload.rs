@@ -60,6 +60,14 @@ pub struct Workload {
     pub max_key: Arc<AtomicU64>,
 }
 
+/// Worker `process`'s key. The harness makes every worker a game master
+/// everywhere, so workers may write each other's registers.
+pub fn worker_key(process: u32) -> Keypair {
+    let mut seed = [0x77; 32];
+    seed[..4].copy_from_slice(&process.to_le_bytes());
+    Keypair::from_seed(seed)
+}
+
 impl Workload {
     /// A workload recording into `recorder`.
     pub fn new(recorder: Arc<Recorder>) -> Self {
@@ -82,7 +90,7 @@ impl Workload {
         tokio::spawn(async move {
             let mut rng =
                 StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let mut player = Player::new(Keypair::generate());
+            let mut player = Player::new(worker_key(process));
             let mut client: Option<Client> = None;
             while !stop.load(Ordering::Relaxed) {
                 let Some(c) = client.as_ref() else {

@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use garrison_client::{Keypair, Op, Outcome, Player, Value};
 
+use super::admin::default_admin_key;
 use super::{connect, Cli};
 
 /// Arguments of `garrison bench`.
@@ -30,6 +31,10 @@ pub struct BenchArgs {
     /// Bytes of payload per transaction (a string field).
     #[arg(long, default_value_t = 200)]
     pub value_size: usize,
+    /// The admin key that creates the bench locations (default: the dev
+    /// cluster's).
+    #[arg(long)]
+    pub admin_key: Option<std::path::PathBuf>,
 }
 
 /// Latency percentile `p` (0..=100) of sorted microsecond samples.
@@ -47,9 +52,13 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
         bail!("--clients and --locations must be positive");
     }
     let client = Arc::new(connect(cli).await?);
+    let admin_key = args.admin_key.clone().unwrap_or_else(default_admin_key);
+    let mut admin = Player::new(
+        Keypair::load(&admin_key).context("the bench creates its locations with an admin key")?,
+    );
     for l in 0..args.locations {
-        client
-            .create_location(&format!("bench-{l}"))
+        admin
+            .create_location(&client, &format!("bench-{l}"))
             .await
             .context("creating the bench locations")?;
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use garrison_client::Client;
+use garrison_client::{Client, Keypair, Player};
 
 use super::{home, ClusterFile};
 use crate::server::{Member, Server, ServerConfig};
@@ -40,7 +40,7 @@ pub struct DevArgs {
     pub base_port: u16,
 }
 
-fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64) -> ServerConfig {
+fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64, admin: &Keypair) -> ServerConfig {
     let members = (1..=nodes)
         .map(|n| Member {
             id: n,
@@ -55,7 +55,21 @@ fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64) -> ServerConfig 
         members,
         raft: Default::default(),
         api: Default::default(),
+        admin_keys: vec![hex::encode(admin.public())],
+        roles_file: None,
     }
+}
+
+/// The dev cluster's admin key (`admin.key` in its directory), created the
+/// first time.
+fn admin_key(dir: &Path) -> anyhow::Result<Keypair> {
+    let path = dir.join("admin.key");
+    if path.exists() {
+        return Ok(Keypair::load(&path)?);
+    }
+    let key = Keypair::generate();
+    key.save(&path)?;
+    Ok(key)
 }
 
 /// Loads the nodes' configurations from `dir`, writing them first if this is
@@ -82,7 +96,7 @@ fn prepare(dir: &Path, args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, ServerCon
         } else {
             std::fs::create_dir_all(&node_dir)
                 .with_context(|| format!("cannot create {}", node_dir.display()))?;
-            let config = node_config(dir, args.nodes, args.base_port, id);
+            let config = node_config(dir, args.nodes, args.base_port, id, &admin_key(dir)?);
             std::fs::write(&path, toml::to_string(&config)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             config
@@ -195,9 +209,10 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
+    let mut admin = Player::new(admin_key(&dir)?);
     for name in DEV_LOCATIONS {
-        client
-            .create_location(name)
+        admin
+            .create_location(&client, name)
             .await
             .with_context(|| format!("creating location {name}"))?;
     }
@@ -224,6 +239,10 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
         );
     }
     println!("locations: {}", DEV_LOCATIONS.join(", "));
+    println!(
+        "admin key: {} (garrison admin ...)",
+        dir.join("admin.key").display()
+    );
     println!("try: garrison keygen; garrison tx -l alpha --put unit/1:hp=10; garrison get -l alpha; garrison status");
     println!("Ctrl-C stops the cluster; running `garrison dev` again resumes it.");
 

@@ -5,6 +5,7 @@
 //! dev` wrote in its data directory (`$GARRISON_HOME/dev`, by default
 //! `~/.garrison/dev`).
 
+pub mod admin;
 pub mod bench;
 pub mod dev;
 pub mod ops;
@@ -45,11 +46,8 @@ pub enum Command {
     Tx(ops::TxArgs),
     /// Read an entity or a whole location.
     Get(ops::GetArgs),
-    /// Create a location (or show the existing one).
-    CreateLocation {
-        /// The location's name.
-        name: String,
-    },
+    /// Administrative transactions: locations, roles.
+    Admin(admin::AdminArgs),
     /// List the locations.
     Locations,
     /// Show every node's view of every group.
@@ -122,7 +120,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         Command::Keygen(args) => ops::keygen(args),
         Command::Tx(args) => ops::tx(&cli, args, matches.subcommand_matches("tx")).await,
         Command::Get(args) => ops::get(&cli, args).await,
-        Command::CreateLocation { name } => ops::create_location(&cli, name).await,
+        Command::Admin(args) => admin::run(&cli, args).await,
         Command::Locations => ops::locations(&cli).await,
         Command::Status => ops::status(&cli).await,
         Command::Check(args) => ops::check(&cli, args).await,

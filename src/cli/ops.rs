@@ -1,4 +1,4 @@
-//! The everyday commands: keygen, tx, get, create-location, locations,
+//! The everyday commands: keygen, tx, get, locations,
 //! status and check.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -292,17 +292,6 @@ pub async fn get(cli: &Cli, args: &GetArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    Ok(0)
-}
-
-/// Creates a location.
-pub async fn create_location(cli: &Cli, name: &str) -> anyhow::Result<i32> {
-    let client = connect(cli).await?;
-    let info = client.create_location(name).await?;
-    println!(
-        "location {} is group {} on nodes {:?}",
-        info.name, info.group, info.replicas
-    );
     Ok(0)
 }
 

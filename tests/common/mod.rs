@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use garrison::server::{Member, Server, ServerConfig};
-use garrison_client::Client;
+use garrison_client::{Client, Keypair, Player};
 use tokio::net::TcpListener;
 
 /// Generous bound for anything a test waits for.
@@ -29,9 +29,16 @@ where
     }
 }
 
+/// The test clusters' admin key (bootstrapped from the configuration).
+pub fn admin_key() -> Keypair {
+    Keypair::from_seed([0xad; 32])
+}
+
 /// Three servers of one cluster, in this process.
 pub struct Servers {
     pub servers: Vec<Option<Server>>,
+    /// The cluster's admin, for administrative transactions.
+    pub admin: tokio::sync::Mutex<Player>,
     configs: Vec<ServerConfig>,
     pub endpoints: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
@@ -75,6 +82,8 @@ impl Servers {
                 members: members.clone(),
                 raft: raft.clone(),
                 api: api.clone(),
+                admin_keys: vec![hex::encode(admin_key().public())],
+                roles_file: None,
             };
             configs.push(config.clone());
             servers.push(Some(
@@ -86,6 +95,7 @@ impl Servers {
         let endpoints = members.iter().map(|m| m.api_addr.clone()).collect();
         Servers {
             servers,
+            admin: tokio::sync::Mutex::new(Player::new(admin_key())),
             configs,
             endpoints,
             _dirs: dirs,
@@ -136,6 +146,17 @@ impl Servers {
             assert!(started.elapsed() < WAIT, "the cluster never answered");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Creates `name` with the admin key; it can take transactions when
+    /// this returns.
+    pub async fn create_location(&self, client: &Client, name: &str) {
+        self.admin
+            .lock()
+            .await
+            .create_location(client, name)
+            .await
+            .unwrap_or_else(|e| panic!("creating {name}: {e}"));
     }
 
     pub async fn shutdown(self) {

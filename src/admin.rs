@@ -1,0 +1,347 @@
+//! The meta group's extension: the access policy's source of truth, and the
+//! administrative transactions that change it or the location directory.
+//!
+//! An administrative transaction is an ordinary signed transaction for the
+//! pseudo-location [`ADMIN_LOCATION`], holding only [`AdminOp`]s. It goes
+//! through the same ingress checks as any other and is ordered by the meta
+//! group; apply checks the sequence number (replay protection and
+//! exactly-once, per player, like a location), then each operation's
+//! permission against the policy as the transaction's earlier operations
+//! left it, and carries out all of them or none.
+//!
+//! The cluster is bootstrapped once, by the first node that sees an
+//! unbootstrapped meta group and has `admin_keys` configured: the roles file
+//! and the admin keys go into the log as [`AdminCommand::Bootstrap`], so
+//! every replica starts from the same policy. Later bootstraps are refused.
+
+use std::any::Any;
+
+use garrison_client::api::{Event, EventKind, Outcome, Rejection, TxReceipt};
+use garrison_client::policy::{AdminOp, ADMIN_LOCATION};
+use garrison_client::tx::{Op, PlayerKey, SignedTransaction, Transaction};
+use garrison_raft::meta::Directory;
+use garrison_raft::{codec, ApplyContext, MetaExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::access::Policy;
+use crate::audit::AuditLog;
+use crate::location::decode_image;
+use crate::sequence::{self, Admission, Players};
+
+/// Version of [`AdminImage`].
+pub const ADMIN_FORMAT_VERSION: u16 = 1;
+
+/// What the meta group's extension entries carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminCommand {
+    /// Starts the cluster's policy: `roles` (from the roles file) with
+    /// `admins` holding the admin role everywhere. Proposed by a node.
+    Bootstrap {
+        /// The admin public keys of the bootstrapping node's configuration.
+        admins: Vec<PlayerKey>,
+        /// The roles and default role (assignments and version are ignored).
+        roles: Policy,
+        /// How many replicas a location created by an admin transaction gets.
+        replication_factor: u32,
+    },
+    /// A signed administrative transaction that passed ingress checks.
+    Submit(SignedTransaction),
+}
+
+/// The extension's answer to an [`AdminCommand`]. (Encoded at once and
+/// rare, so the size difference between variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminReply {
+    /// The cluster's first policy, at this version.
+    Bootstrapped(u64),
+    /// The outcome of an administrative transaction.
+    Submitted {
+        /// The receipt.
+        receipt: TxReceipt,
+        /// The new policy, if the transaction changed it.
+        policy: Option<Policy>,
+        /// The locations it created.
+        created: Vec<String>,
+    },
+    /// The command was refused and changed nothing; the text says why.
+    Refused(String),
+}
+
+/// Reads of the extension's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminQuery {
+    /// The current policy; the reply is [`Policy`] (version 0: not bootstrapped).
+    Policy,
+    /// A player's next administrative sequence number; the reply is `u64`.
+    NextSequence(PlayerKey),
+    /// Audit trail of administrative transactions; the reply is
+    /// `(Vec<AuditEntry>, bool more, Option<u64> oldest)`.
+    Audit {
+        /// Only this player's, if given.
+        player: Option<PlayerKey>,
+        /// Entries at or after this meta index.
+        from_index: u64,
+        /// How many at most.
+        max: u32,
+    },
+}
+
+/// The extension's whole state, as meta snapshots store it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminImage {
+    /// [`ADMIN_FORMAT_VERSION`].
+    pub format_version: u16,
+    /// The access policy (version 0 until bootstrapped).
+    pub policy: Policy,
+    /// Replicas of a location created by an admin transaction.
+    pub replication_factor: u32,
+    /// Every player that has submitted an administrative transaction.
+    pub players: Players,
+    /// The administrative transactions carried out.
+    pub audit: AuditLog,
+}
+
+/// The garrison [`MetaExtension`].
+#[derive(Debug)]
+pub struct AdminApp {
+    state: AdminImage,
+}
+
+impl Default for AdminApp {
+    fn default() -> Self {
+        Self {
+            state: AdminImage {
+                format_version: ADMIN_FORMAT_VERSION,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl AdminApp {
+    /// The current policy (version 0: not bootstrapped).
+    pub fn policy(&self) -> &Policy {
+        &self.state.policy
+    }
+
+    /// The player's next administrative sequence number.
+    pub fn next_sequence(&self, player: &PlayerKey) -> u64 {
+        sequence::next_sequence(&self.state.players, player)
+    }
+
+    fn bootstrap(
+        &mut self,
+        ctx: &ApplyContext<'_>,
+        admins: &[PlayerKey],
+        roles: &Policy,
+        replication_factor: u32,
+    ) -> AdminReply {
+        if self.state.policy.version != 0 {
+            return AdminReply::Refused(format!(
+                "the cluster was bootstrapped at meta index {}",
+                self.state.policy.version
+            ));
+        }
+        if replication_factor == 0 {
+            return AdminReply::Refused("replication_factor must be positive".into());
+        }
+        match Policy::bootstrap(roles, admins, ctx.index) {
+            Ok(policy) => {
+                self.state.policy = policy;
+                self.state.replication_factor = replication_factor;
+                AdminReply::Bootstrapped(ctx.index)
+            }
+            Err(why) => AdminReply::Refused(why),
+        }
+    }
+
+    fn submit(
+        &mut self,
+        ctx: &ApplyContext<'_>,
+        directory: &mut Directory,
+        signed: &SignedTransaction,
+    ) -> AdminReply {
+        let done = |receipt| AdminReply::Submitted {
+            receipt,
+            policy: None,
+            created: Vec::new(),
+        };
+        let (tx, digest) =
+            match sequence::admit(&self.state.players, ADMIN_LOCATION, ctx.index, signed) {
+                Admission::Done(receipt) => return done(receipt),
+                Admission::Fresh { tx, digest } => (tx, digest),
+            };
+        let (outcome, changes) = if self.state.policy.version == 0 {
+            let reason = Rejection::PolicyPending;
+            (Outcome::Rejected { op: None, reason }, None)
+        } else {
+            match self.carry_out(ctx, directory, &tx) {
+                Ok(c) => (
+                    Outcome::Committed { events: c.events },
+                    Some((c.policy, c.directory, c.created)),
+                ),
+                Err((op, reason)) => (
+                    Outcome::Rejected {
+                        op: Some(op),
+                        reason,
+                    },
+                    None,
+                ),
+            }
+        };
+        let receipt = TxReceipt {
+            location: ADMIN_LOCATION.to_string(),
+            index: ctx.index,
+            sequence: tx.sequence,
+            outcome,
+            duplicate: false,
+        };
+        sequence::remember(&mut self.state.players, &tx, digest, &receipt);
+        self.state
+            .audit
+            .record(ctx.log_time_ms, tx.player, signed, &receipt);
+        let Some((mut policy, dir, created)) = changes else {
+            return done(receipt);
+        };
+        *directory = dir;
+        let changed = policy != self.state.policy;
+        if changed {
+            policy.version = ctx.index;
+            self.state.policy = policy.clone();
+        }
+        AdminReply::Submitted {
+            receipt,
+            policy: changed.then_some(policy),
+            created,
+        }
+    }
+
+    /// Runs `tx`'s operations on copies of the policy and the directory; on
+    /// error, the failing operation's position and why.
+    #[allow(clippy::result_large_err)] // built once per refused transaction
+    fn carry_out(
+        &self,
+        ctx: &ApplyContext<'_>,
+        directory: &Directory,
+        tx: &Transaction,
+    ) -> Result<Carried, (u32, Rejection)> {
+        let mut policy = self.state.policy.clone();
+        let mut dir = directory.clone();
+        let mut events = Vec::new();
+        let mut created = Vec::new();
+        for (i, op) in tx.ops.iter().enumerate() {
+            let at = |reason| (i as u32, reason);
+            let Op::Admin(op) = op else {
+                let why = "an entity operation in an administrative transaction";
+                return Err(at(Rejection::Malformed(why.into())));
+            };
+            policy
+                .check(&tx.player, None, op.action(), None, None)
+                .map_err(at)?;
+            let event = |entity: String, kind| Event {
+                location: ADMIN_LOCATION.to_string(),
+                index: ctx.index,
+                entity,
+                kind,
+            };
+            match op {
+                AdminOp::CreateLocation { name } => {
+                    let factor = self.state.replication_factor;
+                    let (_, new) = dir
+                        .create_location(ctx, name, &[], factor)
+                        .map_err(|why| at(Rejection::AdminRefused(why)))?;
+                    if new {
+                        events.push(event(format!("location/{name}"), EventKind::Created));
+                        created.push(name.clone());
+                    }
+                }
+                AdminOp::RemoveLocation { name } => {
+                    dir.remove_location(name)
+                        .map_err(|why| at(Rejection::AdminRefused(why)))?;
+                    events.push(event(format!("location/{name}"), EventKind::Deleted));
+                }
+                op => {
+                    policy.apply_admin(op).map_err(at)?;
+                    events.push(event(policy_entity(op), EventKind::Changed));
+                }
+            }
+        }
+        Ok(Carried {
+            events,
+            policy,
+            directory: dir,
+            created,
+        })
+    }
+}
+
+/// What an administrative transaction's operations left, to be kept if all succeeded.
+struct Carried {
+    events: Vec<Event>,
+    policy: Policy,
+    directory: Directory,
+    created: Vec<String>,
+}
+
+/// The name an event gives to what a policy operation changed.
+fn policy_entity(op: &AdminOp) -> String {
+    match op {
+        AdminOp::DefineRole { role, .. } | AdminOp::DeleteRole { role } => format!("role/{role}"),
+        AdminOp::AssignRole { player, .. } | AdminOp::UnassignRole { player, .. } => {
+            format!("player/{}", hex::encode(player))
+        }
+        AdminOp::SetDefaultRole { .. } => "default_role".into(),
+        AdminOp::CreateLocation { name } | AdminOp::RemoveLocation { name } => {
+            format!("location/{name}")
+        }
+    }
+}
+
+impl MetaExtension for AdminApp {
+    fn apply(
+        &mut self,
+        ctx: &ApplyContext<'_>,
+        directory: &mut Directory,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let reply = match codec::decode::<AdminCommand>(payload) {
+            Ok(AdminCommand::Bootstrap {
+                admins,
+                roles,
+                replication_factor,
+            }) => self.bootstrap(ctx, &admins, &roles, replication_factor),
+            Ok(AdminCommand::Submit(signed)) => self.submit(ctx, directory, &signed),
+            Err(e) => AdminReply::Refused(format!("undecodable admin command: {e}")),
+        };
+        codec::encode(&reply)
+    }
+
+    fn query(&self, _: &Directory, query: &[u8]) -> Vec<u8> {
+        match codec::decode::<AdminQuery>(query) {
+            Ok(AdminQuery::Policy) => codec::encode(&self.state.policy),
+            Ok(AdminQuery::NextSequence(player)) => codec::encode(&self.next_sequence(&player)),
+            Ok(AdminQuery::Audit {
+                player,
+                from_index,
+                max,
+            }) => self.state.audit.reply(player.as_ref(), from_index, max),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        codec::encode(&self.state)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.state = decode_image(snapshot, "admin", ADMIN_FORMAT_VERSION, |i: &AdminImage| {
+            i.format_version
+        })?;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

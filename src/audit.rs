@@ -1,0 +1,158 @@
+//! The audit trail: who did what, at which log index, with which outcome.
+//!
+//! Every transaction that a location (or the meta group, for administrative
+//! transactions) carries out — committed, or rejected by the rules or by
+//! access control — is appended, signed bytes and all, so anyone holding the
+//! trail can check the signature and see exactly what the player asked for.
+//! Refusals that consume no sequence number (replays, gaps, wrong location)
+//! and duplicates are not entries: nothing was carried out.
+//!
+//! The trail is part of the replicated state (it is in snapshots, and every
+//! replica holds the same one), bounded per location by
+//! [`MAX_AUDIT_ENTRIES`] and [`MAX_AUDIT_BYTES`]: the oldest entries fall
+//! off first. A deployment that must keep everything exports it (reads by
+//! `from_index`) faster than it rolls over.
+
+use std::collections::VecDeque;
+
+use garrison_client::api::{AuditEntry, TxReceipt};
+use garrison_client::tx::{PlayerKey, SignedTransaction};
+use serde::{Deserialize, Serialize};
+
+/// Most entries one location's trail keeps.
+pub const MAX_AUDIT_ENTRIES: usize = 4096;
+/// Most bytes of signed transactions one location's trail keeps.
+pub const MAX_AUDIT_BYTES: usize = 1024 * 1024;
+/// Most bytes of entries one audit read returns (below the client port's
+/// default frame limit).
+pub const MAX_AUDIT_READ_BYTES: usize = 512 * 1024;
+
+/// One place's audit trail, oldest entry first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLog {
+    entries: VecDeque<AuditEntry>,
+    bytes: u64,
+}
+
+fn weight(entry: &AuditEntry) -> u64 {
+    (entry.transaction.transaction.len() + entry.transaction.signature.len()) as u64
+}
+
+impl AuditLog {
+    /// Appends the outcome of a transaction carried out at `receipt.index`,
+    /// dropping the oldest entries beyond the limits.
+    pub fn record(
+        &mut self,
+        log_time_ms: u64,
+        player: PlayerKey,
+        signed: &SignedTransaction,
+        receipt: &TxReceipt,
+    ) {
+        let entry = AuditEntry {
+            index: receipt.index,
+            log_time_ms,
+            player,
+            sequence: receipt.sequence,
+            transaction: signed.clone(),
+            outcome: receipt.outcome.clone(),
+        };
+        self.bytes += weight(&entry);
+        self.entries.push_back(entry);
+        while self.entries.len() > MAX_AUDIT_ENTRIES || self.bytes > MAX_AUDIT_BYTES as u64 {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= weight(&old);
+        }
+    }
+
+    /// Up to `max` entries at or after `from_index`, of `player` only if
+    /// given, stopping at [`MAX_AUDIT_READ_BYTES`]; the flag is true when
+    /// more matching entries follow.
+    pub fn read(
+        &self,
+        player: Option<&PlayerKey>,
+        from_index: u64,
+        max: u32,
+    ) -> (Vec<AuditEntry>, bool) {
+        let mut matching = self
+            .entries
+            .iter()
+            .filter(|e| e.index >= from_index && player.is_none_or(|p| *p == e.player));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in matching.by_ref() {
+            bytes += weight(e) as usize;
+            if out.len() == max as usize || (bytes > MAX_AUDIT_READ_BYTES && !out.is_empty()) {
+                return (out, true);
+            }
+            out.push(e.clone());
+        }
+        (out, false)
+    }
+
+    /// [`AuditLog::read`] and [`AuditLog::oldest_index`], encoded as a
+    /// query's reply: `(Vec<AuditEntry>, bool more, Option<u64> oldest)`.
+    pub fn reply(&self, player: Option<&PlayerKey>, from_index: u64, max: u32) -> Vec<u8> {
+        let (entries, more) = self.read(player, from_index, max);
+        garrison_raft::codec::encode(&(entries, more, self.oldest_index()))
+    }
+
+    /// The index of the oldest entry still held, if any.
+    pub fn oldest_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use garrison_client::api::Outcome;
+
+    fn receipt(index: u64) -> TxReceipt {
+        TxReceipt {
+            location: "l".into(),
+            index,
+            sequence: index,
+            outcome: Outcome::Committed { events: vec![] },
+            duplicate: false,
+        }
+    }
+
+    fn signed(bytes: usize) -> SignedTransaction {
+        SignedTransaction {
+            transaction: vec![1; bytes],
+            signature: vec![2; 64],
+        }
+    }
+
+    #[test]
+    fn the_trail_keeps_the_newest_entries_within_both_limits() {
+        let mut log = AuditLog::default();
+        for i in 1..=(MAX_AUDIT_ENTRIES as u64 + 10) {
+            log.record(i, [(i % 2) as u8; 32], &signed(10), &receipt(i));
+        }
+        assert_eq!(log.entries.len(), MAX_AUDIT_ENTRIES);
+        assert_eq!(log.oldest_index(), Some(11));
+        let mut big = AuditLog::default();
+        for i in 1..=100 {
+            big.record(i, [0; 32], &signed(16 * 1024 - 64), &receipt(i));
+        }
+        assert!(big.bytes <= MAX_AUDIT_BYTES as u64);
+        assert_eq!(big.oldest_index(), Some(100 - 64 + 1));
+    }
+
+    #[test]
+    fn reads_filter_by_player_and_index_and_say_when_more_follow() {
+        let mut log = AuditLog::default();
+        for i in 1..=10 {
+            log.record(i, [(i % 2) as u8; 32], &signed(10), &receipt(i));
+        }
+        let (odd, more) = log.read(Some(&[1; 32]), 4, 100);
+        assert_eq!(odd.iter().map(|e| e.index).collect::<Vec<_>>(), [5, 7, 9]);
+        assert!(!more);
+        let (first, more) = log.read(None, 0, 3);
+        assert_eq!(first.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(more);
+    }
+}

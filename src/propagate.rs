@@ -1,0 +1,152 @@
+//! Carries the access policy from the meta group, where it changes, into
+//! every location's log, where transactions are checked against it; and
+//! bootstraps the policy of a new cluster.
+//!
+//! Three paths, all idempotent (a location takes a policy only if it is
+//! newer than its own):
+//! - an administrative transaction's submitter pushes the new policy to
+//!   every location (or the current one to the locations it created) and
+//!   answers the client only then;
+//! - every node's [`sync`] task checks, a few times a second, the locations
+//!   it leads and proposes the meta group's policy to any that is behind
+//!   (after a crash mid-push, a leader change, a node that was down);
+//! - [`bootstrap`] proposes the first policy, from the node's configuration.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use garrison_client::tx::PlayerKey;
+use garrison_raft::{codec, Error, GroupId, Node, META_GROUP};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::Policy;
+use crate::admin::{AdminApp, AdminCommand, AdminReply};
+use crate::location::{LocationApp, LocationCommand};
+
+/// How often a node checks that the locations it leads have the policy.
+pub const POLICY_SYNC_INTERVAL_MS: u64 = 200;
+/// Locations a push proposes to at once.
+pub const MAX_CONCURRENT_POLICY_PUSHES: usize = 16;
+
+/// The policy of this node's meta replica (version 0: not bootstrapped).
+pub fn meta_policy(node: &Node) -> Policy {
+    node.read_extension(|ext| {
+        ext.as_any()
+            .downcast_ref::<AdminApp>()
+            .map(|a| a.policy().clone())
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
+/// The policy version of this node's replica of `group` (0: none, or not a
+/// location hosted here).
+pub fn location_policy_version(node: &Node, group: GroupId) -> u64 {
+    node.read_local(group, |s| {
+        s.app
+            .as_any()
+            .downcast_ref::<LocationApp>()
+            .map(|l| l.policy().version)
+            .unwrap_or(0)
+    })
+    .unwrap_or(0)
+}
+
+/// Proposes `policy` to each of `groups` (through their leaders) and waits
+/// until each has applied it, or a newer one. Returns the groups that
+/// failed, with why.
+pub async fn push(node: &Node, policy: &Policy, groups: Vec<GroupId>) -> Vec<(GroupId, Error)> {
+    let payload = codec::encode(&LocationCommand::Policy(policy.clone()));
+    futures::stream::iter(groups)
+        .map(|group| {
+            let payload = payload.clone();
+            async move {
+                let version = match node.write(group, payload).await {
+                    Ok(reply) => codec::decode::<u64>(&reply.reply).map_err(Error::from),
+                    Err(e) => Err(e),
+                };
+                match version {
+                    Ok(v) if v >= policy.version => None,
+                    Ok(v) => Some((group, Error::Meta(format!("kept policy version {v}")))),
+                    Err(e) => Some((group, e)),
+                }
+            }
+        })
+        .buffer_unordered(MAX_CONCURRENT_POLICY_PUSHES)
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
+}
+
+/// Keeps the locations this node leads at the meta group's policy, until
+/// `stop` is cancelled.
+pub async fn sync(node: Node, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(POLICY_SYNC_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let policy = meta_policy(&node);
+        if policy.version == 0 {
+            continue;
+        }
+        let behind: Vec<GroupId> = node
+            .groups()
+            .into_iter()
+            .filter(|&g| g != META_GROUP && node.leader(g) == Some(node.id()))
+            .filter(|&g| location_policy_version(&node, g) < policy.version)
+            .collect();
+        if behind.is_empty() {
+            continue;
+        }
+        for (group, e) in push(&node, &policy, behind).await {
+            tracing::debug!(group, "policy sync failed, will retry: {e}");
+        }
+    }
+}
+
+/// Proposes the cluster's first policy until the meta group has one (ours or
+/// another node's), or `stop` is cancelled. Does nothing without admins.
+pub async fn bootstrap(
+    node: Node,
+    admins: Vec<PlayerKey>,
+    roles: Policy,
+    replication_factor: u32,
+    stop: CancellationToken,
+) {
+    if admins.is_empty() {
+        tracing::info!(
+            "no admin_keys configured: this node will not bootstrap the cluster's policy"
+        );
+        return;
+    }
+    let command = codec::encode(&AdminCommand::Bootstrap {
+        admins,
+        roles,
+        replication_factor,
+    });
+    let mut backoff = Duration::from_millis(50);
+    while meta_policy(&node).version == 0 && !stop.is_cancelled() {
+        match node.extension_command(command.clone()).await {
+            Ok(reply) => match codec::decode::<AdminReply>(&reply) {
+                Ok(AdminReply::Bootstrapped(version)) => {
+                    tracing::info!(version, "bootstrapped the cluster's access policy");
+                    return;
+                }
+                Ok(AdminReply::Refused(why)) => {
+                    tracing::info!("not bootstrapping: {why}");
+                    return;
+                }
+                other => tracing::warn!("unexpected bootstrap reply {other:?}"),
+            },
+            Err(e) => tracing::debug!("bootstrap not yet possible: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
