@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::StreamExt;
 use garrison_client::api::Garrison;
+use garrison_raft::network::TlsFiles;
 use garrison_raft::{Node, NodeConfig, RaftConfig};
 use serde::{Deserialize, Serialize};
 use tarpc::serde_transport;
@@ -92,6 +93,10 @@ pub struct ServerConfig {
     /// Client port limits.
     #[serde(default)]
     pub api: ApiLimits,
+    /// Mutual TLS between nodes (required): the cluster CA, this node's
+    /// certificate (naming `node-<node_id>.garrison`) and its key. Relative
+    /// paths are relative to the working directory, like `data_dir`.
+    pub tls: TlsFiles,
 }
 
 impl ServerConfig {
@@ -163,6 +168,7 @@ impl Server {
                 .map(|m| (m.id, m.peer_addr.clone()))
                 .collect(),
             raft: config.raft.clone(),
+            tls: config.tls.clone(),
         };
         let factory = Arc::new(LocationFactory);
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;

@@ -26,7 +26,9 @@ fn the_example_configuration_loads_and_states_the_defaults() {
 fn bad_configurations_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("node_id = 9\ncluster = \"c\"\ndata_dir = \"d\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "not among the members"),
+        ("node_id = 9\ncluster = \"c\"\ndata_dir = \"d\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n[tls]\nca_cert = \"ca.pem\"\nnode_cert = \"n.pem\"\nnode_key = \"n.key\"\n", "not among the members"),
+        // TLS between nodes cannot be left out.
+        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "missing field `tls`"),
         ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\ncolour = \"blue\"\n", "unknown field"),
         ("node_id = \"one\"\n", "invalid type"),
     ];

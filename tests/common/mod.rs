@@ -1,5 +1,6 @@
 //! Shared by the service tests: in-process garrison servers (real sled in
-//! temporary directories, real tarpc on loopback) and polling helpers.
+//! temporary directories, real tarpc on loopback, mutual TLS between the
+//! nodes with a CA made for each cluster) and polling helpers.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use garrison::server::{Member, Server, ServerConfig};
 use garrison_client::Client;
+use garrison_raft::network::TlsFiles;
 use tokio::net::TcpListener;
 
 /// Generous bound for anything a test waits for.
@@ -35,6 +37,7 @@ pub struct Servers {
     configs: Vec<ServerConfig>,
     pub endpoints: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
+    _certs: tempfile::TempDir,
 }
 
 impl Servers {
@@ -65,6 +68,9 @@ impl Servers {
             listeners.push((peer, api));
         }
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let certs = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = (1..=n).collect();
+        garrison_raft::certs::ensure_dev_certs(certs.path(), &ids).expect("test certificates");
         let mut servers = Vec::new();
         let mut configs = Vec::new();
         for (i, (peer, api_listener)) in listeners.into_iter().enumerate() {
@@ -75,6 +81,7 @@ impl Servers {
                 members: members.clone(),
                 raft: raft.clone(),
                 api: api.clone(),
+                tls: TlsFiles::in_dir(certs.path(), i as u64 + 1),
             };
             configs.push(config.clone());
             servers.push(Some(
@@ -89,6 +96,7 @@ impl Servers {
             configs,
             endpoints,
             _dirs: dirs,
+            _certs: certs,
         }
     }
 
