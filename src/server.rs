@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use garrison_client::api::Garrison;
 use garrison_client::tx::PlayerKey;
+use garrison_raft::network::TlsFiles;
 use garrison_raft::{Node, NodeConfig, RaftConfig};
 use serde::{Deserialize, Serialize};
 use tarpc::serde_transport;
@@ -104,6 +105,10 @@ pub struct ServerConfig {
     /// `policy/roles.toml`). Read at bootstrap only.
     #[serde(default)]
     pub roles_file: Option<PathBuf>,
+    /// Mutual TLS between nodes (required): the cluster CA, this node's
+    /// certificate (naming `node-<node_id>.garrison`) and its key. Relative
+    /// paths are relative to the working directory, like `data_dir`.
+    pub tls: TlsFiles,
 }
 
 impl ServerConfig {
@@ -204,6 +209,7 @@ impl Server {
                 .map(|m| (m.id, m.peer_addr.clone()))
                 .collect(),
             raft: config.raft.clone(),
+            tls: config.tls.clone(),
         };
         let factory = Arc::new(LocationFactory);
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;

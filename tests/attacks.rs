@@ -174,14 +174,16 @@ async fn sequence_numbers_going_backwards_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raft_message_on_the_client_port_is_refused() {
-    use garrison_raft::network::{client::connect, Header, PEER_PROTOCOL_VERSION};
+    use garrison_raft::network::{client::client_over, Header, PEER_PROTOCOL_VERSION};
     let servers = Servers::start(3, "wrong-port").await;
     let client = servers.client().await;
     // A peer's vote, sent to a node's client port: not a client request, so
     // the connection fails and nothing reaches Raft.
-    let peer = connect(&servers.endpoints[0], &garrison_raft::RaftConfig::default())
+    // (The client port is plaintext; the peer port would refuse it anyway.)
+    let stream = tokio::net::TcpStream::connect(&servers.endpoints[0])
         .await
         .unwrap();
+    let peer = client_over(stream, &garrison_raft::RaftConfig::default());
     let header = Header {
         version: PEER_PROTOCOL_VERSION,
         from: 2,

@@ -23,15 +23,33 @@ fn the_example_configuration_loads_and_states_the_defaults() {
     config.raft.validate().unwrap();
 }
 
+/// A configuration of node `id` with `extra` top-level lines, one member
+/// (node 1) and TLS files.
+fn valid(id: u64, extra: &str) -> String {
+    format!(
+        "node_id = {id}\ncluster = \"c\"\ndata_dir = \"d\"\n{extra}\n\
+         [[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n\
+         [tls]\nca_cert = \"ca.pem\"\nnode_cert = \"n.pem\"\nnode_key = \"n.key\"\n"
+    )
+}
+
 #[test]
 fn bad_configurations_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("node_id = 9\ncluster = \"c\"\ndata_dir = \"d\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "not among the members"),
-        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\ncolour = \"blue\"\n", "unknown field"),
-        ("node_id = \"one\"\n", "invalid type"),
-        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\nadmin_keys = [\"abc\"]\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "not 64 hex digits"),
-        ("node_id = 1\ncluster = \"c\"\ndata_dir = \"d\"\nroles_file = \"/nonexistent/roles.toml\"\n[[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n", "cannot read roles file"),
+        (valid(9, ""), "not among the members"),
+        // TLS between nodes cannot be left out.
+        (
+            valid(1, "").split("[tls]").next().unwrap().to_string(),
+            "missing field `tls`",
+        ),
+        (valid(1, "colour = \"blue\""), "unknown field"),
+        ("node_id = \"one\"\n".to_string(), "invalid type"),
+        (valid(1, "admin_keys = [\"abc\"]"), "not 64 hex digits"),
+        (
+            valid(1, "roles_file = \"/nonexistent/roles.toml\""),
+            "cannot read roles file",
+        ),
     ];
     for (i, (text, words)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

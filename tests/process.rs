@@ -1,6 +1,7 @@
 //! The real `garrison` binary, three node processes on loopback, each with
 //! its own data directory: writes survive `kill -9` of a leader and of the
-//! whole cluster, and `garrison check` finds the replicas identical.
+//! whole cluster, and `garrison check` finds the replicas identical. The
+//! nodes talk mutual TLS with certificates from `garrison certs`.
 
 mod common;
 
@@ -12,6 +13,7 @@ use common::{eventually, WAIT};
 use garrison::server::{Member, ServerConfig};
 use garrison_client::api::{Outcome, ReadMode};
 use garrison_client::{Client, Keypair, Op, Player, Value};
+use garrison_raft::network::TlsFiles;
 
 const BIN: &str = env!("CARGO_BIN_EXE_garrison");
 
@@ -64,7 +66,25 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `garrison certs` for nodes 1..=n in `dir/tls`.
+fn make_certs(dir: &Path, n: u64) -> PathBuf {
+    let tls = dir.join("tls");
+    let ids: Vec<String> = (1..=n).map(|id| id.to_string()).collect();
+    let out = Command::new(BIN)
+        .args(["certs", "--nodes", &ids.join(","), "--dir"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "garrison certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tls
+}
+
 fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
+    let tls = make_certs(dir, n);
     let members: Vec<Member> = (1..=n)
         .map(|id| Member {
             id,
@@ -83,6 +103,7 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             api: Default::default(),
             admin_keys: vec![hex::encode(common::admin_key().public())],
             roles_file: None,
+            tls: TlsFiles::in_dir(&tls, m.id),
         };
         let path = dir.join(format!("node-{}.toml", m.id));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();

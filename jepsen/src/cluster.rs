@@ -1,7 +1,10 @@
 //! The cluster under test: N `garrison node` processes, each in its own
 //! network namespace (`gj-n1`, ...) with its own data directory, joined by
 //! veth pairs to a bridge in namespace `gj-br`; the harness reaches them
-//! from the host through one more veth (10.77.0.1). Faults are iptables
+//! from the host through one more veth (10.77.0.1). The nodes talk mutual
+//! TLS with certificates `garrison certs` makes in `<dir>/tls` (identity is
+//! the certificate's node name, not the address, so the `slow-links`
+//! proxies in between change nothing). Faults are iptables
 //! rules inside the node namespaces, signals to the processes, and
 //! libfaketime's timestamp file.
 //!
@@ -103,6 +106,30 @@ pub struct Cluster {
 /// must catch up by snapshot.
 const RAFT_TOML: &str = "[raft]\nsnapshot_logs_since_last = 200\nsnapshot_logs_to_keep = 20\n";
 
+/// Runs `bin certs` for nodes 1..=n in `dir` (a CA and one certificate per
+/// node; an existing CA there is reused).
+fn make_certs(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<()> {
+    let ids: Vec<String> = (1..=n).map(|id| id.to_string()).collect();
+    let dir_arg = dir.to_string_lossy();
+    let bin_arg = bin.to_string_lossy();
+    sh(
+        &bin_arg,
+        &["certs", "--dir", &dir_arg, "--nodes", &ids.join(",")],
+    )?;
+    Ok(())
+}
+
+/// The `[tls]` section of node `id`'s configuration: the files `garrison
+/// certs` wrote in `dir`.
+fn tls_toml(dir: &Path, id: u64) -> String {
+    format!(
+        "[tls]\nca_cert = \"{}\"\nnode_cert = \"{}\"\nnode_key = \"{}\"\n",
+        dir.join("ca.pem").display(),
+        dir.join(format!("node-{id}.pem")).display(),
+        dir.join(format!("node-{id}.key")).display()
+    )
+}
+
 impl Cluster {
     /// Removes every namespace and link a harness run may have left.
     pub fn teardown() {
@@ -150,6 +177,8 @@ impl Cluster {
         )?;
         sh("ip", &["link", "set", "gjh", "up"])?;
 
+        let tls = dir.join("tls");
+        make_certs(bin, &tls, n)?;
         let ips: Vec<String> = (1..=n).map(|i| format!("10.77.0.{}", 10 + i)).collect();
         // Top-level keys go before the [[members]] tables.
         let mut members = format!(
@@ -197,7 +226,11 @@ impl Cluster {
             let config = node_dir.join("garrison.toml");
             std::fs::write(
                 &config,
-                format!("node_id = {id}\ncluster = \"jepsen\"\ndata_dir = \"{}\"\n\n{members}{RAFT_TOML}", node_dir.join("data").display()),
+                format!(
+                    "node_id = {id}\ncluster = \"jepsen\"\ndata_dir = \"{}\"\n\n{members}{RAFT_TOML}\n{}",
+                    node_dir.join("data").display(),
+                    tls_toml(&tls, id)
+                ),
             )?;
             let clock_file = node_dir.join("faketime");
             std::fs::write(&clock_file, "+0\n")?;
@@ -417,5 +450,21 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_configuration_names_its_own_tls_files() {
+        let text = tls_toml(Path::new("/runs/r1/tls"), 2);
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        let tls = &value["tls"];
+        assert_eq!(tls["ca_cert"].as_str(), Some("/runs/r1/tls/ca.pem"));
+        assert_eq!(tls["node_cert"].as_str(), Some("/runs/r1/tls/node-2.pem"));
+        assert_eq!(tls["node_key"].as_str(), Some("/runs/r1/tls/node-2.key"));
+        assert_eq!(tls.as_table().unwrap().len(), 3);
     }
 }

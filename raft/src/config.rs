@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::DECODE_LIMIT_BYTES;
 use crate::error::Error;
+use crate::network::tls::TlsFiles;
 use crate::typ::NodeId;
 
 /// Bytes of framing and headers an append-entries frame may add on top of its
@@ -54,6 +55,9 @@ pub struct RaftConfig {
     pub max_peer_connections: usize,
     /// How long to wait for a TCP connection to a peer.
     pub connect_timeout_ms: u64,
+    /// How long a TLS handshake on the peer port may take, on either end;
+    /// an inbound connection still shaking hands after this is closed.
+    pub handshake_timeout_ms: u64,
     /// First wait before reconnecting to an unreachable peer; doubles per failure.
     pub reconnect_backoff_min_ms: u64,
     /// Longest wait between reconnection attempts.
@@ -77,6 +81,7 @@ impl Default for RaftConfig {
             max_in_flight_requests_per_connection: 1024,
             max_peer_connections: 64,
             connect_timeout_ms: 500,
+            handshake_timeout_ms: 5_000,
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 500,
             replication_factor: 3,
@@ -125,6 +130,9 @@ impl RaftConfig {
         }
         if self.snapshot_chunk_bytes + FRAME_OVERHEAD_BYTES > self.max_frame_bytes {
             return bad("snapshot_chunk_bytes does not fit in max_frame_bytes".into());
+        }
+        if self.connect_timeout_ms == 0 || self.handshake_timeout_ms == 0 {
+            return bad("connect_timeout_ms and handshake_timeout_ms must be positive".into());
         }
         if self.max_in_flight_requests_per_connection == 0 || self.max_peer_connections == 0 {
             return bad(
@@ -185,6 +193,9 @@ pub struct NodeConfig {
     pub members: BTreeMap<NodeId, String>,
     /// Raft timing and limits.
     pub raft: RaftConfig,
+    /// The CA, certificate and key of mutual TLS on the peer port (always
+    /// on; the certificate must name `node_id`).
+    pub tls: TlsFiles,
 }
 
 impl NodeConfig {

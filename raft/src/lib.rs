@@ -30,6 +30,7 @@
 //! | the meta group's rules | [`meta::MetaApp`] |
 //! | durability (group commit) | `storage::Flusher` |
 //! | peer connections | [`network::PeerPool`], [`network::PeerListener`] |
+//! | who a peer is (mutual TLS) | [`network::PeerTls`], made from [`network::TlsFiles`] |
 //! | tunables and limits | [`RaftConfig`], [`NodeConfig`] |
 //!
 //! # Layout
@@ -39,7 +40,8 @@
 //! - [`codec`]: the one binary encoding (bincode 2) of stored and sent data.
 //! - [`app`]: the application trait and the apply contract.
 //! - [`storage`]: sled layout, log store, state machine store, flusher.
-//! - [`network`]: the peer protocol (tarpc), client pool and listener.
+//! - [`network`]: the peer protocol (tarpc), client pool and listener, TLS.
+//! - [`certs`]: development certificates (a CA and one per node).
 //! - [`meta`]: the meta group's state: membership and location directory.
 //! - [`node`]: the registry that opens, finds and removes groups.
 //! - [`error`]: the crate's error type.
@@ -48,6 +50,7 @@
 //! [`GroupApp`] and the aliases in [`typ`].
 
 pub mod app;
+pub mod certs;
 pub mod codec;
 pub mod config;
 pub mod error;

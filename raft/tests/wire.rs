@@ -1,18 +1,20 @@
 //! The peer port under bad input: every malformed or unwelcome request gets
-//! an error (or its connection closed) and the node keeps serving.
+//! an error (or its connection closed) and the node keeps serving. The bad
+//! input comes over an authenticated TLS connection (as node 2, a member,
+//! unless a test says otherwise): what TLS itself refuses is in `tls.rs`.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{test_config, Cluster, WAIT};
-use garrison_raft::network::client::connect;
+use garrison_raft::network::client::connect_tls;
 use garrison_raft::network::{Header, PeerError, PEER_PROTOCOL_VERSION};
 use garrison_raft::typ::{AppendEntriesRequest, Entry, VoteRequest};
 use garrison_raft::{RaftConfig, META_GROUP};
 use openraft::entry::RaftEntry;
 use tarpc::context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A header as node 2, a member, would send it.
@@ -30,9 +32,7 @@ fn vote() -> VoteRequest {
 
 /// The node still answers a well-formed request and still commits writes.
 async fn assert_node_serves(cluster: &Cluster, config: &RaftConfig) {
-    let client = connect(&cluster.addrs[&1].to_string(), config)
-        .await
-        .expect("connect");
+    let client = cluster.connect_as(1, 2, config).await;
     let answer = client
         .vote(context::current(), header(META_GROUP), vote())
         .await
@@ -45,8 +45,23 @@ async fn assert_node_serves(cluster: &Cluster, config: &RaftConfig) {
         .expect("write after bad input");
 }
 
+/// A raw TLS stream to node 1 as node 2, to send it bytes of our choosing.
+async fn tls_as_node_2(
+    cluster: &Cluster,
+    config: &RaftConfig,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    connect_tls(
+        &cluster.addrs[&1].to_string(),
+        1,
+        &cluster.peer_tls(2),
+        config,
+    )
+    .await
+    .expect("TLS handshake as node 2")
+}
+
 /// Reads until the server closes the connection; fails if it stays open.
-async fn assert_closed(stream: &mut TcpStream) {
+async fn assert_closed(stream: &mut (impl AsyncRead + Unpin)) {
     let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(WAIT, async {
         loop {
@@ -65,9 +80,7 @@ async fn a_request_for_an_unknown_group_gets_a_clear_error() {
     let config = test_config();
     let cluster = Cluster::start(3, config.clone()).await;
     cluster.leader(META_GROUP).await;
-    let client = connect(&cluster.addrs[&1].to_string(), &config)
-        .await
-        .unwrap();
+    let client = cluster.connect_as(1, 2, &config).await;
     let answer = client
         .vote(context::current(), header(4242), vote())
         .await
@@ -97,9 +110,7 @@ async fn a_request_of_another_protocol_version_is_refused() {
     let config = test_config();
     let cluster = Cluster::start(3, config.clone()).await;
     cluster.leader(META_GROUP).await;
-    let client = connect(&cluster.addrs[&1].to_string(), &config)
-        .await
-        .unwrap();
+    let client = cluster.connect_as(1, 2, &config).await;
     let old = Header {
         version: PEER_PROTOCOL_VERSION + 1,
         ..header(META_GROUP)
@@ -118,9 +129,7 @@ async fn an_append_over_max_entries_per_append_is_refused() {
     let config = test_config();
     let cluster = Cluster::start(3, config.clone()).await;
     cluster.leader(META_GROUP).await;
-    let client = connect(&cluster.addrs[&1].to_string(), &config)
-        .await
-        .unwrap();
+    let client = cluster.connect_as(1, 2, &config).await;
     let too_many = config.max_entries_per_append + 1;
     let entries: Vec<Entry> = (1..=too_many)
         .map(|i| Entry::new_blank(openraft::testing::log_id(1, 2, i)))
@@ -148,7 +157,7 @@ async fn an_oversized_frame_closes_only_its_connection() {
     let config = test_config();
     let cluster = Cluster::start(3, config.clone()).await;
     cluster.leader(META_GROUP).await;
-    let mut stream = TcpStream::connect(cluster.addrs[&1]).await.unwrap();
+    let mut stream = tls_as_node_2(&cluster, &config).await;
     let claimed = (config.max_frame_bytes + 1) as u32;
     stream.write_all(&claimed.to_be_bytes()).await.unwrap();
     stream.write_all(&[0u8; 1024]).await.unwrap();
@@ -167,7 +176,7 @@ async fn a_garbled_frame_closes_only_its_connection() {
         vec![0u8; 3],
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
     ] {
-        let mut stream = TcpStream::connect(cluster.addrs[&1]).await.unwrap();
+        let mut stream = tls_as_node_2(&cluster, &config).await;
         stream
             .write_all(&(garbage.len() as u32).to_be_bytes())
             .await
@@ -217,9 +226,7 @@ async fn requests_beyond_max_in_flight_per_connection_are_refused() {
         max_in_flight_requests_per_connection: 1000,
         ..test_config()
     };
-    let client = connect(&cluster.addrs[&leader].to_string(), &client_config)
-        .await
-        .unwrap();
+    let client = cluster.connect_as(leader, 2, &client_config).await;
     let calls = (0..200).map(|i| {
         let client = client.clone();
         async move {
@@ -249,9 +256,8 @@ async fn a_node_outside_the_membership_is_refused() {
     let config = test_config();
     let cluster = Cluster::start(3, config.clone()).await;
     cluster.leader(META_GROUP).await;
-    let client = connect(&cluster.addrs[&1].to_string(), &config)
-        .await
-        .unwrap();
+    // Node 77 holds a valid certificate of the cluster's CA, but is no member.
+    let client = cluster.connect_as(1, 77, &config).await;
     let stranger = Header {
         from: 77,
         ..header(META_GROUP)

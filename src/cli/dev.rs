@@ -1,8 +1,9 @@
 //! `garrison dev` (a local cluster of node processes) and `garrison node`
 //! (one node from a configuration file).
 //!
-//! `dev` writes one configuration file per node under its data directory,
-//! starts `garrison node --config ...` for each as a child process (logs in
+//! `dev` makes a development CA and node certificates in `tls/` under its
+//! data directory (reusing them when they exist), writes one configuration
+//! file per node, starts `garrison node --config ...` for each as a child process (logs in
 //! `node-N/node.log`, pid in `node-N/pid`), waits until the cluster answers,
 //! creates a few locations and records the endpoints in `cluster.toml` for
 //! the other commands. Ctrl-C stops the nodes cleanly; running it again
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use garrison_client::{Client, Keypair, Player};
+
+use garrison_raft::network::TlsFiles;
 
 use super::{home, ClusterFile};
 use crate::server::{Member, Server, ServerConfig};
@@ -57,6 +60,7 @@ fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64, admin: &Keypair)
         api: Default::default(),
         admin_keys: vec![hex::encode(admin.public())],
         roles_file: None,
+        tls: TlsFiles::in_dir(&dir.join("tls"), id),
     }
 }
 
@@ -88,6 +92,8 @@ fn prepare(dir: &Path, args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, ServerCon
             existing.len()
         );
     }
+    let ids: Vec<u64> = (1..=args.nodes).collect();
+    super::certs::ensure(&dir.join("tls"), &ids)?;
     for id in 1..=args.nodes {
         let node_dir = dir.join(format!("node-{id}"));
         let path = node_dir.join("garrison.toml");

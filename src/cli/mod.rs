@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod certs;
 pub mod dev;
 pub mod ops;
 
@@ -40,6 +41,8 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make a development CA and node certificates for TLS between nodes.
+    Certs(certs::CertsArgs),
     /// Generate a player key and save it.
     Keygen(ops::KeygenArgs),
     /// Sign and submit a transaction; prints its index and outcome.
@@ -117,6 +120,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Node { config } => dev::run_node(config).await,
+        Command::Certs(args) => certs::run(args),
         Command::Keygen(args) => ops::keygen(args),
         Command::Tx(args) => ops::tx(&cli, args, matches.subcommand_matches("tx")).await,
         Command::Get(args) => ops::get(&cli, args).await,

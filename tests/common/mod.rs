@@ -1,5 +1,6 @@
 //! Shared by the service tests: in-process garrison servers (real sled in
-//! temporary directories, real tarpc on loopback) and polling helpers.
+//! temporary directories, real tarpc on loopback, mutual TLS between the
+//! nodes with a CA made for each cluster) and polling helpers.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use garrison::server::{Member, Server, ServerConfig};
 use garrison_client::{Client, Keypair, Player};
+
+use garrison_raft::network::TlsFiles;
 use tokio::net::TcpListener;
 
 /// Generous bound for anything a test waits for.
@@ -42,6 +45,7 @@ pub struct Servers {
     configs: Vec<ServerConfig>,
     pub endpoints: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
+    _certs: tempfile::TempDir,
 }
 
 impl Servers {
@@ -72,6 +76,9 @@ impl Servers {
             listeners.push((peer, api));
         }
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let certs = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = (1..=n).collect();
+        garrison_raft::certs::ensure_dev_certs(certs.path(), &ids).expect("test certificates");
         let mut servers = Vec::new();
         let mut configs = Vec::new();
         for (i, (peer, api_listener)) in listeners.into_iter().enumerate() {
@@ -84,6 +91,7 @@ impl Servers {
                 api: api.clone(),
                 admin_keys: vec![hex::encode(admin_key().public())],
                 roles_file: None,
+                tls: TlsFiles::in_dir(certs.path(), i as u64 + 1),
             };
             configs.push(config.clone());
             servers.push(Some(
@@ -99,6 +107,7 @@ impl Servers {
             configs,
             endpoints,
             _dirs: dirs,
+            _certs: certs,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The sending side: one tarpc connection per peer node, shared by every
-//! group, reconnected with exponential backoff; and the per-group
-//! [`RaftNetworkFactory`] openraft uses to reach its peers over it.
+//! group, over mutual TLS, reconnected with exponential backoff; and the
+//! per-group [`RaftNetworkFactory`] openraft uses to reach its peers over it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::{
-    Header, PeerClient, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION,
+    Header, PeerClient, PeerError, PeerTls, ReadConsistency, ReadReply, WriteReply,
+    PEER_PROTOCOL_VERSION,
 };
 use crate::codec::Bincode2;
 use crate::config::RaftConfig;
@@ -28,6 +29,7 @@ use crate::typ::{
 pub struct PeerPool {
     me: NodeId,
     config: Arc<RaftConfig>,
+    tls: PeerTls,
     slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -40,23 +42,68 @@ struct Slot {
     backoff: Duration,
 }
 
-/// Opens a tarpc connection to a peer's listener with the configured limits.
-pub async fn connect(addr: &str, config: &RaftConfig) -> std::io::Result<PeerClient> {
-    let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connecting to {addr} took over {timeout:?}"),
-            )
-        })??;
-    stream.set_nodelay(true)?;
+/// Opens a tarpc connection to node `target`'s listener at `addr`, over TLS
+/// as `tls`'s node, with the configured limits.
+pub async fn connect(
+    addr: &str,
+    target: NodeId,
+    tls: &PeerTls,
+    config: &RaftConfig,
+) -> std::io::Result<PeerClient> {
+    let stream = connect_tls(addr, target, tls, config).await?;
+    Ok(client_over(stream, config))
+}
+
+/// A tarpc peer client over an established byte stream (garrison's framing
+/// and encoding, the configured limits). [`connect`] uses it on a TLS
+/// stream; tests use it to speak the protocol over streams TLS should refuse.
+pub fn client_over<S>(stream: S, config: &RaftConfig) -> PeerClient
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let framed = Framed::new(stream, frame_codec(config));
     let transport = serde_transport::new(framed, Bincode2::default());
     let mut client_config = client::Config::default();
     client_config.max_in_flight_requests = config.max_in_flight_requests_per_connection;
-    Ok(PeerClient::new(client_config, transport).spawn())
+    PeerClient::new(client_config, transport).spawn()
+}
+
+/// A TLS stream to node `target` at `addr`: the TCP connection within
+/// `connect_timeout_ms`, the handshake within `handshake_timeout_ms`.
+pub async fn connect_tls(
+    addr: &str,
+    target: NodeId,
+    tls: &PeerTls,
+    config: &RaftConfig,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let stream = within(
+        config.connect_timeout_ms,
+        format!("connecting to {addr}"),
+        TcpStream::connect(addr),
+    )
+    .await?;
+    stream.set_nodelay(true)?;
+    within(
+        config.handshake_timeout_ms,
+        format!("the TLS handshake with node {target} at {addr}"),
+        tls.connect(stream, target),
+    )
+    .await
+}
+
+/// Runs `io`, failing with `TimedOut` (naming `what`) after `ms` milliseconds.
+pub(crate) async fn within<T>(
+    ms: u64,
+    what: String,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let timeout = Duration::from_millis(ms);
+    tokio::time::timeout(timeout, io).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} took over {timeout:?}"),
+        )
+    })?
 }
 
 /// The length-prefix framing of peer connections, with the frame limit.
@@ -72,11 +119,13 @@ fn deadline(ttl: Duration) -> context::Context {
 }
 
 impl PeerPool {
-    /// An empty pool for node `me`.
-    pub fn new(me: NodeId, config: Arc<RaftConfig>) -> Arc<Self> {
+    /// An empty pool for node `me`, which connects as `tls`'s node.
+    pub fn new(me: NodeId, config: Arc<RaftConfig>, tls: PeerTls) -> Arc<Self> {
+        assert_eq!(me, tls.me(), "a node connects with its own certificate");
         Arc::new(Self {
             me,
             config,
+            tls,
             slots: Mutex::new(HashMap::new()),
         })
     }
@@ -129,7 +178,7 @@ impl PeerPool {
                 });
             }
         }
-        match connect(addr, &self.config).await {
+        match connect(addr, node, &self.tls, &self.config).await {
             Ok(client) => {
                 slot.generation += 1;
                 slot.client = Some((client.clone(), slot.generation));

@@ -7,9 +7,14 @@
 //! big-endian) bincode 2 ([`crate::codec`]); a frame longer than
 //! `max_frame_bytes` or one that does not decode closes that connection and
 //! nothing else. `docs/formats.md` describes the frames.
+//!
+//! Connections are mutual TLS ([`tls`]): a peer's node id comes from its
+//! certificate, and a request whose header claims another sender is
+//! refused ([`PeerError::ForgedSender`]).
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +25,7 @@ use crate::typ::{
 
 pub use client::{GroupNetworkFactory, PeerPool};
 pub use server::PeerListener;
+pub use tls::{PeerTls, TlsFiles};
 
 /// Version of the peer protocol; a node refuses requests of another version.
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
@@ -136,6 +142,15 @@ pub enum PeerError {
         node: NodeId,
         /// The group whose membership was checked.
         group: GroupId,
+    },
+    /// The header names another sender than the connection's certificate:
+    /// a node speaking for another one.
+    #[error("the request claims to come from node {claimed}, but the connection's certificate is node {certified}")]
+    ForgedSender {
+        /// The sender the header names.
+        claimed: NodeId,
+        /// The node the peer's certificate identifies.
+        certified: NodeId,
     },
 }
 

@@ -1,8 +1,13 @@
 //! The receiving side: a TCP listener that serves the [`Peer`] RPCs and
 //! dispatches each request to the group its header names.
 //!
-//! Limits enforced here: `max_peer_connections` open connections (more are
-//! closed at once), `max_frame_bytes` per frame and
+//! Every connection starts with a mutual TLS handshake ([`super::tls`]); one
+//! that fails (no certificate, another CA, plaintext) or takes over
+//! `handshake_timeout_ms` is closed. The peer's node id comes from its
+//! certificate, and every request's `Header.from` must be that node.
+//!
+//! Limits enforced here: `max_peer_connections` open connections, handshakes
+//! included (more are closed at once), `max_frame_bytes` per frame and
 //! `max_in_flight_requests_per_connection` concurrent requests per
 //! connection (tarpc answers further ones with an error). A frame that is too
 //! long or does not decode ends that connection only.
@@ -18,15 +23,15 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::client::frame_codec;
+use super::client::{frame_codec, within};
 use super::{
-    Header, Peer, PeerError, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION,
+    Header, Peer, PeerError, PeerTls, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION,
 };
 use crate::codec::Bincode2;
 use crate::config::RaftConfig;
 use crate::typ::{
     AppendEntriesRequest, AppendEntriesResponse, GroupId, InstallSnapshotRequest,
-    InstallSnapshotResponse, Raft, VoteRequest, VoteResponse,
+    InstallSnapshotResponse, NodeId, Raft, VoteRequest, VoteResponse,
 };
 
 /// What the listener needs from the node: its groups, and a way to propose.
@@ -62,20 +67,23 @@ pub struct PeerListener {
 }
 
 impl PeerListener {
-    /// Binds `addr` and serves peers until `stop` is cancelled.
+    /// Binds `addr` and serves peers, over TLS as `tls`'s node, until
+    /// `stop` is cancelled.
     pub async fn start<D: Dispatch>(
         addr: SocketAddr,
         config: Arc<RaftConfig>,
+        tls: PeerTls,
         dispatch: Arc<D>,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
-        Self::start_on(TcpListener::bind(addr).await?, config, dispatch, stop)
+        Self::start_on(TcpListener::bind(addr).await?, config, tls, dispatch, stop)
     }
 
     /// Serves peers on an already bound listener until `stop` is cancelled.
     pub fn start_on<D: Dispatch>(
         listener: TcpListener,
         config: Arc<RaftConfig>,
+        tls: PeerTls,
         dispatch: Arc<D>,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
@@ -86,25 +94,14 @@ impl PeerListener {
             limit,
             "peer",
             stop.clone(),
-            move |stream, peer, permit| {
-                let transport = serde_transport::new(
-                    Framed::new(stream, frame_codec(&config)),
-                    Bincode2::default(),
-                );
-                let server = PeerServer {
-                    dispatch: dispatch.clone(),
-                    config: config.clone(),
-                };
-                let channel = BaseChannel::new(server::Config::default(), transport)
-                    .max_concurrent_requests(config.max_in_flight_requests_per_connection);
+            move |stream, addr, permit| {
+                let serve =
+                    serve_connection(stream, addr, tls.clone(), config.clone(), dispatch.clone());
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    let serve = channel.execute(server.serve()).for_each(|request| async {
-                        tokio::spawn(request);
-                    });
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = serve => tracing::debug!(%peer, "peer connection closed"),
+                        _ = serve => {}
                     }
                     drop(permit);
                 });
@@ -119,10 +116,49 @@ impl PeerListener {
     }
 }
 
+/// One inbound connection: the TLS handshake (bounded by
+/// `handshake_timeout_ms`), then the peer's requests until it closes.
+async fn serve_connection<D: Dispatch>(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    tls: PeerTls,
+    config: Arc<RaftConfig>,
+    dispatch: Arc<D>,
+) {
+    let what = format!("the TLS handshake with {addr}");
+    let (stream, peer) = match within(config.handshake_timeout_ms, what, tls.accept(stream)).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "refusing a peer connection: TLS handshake failed");
+            return;
+        }
+    };
+    let transport = serde_transport::new(
+        Framed::new(stream, frame_codec(&config)),
+        Bincode2::default(),
+    );
+    let channel = BaseChannel::new(server::Config::default(), transport)
+        .max_concurrent_requests(config.max_in_flight_requests_per_connection);
+    let server = PeerServer {
+        dispatch,
+        config,
+        peer,
+    };
+    channel
+        .execute(server.serve())
+        .for_each(|request| async {
+            tokio::spawn(request);
+        })
+        .await;
+    tracing::debug!(%addr, peer, "peer connection closed");
+}
+
 /// Serves one connection's requests.
 struct PeerServer<D> {
     dispatch: Arc<D>,
     config: Arc<RaftConfig>,
+    /// The node the connection's certificate identifies.
+    peer: NodeId,
 }
 
 impl<D> Clone for PeerServer<D> {
@@ -130,6 +166,7 @@ impl<D> Clone for PeerServer<D> {
         Self {
             dispatch: self.dispatch.clone(),
             config: self.config.clone(),
+            peer: self.peer,
         }
     }
 }
@@ -143,13 +180,26 @@ impl<D: Dispatch> PeerServer<D> {
         Ok(raft)
     }
 
-    /// The group's Raft, for a forwarded request: the sender must be a member
-    /// of the cluster (the meta group), not necessarily of the group.
+    /// The group's Raft, for a forwarded request: the sender must be the
+    /// connection's certified node and a member of the cluster (the meta
+    /// group), not necessarily of the group.
     fn any_member(&self, header: &Header) -> Result<Raft, PeerError> {
         if header.version != PEER_PROTOCOL_VERSION {
             return Err(PeerError::Version {
                 got: header.version,
                 supported: PEER_PROTOCOL_VERSION,
+            });
+        }
+        if header.from != self.peer {
+            tracing::warn!(
+                claimed = header.from,
+                certified = self.peer,
+                group = header.group,
+                "refusing a peer request that names another sender than its certificate"
+            );
+            return Err(PeerError::ForgedSender {
+                claimed: header.from,
+                certified: self.peer,
             });
         }
         let raft = self

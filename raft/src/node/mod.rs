@@ -36,7 +36,7 @@ use crate::config::{NodeConfig, RaftConfig};
 use crate::error::Error;
 use crate::meta::{directory_of, Directory, LocationRecord, MetaApp, MetaCommand, MetaReply};
 use crate::network::{
-    GroupNetworkFactory, PeerListener, PeerPool, ReadConsistency, ReadReply, WriteReply,
+    GroupNetworkFactory, PeerListener, PeerPool, PeerTls, ReadConsistency, ReadReply, WriteReply,
 };
 use crate::storage::state::AppliedState;
 use crate::storage::{GroupRecord, StateMachineStore, Storage};
@@ -158,12 +158,13 @@ impl Node {
                 tracing::error!("THIS IS A DELIBERATELY BROKEN TEST BUILD: it {what}; never use it for real data");
             }
         }
+        let tls = PeerTls::load(&config.tls, config.node_id)?;
         let limits = Arc::new(config.raft.clone());
         let raft_config = limits.to_openraft(&config.cluster_name)?;
         let storage = Storage::open(&config.data_dir)?;
         let shared = Arc::new(Shared {
             id: config.node_id,
-            pool: PeerPool::new(config.node_id, limits.clone()),
+            pool: PeerPool::new(config.node_id, limits.clone(), tls.clone()),
             limits: limits.clone(),
             raft_config,
             storage,
@@ -173,7 +174,7 @@ impl Node {
             config,
         });
         let listener =
-            PeerListener::start_on(listener, limits, shared.clone(), shared.stop.clone())
+            PeerListener::start_on(listener, limits, tls, shared.clone(), shared.stop.clone())
                 .map_err(|e| Error::Config(format!("cannot serve peers: {e}")))?;
         let node = Node {
             peer_addr: listener.local_addr(),

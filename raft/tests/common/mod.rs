@@ -1,6 +1,6 @@
 //! Shared by the integration tests: a recording test app and an in-process
-//! cluster of real nodes (real sled in temporary directories, real tarpc on
-//! loopback).
+//! cluster of real nodes (real sled in temporary directories, real tarpc
+//! over real mutual TLS on loopback, with a CA made for each cluster).
 
 #![allow(dead_code)]
 
@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use garrison_raft::certs::ensure_dev_certs;
 use garrison_raft::codec;
+use garrison_raft::network::{PeerClient, PeerTls, TlsFiles};
 use garrison_raft::storage::state::AppliedState;
 use garrison_raft::{
     AppFactory, ApplyContext, GroupApp, GroupId, Node, NodeConfig, NodeId, RaftConfig,
@@ -115,7 +117,17 @@ pub struct Cluster {
     pub addrs: BTreeMap<NodeId, SocketAddr>,
     pub dirs: BTreeMap<NodeId, std::path::PathBuf>,
     _temp: Vec<tempfile::TempDir>,
+    /// The cluster's CA and node certificates.
+    pub certs: tempfile::TempDir,
     config: RaftConfig,
+}
+
+/// A certificate directory with a new CA and certificates for `nodes`.
+pub fn new_certs(nodes: impl IntoIterator<Item = NodeId>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<NodeId> = nodes.into_iter().collect();
+    ensure_dev_certs(dir.path(), &nodes).expect("test certificates");
+    dir
 }
 
 impl Cluster {
@@ -139,6 +151,7 @@ impl Cluster {
                 .map(|id| (id, temp[id as usize - 1].path().to_path_buf()))
                 .collect(),
             _temp: temp,
+            certs: new_certs(1..=n),
             config,
         };
         for (id, listener) in listeners {
@@ -166,7 +179,33 @@ impl Cluster {
                 .map(|(id, a)| (*id, a.to_string()))
                 .collect(),
             raft: self.config.clone(),
+            tls: TlsFiles::in_dir(self.certs.path(), id),
         }
+    }
+
+    /// A peer connection to node `target` as node `from` (with `from`'s
+    /// certificate), to send it requests of our choosing.
+    pub async fn connect_as(
+        &self,
+        target: NodeId,
+        from: NodeId,
+        config: &RaftConfig,
+    ) -> PeerClient {
+        garrison_raft::network::client::connect(
+            &self.addrs[&target].to_string(),
+            target,
+            &self.peer_tls(from),
+            config,
+        )
+        .await
+        .expect("connect over TLS")
+    }
+
+    /// The TLS identity of node `id` (any id: a certificate is issued by the
+    /// cluster's CA if there is none), to talk to the cluster as that node.
+    pub fn peer_tls(&self, id: NodeId) -> PeerTls {
+        ensure_dev_certs(self.certs.path(), &[id]).expect("test certificate");
+        PeerTls::load(&TlsFiles::in_dir(self.certs.path(), id), id).expect("test identity")
     }
 
     /// Starts nodes on directories and addresses a previous cluster left
@@ -183,6 +222,7 @@ impl Cluster {
             addrs: ids.iter().copied().zip(addrs).collect(),
             dirs: ids.iter().copied().zip(dirs).collect(),
             _temp: Vec::new(),
+            certs: new_certs(ids.iter().copied()),
             config,
         };
         for id in ids {

@@ -1,0 +1,187 @@
+//! Development certificates for the peer port: a cluster CA and one
+//! certificate per node, made with rcgen (`garrison certs`, `garrison dev`,
+//! the fault harness and the tests use this).
+//!
+//! The layout of a certificate directory ([`TlsFiles::in_dir`]): `ca.pem`
+//! and `ca.key` (the CA), `node-<id>.pem` and `node-<id>.key` per node. Keys
+//! are ECDSA P-256, PKCS#8 PEM, written with mode 0600. A node certificate
+//! carries exactly one DNS name, `node-<id>.garrison` (its identity, see
+//! [`crate::network::tls`]), and may serve as a TLS server and client.
+//! Certificates use rcgen's default validity (1975 to 4096): this is a
+//! development CA; a production cluster brings its own CA and issues
+//! certificates of the same shape.
+//!
+//! Making certificates is idempotent: an existing CA in the directory is
+//! reused, and so are existing node files, unless the CA was just created
+//! (then every requested node certificate is issued anew).
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::error::Error;
+use crate::network::tls::{node_name, TlsFiles};
+use crate::typ::NodeId;
+
+/// What [`ensure_dev_certs`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertsReport {
+    /// Whether the CA was created (false: an existing one was reused).
+    pub ca_created: bool,
+    /// Nodes whose certificate was issued now.
+    pub issued: Vec<NodeId>,
+    /// Nodes whose existing certificate and key were kept.
+    pub kept: Vec<NodeId>,
+}
+
+/// Errors of making certificates are configuration errors: the message
+/// names the file.
+fn certs_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("certificates: {what} {}: {e}", path.display()))
+}
+
+fn rcgen_error(e: rcgen::Error) -> Error {
+    Error::Config(format!("certificates: {e}"))
+}
+
+/// Makes sure `dir` holds a CA and a certificate for each of `nodes`,
+/// creating whatever is missing.
+pub fn ensure_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<CertsReport, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| certs_error("cannot create", dir, e))?;
+    let ca_cert = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    let mut report = CertsReport::default();
+    let issuer = match (ca_cert.exists(), ca_key.exists()) {
+        (true, true) => {
+            let key = KeyPair::from_pem(&read(&ca_key)?)
+                .map_err(|e| certs_error("unusable CA key", &ca_key, e))?;
+            Issuer::from_ca_cert_pem(&read(&ca_cert)?, key)
+                .map_err(|e| certs_error("unusable CA certificate", &ca_cert, e))?
+        }
+        (false, false) => {
+            let key = KeyPair::generate().map_err(rcgen_error)?;
+            let params = ca_params();
+            let cert = params
+                .self_signed(&key)
+                .map_err(rcgen_error)?;
+            write(&ca_key, &key.serialize_pem(), 0o600)?;
+            write(&ca_cert, &cert.pem(), 0o644)?;
+            report.ca_created = true;
+            Issuer::new(params, key)
+        }
+        _ => {
+            return Err(Error::Config(format!(
+                "{} holds only half a CA (ca.pem and ca.key go together); remove the other file or restore it",
+                dir.display()
+            )))
+        }
+    };
+    for &id in nodes {
+        let files = TlsFiles::in_dir(dir, id);
+        if !report.ca_created && files.node_cert.exists() && files.node_key.exists() {
+            report.kept.push(id);
+            continue;
+        }
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let cert = node_params(id)?
+            .signed_by(&key, &issuer)
+            .map_err(rcgen_error)?;
+        write(&files.node_key, &key.serialize_pem(), 0o600)?;
+        write(&files.node_cert, &cert.pem(), 0o644)?;
+        report.issued.push(id);
+    }
+    Ok(report)
+}
+
+/// The CA: may sign certificates, nothing else.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "garrison development CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// A node: one DNS name, `node-<id>.garrison`; TLS server and client.
+fn node_params(id: NodeId) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(vec![node_name(id)]).map_err(rcgen_error)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("garrison node {id}"));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| certs_error("cannot read", path, e))
+}
+
+/// Writes `text` to `path` with `mode`, through a temporary file and a
+/// rename, so a crash never leaves half a PEM file behind.
+fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(|e| certs_error("cannot create", &temp, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| certs_error("cannot write", &temp, e))?;
+    std::fs::rename(&temp, path).map_err(|e| certs_error("cannot write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::tls::PeerTls;
+
+    #[test]
+    fn certificates_name_their_node_and_a_second_run_reuses_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_dev_certs(dir.path(), &[1, 2]).unwrap();
+        assert!(first.ca_created);
+        assert_eq!(first.issued, vec![1, 2]);
+        let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let second = ensure_dev_certs(dir.path(), &[1, 2, 3]).unwrap();
+        assert!(!second.ca_created);
+        assert_eq!((second.kept, second.issued), (vec![1, 2], vec![3]));
+        assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
+        // Node 3's certificate, signed by the reloaded CA, loads as node 3 only.
+        PeerTls::load(&TlsFiles::in_dir(dir.path(), 3), 3).unwrap();
+        let wrong = PeerTls::load(&TlsFiles::in_dir(dir.path(), 3), 1).unwrap_err();
+        assert!(wrong.to_string().contains("for node 3"), "{wrong}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("node-3.key"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn half_a_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_dev_certs(dir.path(), &[1]).unwrap();
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        let err = ensure_dev_certs(dir.path(), &[1]).unwrap_err();
+        assert!(err.to_string().contains("half a CA"), "{err}");
+    }
+}

@@ -1,0 +1,49 @@
+//! `garrison certs`: a development CA and one certificate per node, for
+//! mutual TLS between nodes (`docs/formats.md` describes the files).
+//!
+//! Idempotent: an existing CA in the directory is reused and existing node
+//! certificates are kept, so adding a node to a cluster is running it again
+//! with the new id. `garrison dev` and the fault harness call this too.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use garrison_raft::certs::{ensure_dev_certs, CertsReport};
+use garrison_raft::NodeId;
+
+/// Arguments of `garrison certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// The directory for ca.pem, ca.key, node-<id>.pem and node-<id>.key.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The node ids to issue certificates for, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<NodeId>,
+}
+
+/// Makes the certificates and says what it did.
+pub fn run(args: &CertsArgs) -> anyhow::Result<i32> {
+    let report = ensure(&args.dir, &args.nodes)?;
+    let ca = if report.ca_created {
+        "created"
+    } else {
+        "reused"
+    };
+    println!("CA {ca}: {}", args.dir.join("ca.pem").display());
+    for (what, ids) in [("issued", &report.issued), ("kept", &report.kept)] {
+        for id in ids {
+            println!(
+                "node {id}: {what} {}",
+                args.dir.join(format!("node-{id}.pem")).display()
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Makes sure `dir` holds a CA and certificates for `nodes` (for callers
+/// that want no output).
+pub fn ensure(dir: &Path, nodes: &[NodeId]) -> anyhow::Result<CertsReport> {
+    Ok(ensure_dev_certs(dir, nodes)?)
+}
