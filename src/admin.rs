@@ -15,9 +15,11 @@
 //! every replica starts from the same policy. Later bootstraps are refused.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 
 use garrison_client::api::{Event, EventKind, Outcome, Rejection, TxReceipt};
-use garrison_client::policy::{AdminOp, ADMIN_LOCATION};
+use garrison_client::policy::{Action, AdminOp, ADMIN_LOCATION};
+use garrison_client::token::MAX_TOKEN_TTL_MS;
 use garrison_client::tx::{Op, PlayerKey, SignedTransaction, Transaction};
 use garrison_raft::meta::Directory;
 use garrison_raft::{codec, ApplyContext, MetaExtension};
@@ -46,6 +48,15 @@ pub enum AdminCommand {
     },
     /// A signed administrative transaction that passed ingress checks.
     Submit(SignedTransaction),
+    /// Orders a login (whose challenge and signature a node checked) in the
+    /// meta log; the reply's log time and index go into the session token.
+    StampLogin {
+        /// Who logs in.
+        player: PlayerKey,
+    },
+    /// Advances the meta group's log time (tokens expire on it); proposed by
+    /// the meta leader's node when the log has been quiet for a second.
+    Tick,
 }
 
 /// The extension's answer to an [`AdminCommand`]. (Encoded at once and
@@ -66,7 +77,28 @@ pub enum AdminReply {
     },
     /// The command was refused and changed nothing; the text says why.
     Refused(String),
+    /// The entry's meta index and log time (for `StampLogin` and `Tick`).
+    Stamped {
+        /// The meta index.
+        index: u64,
+        /// The log time, in ms since the Unix epoch.
+        log_time_ms: u64,
+    },
 }
+
+/// A revocation of a player's session tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The meta index of the revoking transaction: tokens stamped before it are refused.
+    pub index: u64,
+    /// Its log time; the record is dropped once every token it could refuse
+    /// has expired anyway.
+    pub log_time_ms: u64,
+}
+
+/// Most players whose tokens can be revoked at once (within
+/// [`MAX_TOKEN_TTL_MS`] of each other).
+pub const MAX_REVOCATIONS: usize = 65_536;
 
 /// Reads of the extension's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +107,12 @@ pub enum AdminQuery {
     Policy,
     /// A player's next administrative sequence number; the reply is `u64`.
     NextSequence(PlayerKey),
-    /// Audit trail of administrative transactions; the reply is
-    /// `(Vec<AuditEntry>, bool more, Option<u64> oldest)`.
+    /// Audit trail of administrative transactions; the reply is as the
+    /// location's `Audit` query's.
     Audit {
+        /// Who asks: anyone may read its own entries; others' need the
+        /// audit permission everywhere.
+        reader: PlayerKey,
         /// Only this player's, if given.
         player: Option<PlayerKey>,
         /// Entries at or after this meta index.
@@ -85,6 +120,8 @@ pub enum AdminQuery {
         /// How many at most.
         max: u32,
     },
+    /// The latest revocation of a player's tokens; the reply is `Option<Revocation>`.
+    Revoked(PlayerKey),
 }
 
 /// The extension's whole state, as meta snapshots store it.
@@ -100,6 +137,9 @@ pub struct AdminImage {
     pub players: Players,
     /// The administrative transactions carried out.
     pub audit: AuditLog,
+    /// The latest revocation of each player's tokens, for
+    /// [`MAX_TOKEN_TTL_MS`] after it.
+    pub revoked: BTreeMap<PlayerKey, Revocation>,
 }
 
 /// The garrison [`MetaExtension`].
@@ -123,6 +163,11 @@ impl AdminApp {
     /// The current policy (version 0: not bootstrapped).
     pub fn policy(&self) -> &Policy {
         &self.state.policy
+    }
+
+    /// The latest revocation of `player`'s tokens, if still relevant.
+    pub fn revoked(&self, player: &PlayerKey) -> Option<Revocation> {
+        self.state.revoked.get(player).copied()
     }
 
     /// The player's next administrative sequence number.
@@ -177,10 +222,13 @@ impl AdminApp {
             (Outcome::Rejected { op: None, reason }, None)
         } else {
             match self.carry_out(ctx, directory, &tx) {
-                Ok(c) => (
-                    Outcome::Committed { events: c.events },
-                    Some((c.policy, c.directory, c.created)),
-                ),
+                Ok(c) => {
+                    self.state.revoked = c.revoked;
+                    (
+                        Outcome::Committed { events: c.events },
+                        Some((c.policy, c.directory, c.created)),
+                    )
+                }
                 Err((op, reason)) => (
                     Outcome::Rejected {
                         op: Some(op),
@@ -228,6 +276,7 @@ impl AdminApp {
     ) -> Result<Carried, (u32, Rejection)> {
         let mut policy = self.state.policy.clone();
         let mut dir = directory.clone();
+        let mut revoked = self.state.revoked.clone();
         let mut events = Vec::new();
         let mut created = Vec::new();
         for (i, op) in tx.ops.iter().enumerate() {
@@ -236,9 +285,13 @@ impl AdminApp {
                 let why = "an entity operation in an administrative transaction";
                 return Err(at(Rejection::Malformed(why.into())));
             };
-            policy
-                .check(&tx.player, None, op.action(), None, None)
-                .map_err(at)?;
+            // Anyone may revoke their own tokens ("log out everywhere").
+            let own_tokens = matches!(op, AdminOp::RevokeTokens { player } if *player == tx.player);
+            if !own_tokens {
+                policy
+                    .check(&tx.player, None, op.action(), None, None)
+                    .map_err(at)?;
+            }
             let event = |entity: String, kind| Event {
                 location: ADMIN_LOCATION.to_string(),
                 index: ctx.index,
@@ -261,6 +314,25 @@ impl AdminApp {
                         .map_err(|why| at(Rejection::AdminRefused(why)))?;
                     events.push(event(format!("location/{name}"), EventKind::Deleted));
                 }
+                AdminOp::RevokeTokens { player } => {
+                    let now = ctx.log_time_ms;
+                    revoked.retain(|_, r| r.log_time_ms.saturating_add(MAX_TOKEN_TTL_MS) >= now);
+                    revoked.insert(
+                        *player,
+                        Revocation {
+                            index: ctx.index,
+                            log_time_ms: now,
+                        },
+                    );
+                    if revoked.len() > MAX_REVOCATIONS {
+                        let why = format!(
+                            "more than {MAX_REVOCATIONS} revocations within a token lifetime"
+                        );
+                        return Err(at(Rejection::AdminRefused(why)));
+                    }
+                    let entity = format!("tokens/{}", hex::encode(player));
+                    events.push(event(entity, EventKind::Deleted));
+                }
                 op => {
                     policy.apply_admin(op).map_err(at)?;
                     events.push(event(policy_entity(op), EventKind::Changed));
@@ -271,6 +343,7 @@ impl AdminApp {
             events,
             policy,
             directory: dir,
+            revoked,
             created,
         })
     }
@@ -281,6 +354,7 @@ struct Carried {
     events: Vec<Event>,
     policy: Policy,
     directory: Directory,
+    revoked: BTreeMap<PlayerKey, Revocation>,
     created: Vec<String>,
 }
 
@@ -295,6 +369,7 @@ fn policy_entity(op: &AdminOp) -> String {
         AdminOp::CreateLocation { name } | AdminOp::RemoveLocation { name } => {
             format!("location/{name}")
         }
+        AdminOp::RevokeTokens { player } => format!("tokens/{}", hex::encode(player)),
     }
 }
 
@@ -312,6 +387,10 @@ impl MetaExtension for AdminApp {
                 replication_factor,
             }) => self.bootstrap(ctx, &admins, &roles, replication_factor),
             Ok(AdminCommand::Submit(signed)) => self.submit(ctx, directory, &signed),
+            Ok(AdminCommand::StampLogin { .. } | AdminCommand::Tick) => AdminReply::Stamped {
+                index: ctx.index,
+                log_time_ms: ctx.log_time_ms,
+            },
             Err(e) => AdminReply::Refused(format!("undecodable admin command: {e}")),
         };
         codec::encode(&reply)
@@ -322,10 +401,23 @@ impl MetaExtension for AdminApp {
             Ok(AdminQuery::Policy) => codec::encode(&self.state.policy),
             Ok(AdminQuery::NextSequence(player)) => codec::encode(&self.next_sequence(&player)),
             Ok(AdminQuery::Audit {
+                reader,
                 player,
                 from_index,
                 max,
-            }) => self.state.audit.reply(player.as_ref(), from_index, max),
+            }) => {
+                if player != Some(reader) {
+                    let allowed = self
+                        .state
+                        .policy
+                        .check(&reader, None, Action::Audit, None, None);
+                    if let Err(denied) = allowed {
+                        return codec::encode(&Err::<(), _>(denied));
+                    }
+                }
+                self.state.audit.reply(player.as_ref(), from_index, max)
+            }
+            Ok(AdminQuery::Revoked(player)) => codec::encode(&self.revoked(&player)),
             Err(_) => Vec::new(),
         }
     }

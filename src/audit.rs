@@ -91,11 +91,13 @@ impl AuditLog {
         (out, false)
     }
 
-    /// [`AuditLog::read`] and [`AuditLog::oldest_index`], encoded as a
-    /// query's reply: `(Vec<AuditEntry>, bool more, Option<u64> oldest)`.
+    /// [`AuditLog::read`] and [`AuditLog::oldest_index`], encoded as an
+    /// allowed query's reply: `Ok((Vec<AuditEntry>, bool more, Option<u64> oldest))`.
     pub fn reply(&self, player: Option<&PlayerKey>, from_index: u64, max: u32) -> Vec<u8> {
         let (entries, more) = self.read(player, from_index, max);
-        garrison_raft::codec::encode(&(entries, more, self.oldest_index()))
+        let reply: Result<_, garrison_client::api::Rejection> =
+            Ok((entries, more, self.oldest_index()));
+        garrison_raft::codec::encode(&reply)
     }
 
     /// The index of the oldest entry still held, if any.

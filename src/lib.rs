@@ -17,6 +17,7 @@
 //! - [`location`]: the location group's app: sequence numbers, exactly-once
 //!   outcomes, queries, snapshots.
 //! - [`service`]: the client API a node serves: ingress checks, routing.
+//! - [`session`]: login challenges, session tokens, the meta clock.
 //! - [`limits`]: rate limits and timeouts of the client port.
 //! - [`server`]: one garrison node: configuration, start, shutdown.
 //! - [`cli`]: the `garrison` command line.
@@ -33,4 +34,5 @@ pub mod propagate;
 pub mod sequence;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod state;

@@ -14,6 +14,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
+use garrison_client::policy::Action;
 use garrison_client::tx::{PlayerKey, SignedTransaction};
 use garrison_raft::{codec, ApplyContext, GroupApp};
 use serde::{Deserialize, Serialize};
@@ -44,19 +45,32 @@ pub enum LocationCommand {
 /// Reads of a location's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocationQuery {
-    /// One entity; the reply is `Option<Entity>`.
-    Entity(String),
-    /// Up to `max` entities in key order; the reply is `(BTreeMap<String, Entity>, bool truncated)`.
+    /// One entity, if `reader` may read it; the reply is
+    /// `Result<Option<Entity>, Rejection>`.
+    Entity {
+        /// The entity's key.
+        key: String,
+        /// Who asks (from a verified session token).
+        reader: PlayerKey,
+    },
+    /// Up to `max` of the entities `reader` may read, in key order; the reply
+    /// is `(BTreeMap<String, Entity>, bool truncated)`.
     Entities {
         /// How many at most.
         max: u32,
+        /// Who asks (from a verified session token).
+        reader: PlayerKey,
     },
     /// A player's next sequence number; the reply is `u64`.
     NextSequence(PlayerKey),
     /// The location's copy of the access policy; the reply is [`Policy`].
     Policy,
-    /// Audit trail entries; the reply is `(Vec<AuditEntry>, bool more, Option<u64> oldest)`.
+    /// Audit trail entries; the reply is `Result<(Vec<AuditEntry>, bool
+    /// more, Option<u64> oldest), Rejection>`.
     Audit {
+        /// Who asks (from a verified session token): anyone may read its
+        /// own entries; others' need the audit permission.
+        reader: PlayerKey,
         /// Only this player's, if given.
         player: Option<PlayerKey>,
         /// Entries at or after this index.
@@ -166,30 +180,72 @@ impl LocationApp {
         self.state.policy.version
     }
 
+    /// May `reader` read `key` (owned by `owner`) here, as of this state?
+    fn may_read(&self, reader: &PlayerKey, key: &str, owner: &PlayerKey) -> Result<(), Rejection> {
+        self.state.policy.check(
+            reader,
+            Some(&self.location),
+            Action::Read,
+            Some(key),
+            Some(owner),
+        )
+    }
+
     fn query_reply(&self, query: LocationQuery) -> Vec<u8> {
         match query {
-            LocationQuery::Entity(key) => codec::encode(&self.state.fragment.entities.get(&key)),
-            LocationQuery::Entities { max } => {
-                // Stop at a byte budget too, so the reply fits in a frame.
+            LocationQuery::Entity { key, reader } => {
+                let entity = self.state.fragment.entities.get(&key);
+                let allowed = match entity {
+                    Some(e) => self.may_read(&reader, &key, &e.owner),
+                    None => Ok(()),
+                };
+                codec::encode(&allowed.map(|()| entity))
+            }
+            LocationQuery::Entities { max, reader } => {
+                // Only what the reader may read; stop at `max` and at a byte
+                // budget, so the reply fits in a frame.
                 let mut entities: BTreeMap<String, Entity> = BTreeMap::new();
                 let mut bytes = 0;
-                for (k, v) in self.state.fragment.entities.iter().take(max as usize) {
+                let mut truncated = false;
+                for (k, v) in &self.state.fragment.entities {
+                    if self.may_read(&reader, k, &v.owner).is_err() {
+                        continue;
+                    }
                     bytes += k.len() + codec::encode(v).len();
-                    if bytes > MAX_READ_REPLY_BYTES && !entities.is_empty() {
+                    if entities.len() == max as usize
+                        || (bytes > MAX_READ_REPLY_BYTES && !entities.is_empty())
+                    {
+                        truncated = true;
                         break;
                     }
                     entities.insert(k.clone(), v.clone());
                 }
-                let truncated = self.state.fragment.entities.len() > entities.len();
                 codec::encode(&(entities, truncated))
             }
             LocationQuery::NextSequence(player) => codec::encode(&self.next_sequence(&player)),
             LocationQuery::Policy => codec::encode(&self.state.policy),
             LocationQuery::Audit {
+                reader,
                 player,
                 from_index,
                 max,
-            } => self.state.audit.reply(player.as_ref(), from_index, max),
+            } => {
+                // Anyone may read their own trail; the whole trail, or
+                // another player's, needs the audit permission here.
+                if player != Some(reader) {
+                    let allowed = self.state.policy.check(
+                        &reader,
+                        Some(&self.location),
+                        Action::Audit,
+                        None,
+                        None,
+                    );
+                    if let Err(denied) = allowed {
+                        return codec::encode(&Err::<(), _>(denied));
+                    }
+                }
+                self.state.audit.reply(player.as_ref(), from_index, max)
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
 use crate::location::LocationFactory;
 use crate::propagate;
 use crate::service::ApiService;
+use crate::session::{self, Sessions};
 
 /// One member of the cluster, as every node's configuration lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,11 @@ impl Default for ApiLimits {
     }
 }
 
+/// The default lifetime of session tokens: an hour.
+pub fn default_token_ttl_ms() -> u64 {
+    60 * 60 * 1000
+}
+
 /// A node's configuration file (TOML); `garrison.example.toml` shows one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +111,13 @@ pub struct ServerConfig {
     /// `policy/roles.toml`). Read at bootstrap only.
     #[serde(default)]
     pub roles_file: Option<PathBuf>,
+    /// The cluster's session-token key (a key file, the same on every node;
+    /// `garrison certs` writes one as `token.key`). Required: reads need tokens.
+    pub token_key: PathBuf,
+    /// How long the session tokens this node issues last, in milliseconds
+    /// of log time (at most 24 h).
+    #[serde(default = "default_token_ttl_ms")]
+    pub token_ttl_ms: u64,
     /// Mutual TLS between nodes (required): the cluster CA, this node's
     /// certificate (naming `node-<node_id>.garrison`) and its key. Relative
     /// paths are relative to the working directory, like `data_dir`.
@@ -197,6 +210,7 @@ impl Server {
         api_listener: TcpListener,
     ) -> anyhow::Result<Self> {
         config.me()?;
+        let sessions = Sessions::load(&config.token_key, &config.cluster, config.token_ttl_ms)?;
         let peer_addr = peer_listener.local_addr()?;
         let node_config = NodeConfig {
             node_id: config.node_id,
@@ -218,9 +232,16 @@ impl Server {
             .iter()
             .map(|m| (m.id, m.api_addr.clone()))
             .collect();
-        let service = ApiService::new(node.clone(), config.cluster.clone(), api_addrs, &config.api);
+        let service = ApiService::new(
+            node.clone(),
+            config.cluster.clone(),
+            api_addrs,
+            &config.api,
+            sessions,
+        );
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));
+        tokio::spawn(session::clock(node.clone(), stop.clone()));
         tokio::spawn(propagate::bootstrap(
             node.clone(),
             config.admins()?,

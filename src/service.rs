@@ -14,7 +14,11 @@ use garrison_client::api::{
     ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead,
     NodeStatus, ReadMode, TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
 };
+use garrison_client::api::{
+    AuditEntry, AuditQuery, AuditRead, Rejection, MAX_AUDIT_ENTRIES_PER_READ,
+};
 use garrison_client::policy::ADMIN_LOCATION;
+use garrison_client::token::{Challenge, SessionToken, TokenClaims};
 use garrison_client::tx::{
     PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES,
 };
@@ -22,6 +26,9 @@ use garrison_client::Entity;
 use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
 use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
 use tarpc::context;
+
+/// An audit query's reply: entries, more follow, the oldest index held.
+type AuditReply = Result<(Vec<AuditEntry>, bool, Option<u64>), Rejection>;
 
 /// How long an administrative transaction waits for the local meta replica.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +38,7 @@ use crate::limits::{Connection, PlayerLimiter};
 use crate::location::{LocationCommand, LocationQuery};
 use crate::propagate;
 use crate::server::ApiLimits;
+use crate::session::Sessions;
 
 /// Serves one client connection's requests against this node.
 #[derive(Clone)]
@@ -43,6 +51,7 @@ pub struct ApiService {
     pub api_addrs: BTreeMap<u64, String>,
     players: Arc<PlayerLimiter>,
     connection: Arc<Connection>,
+    sessions: Arc<Sessions>,
 }
 
 /// Maps the consensus layer's errors to what a client can act on.
@@ -104,6 +113,7 @@ impl ApiService {
         cluster: String,
         api_addrs: BTreeMap<u64, String>,
         limits: &ApiLimits,
+        sessions: Sessions,
     ) -> Self {
         let service = Self {
             node,
@@ -114,6 +124,7 @@ impl ApiService {
                 limits.player_burst,
             )),
             connection: Arc::new(Connection::new(0, 0, Duration::ZERO, Duration::ZERO)),
+            sessions: Arc::new(sessions),
         };
         service.for_connection(limits)
     }
@@ -274,30 +285,124 @@ impl Garrison for ApiService {
         decode(&written.reply)
     }
 
+    async fn challenge(self, _: context::Context, version: u16) -> Result<Challenge, ApiError> {
+        self.admit_request(version)?;
+        Ok(self.sessions.challenge())
+    }
+
+    async fn login(
+        self,
+        _: context::Context,
+        version: u16,
+        player: PlayerKey,
+        challenge: Challenge,
+        answer: Vec<u8>,
+    ) -> Result<SessionToken, ApiError> {
+        self.admit_request(version)?;
+        self.sessions.check_login(&player, &challenge, &answer)?;
+        // A login costs a meta write: charged like a transaction, after the
+        // signature verified.
+        self.players.admit(&player)?;
+        self.sessions.issue(&self.node, player).await
+    }
+
+    async fn verify_token(
+        self,
+        _: context::Context,
+        version: u16,
+        token: SessionToken,
+    ) -> Result<TokenClaims, ApiError> {
+        self.admit_request(version)?;
+        self.sessions.verify(&self.node, &token)
+    }
+
     async fn get_entity(
         self,
         _: context::Context,
         version: u16,
+        token: SessionToken,
         location: String,
         entity: String,
         mode: ReadMode,
     ) -> Result<EntityRead, ApiError> {
         self.admit_request(version)?;
-        let (index, entity): (u64, Option<Entity>) = self
-            .query(&location, LocationQuery::Entity(entity), mode)
-            .await?;
-        Ok(EntityRead { index, entity })
+        let reader = self.sessions.verify(&self.node, &token)?.player;
+        let query = LocationQuery::Entity {
+            key: entity,
+            reader,
+        };
+        let (index, entity): (u64, Result<Option<Entity>, Rejection>) =
+            self.query(&location, query, mode).await?;
+        Ok(EntityRead {
+            index,
+            entity: entity.map_err(ApiError::Forbidden)?,
+        })
+    }
+
+    async fn audit(
+        self,
+        _: context::Context,
+        version: u16,
+        token: SessionToken,
+        query: AuditQuery,
+    ) -> Result<AuditRead, ApiError> {
+        self.admit_request(version)?;
+        let AuditQuery {
+            location,
+            player,
+            from_index,
+            max_entries,
+        } = query;
+        if max_entries > MAX_AUDIT_ENTRIES_PER_READ {
+            return Err(ApiError::InvalidRequest(format!(
+                "max_entries {max_entries} exceeds {MAX_AUDIT_ENTRIES_PER_READ}"
+            )));
+        }
+        let reader = self.sessions.verify(&self.node, &token)?.player;
+        let mode = ReadMode::Linearizable;
+        let (index, reply): (u64, AuditReply) = if location == ADMIN_LOCATION {
+            let query = AdminQuery::Audit {
+                reader,
+                player,
+                from_index,
+                max: max_entries,
+            };
+            let query = MetaQuery::Extension(codec::encode(&query));
+            let reply = self
+                .node
+                .read(META_GROUP, codec::encode(&query), consistency(mode))
+                .await
+                .map_err(api_error)?;
+            (reply.index, decode(&reply.reply)?)
+        } else {
+            let query = LocationQuery::Audit {
+                reader,
+                player,
+                from_index,
+                max: max_entries,
+            };
+            self.query(&location, query, mode).await?
+        };
+        let (entries, more, oldest_index) = reply.map_err(ApiError::Forbidden)?;
+        Ok(AuditRead {
+            index,
+            entries,
+            more,
+            oldest_index,
+        })
     }
 
     async fn get_location(
         self,
         _: context::Context,
         version: u16,
+        token: SessionToken,
         location: String,
         mode: ReadMode,
         max_entities: u32,
     ) -> Result<LocationRead, ApiError> {
         self.admit_request(version)?;
+        let reader = self.sessions.verify(&self.node, &token)?.player;
         if max_entities > MAX_ENTITIES_PER_READ {
             return Err(ApiError::InvalidRequest(format!(
                 "max_entities {max_entities} exceeds {MAX_ENTITIES_PER_READ}"
@@ -306,7 +411,10 @@ impl Garrison for ApiService {
         let (index, (entities, truncated)) = self
             .query(
                 &location,
-                LocationQuery::Entities { max: max_entities },
+                LocationQuery::Entities {
+                    max: max_entities,
+                    reader,
+                },
                 mode,
             )
             .await?;

@@ -11,6 +11,11 @@ fn the_example_configuration_loads_and_states_the_defaults() {
     assert_eq!(config.members.len(), 3);
     assert!(config.admin_keys.is_empty() && config.roles_file.is_none());
     assert_eq!(
+        config.token_ttl_ms,
+        garrison::server::default_token_ttl_ms(),
+        "the example should show the default token lifetime"
+    );
+    assert_eq!(
         config.raft,
         RaftConfig::default(),
         "the example's [raft] section should show the defaults"
@@ -27,7 +32,7 @@ fn the_example_configuration_loads_and_states_the_defaults() {
 /// (node 1) and TLS files.
 fn valid(id: u64, extra: &str) -> String {
     format!(
-        "node_id = {id}\ncluster = \"c\"\ndata_dir = \"d\"\n{extra}\n\
+        "node_id = {id}\ncluster = \"c\"\ndata_dir = \"d\"\ntoken_key = \"t.key\"\n{extra}\n\
          [[members]]\nid = 1\npeer_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\n\
          [tls]\nca_cert = \"ca.pem\"\nnode_cert = \"n.pem\"\nnode_key = \"n.key\"\n"
     )

@@ -104,6 +104,8 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             admin_keys: vec![hex::encode(common::admin_key().public())],
             roles_file: None,
             tls: TlsFiles::in_dir(&tls, m.id),
+            token_key: tls.join("token.key"),
+            token_ttl_ms: garrison::server::default_token_ttl_ms(),
         };
         let path = dir.join(format!("node-{}.toml", m.id));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
@@ -120,7 +122,7 @@ async fn connect(endpoints: &[String]) -> Client {
     let started = Instant::now();
     loop {
         if let Ok(c) = Client::connect(endpoints).await {
-            if c.locations().await.is_ok() {
+            if c.login(&common::admin_key()).await.is_ok() {
                 return c;
             }
         }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Action;
+use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
@@ -14,6 +15,8 @@ pub const API_VERSION: u16 = 2;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
+/// Most entries one audit read returns.
+pub const MAX_AUDIT_ENTRIES_PER_READ: u32 = 1_000;
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +248,19 @@ pub struct AuditEntry {
     pub outcome: Outcome,
 }
 
+/// What an audit read asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// The location (`@cluster`: administrative transactions).
+    pub location: String,
+    /// Only this player's entries, if given.
+    pub player: Option<PlayerKey>,
+    /// Entries at or after this log index.
+    pub from_index: u64,
+    /// At most this many ([`MAX_AUDIT_ENTRIES_PER_READ`]).
+    pub max_entries: u32,
+}
+
 /// A read of an audit trail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRead {
@@ -377,6 +393,13 @@ pub enum ApiError {
     /// Something failed inside the node; the message says what.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The session token is missing, forged, expired or revoked; the inner
+    /// error says which. Log in again (a missing or expired token), or stop.
+    #[error("session token refused: {0}")]
+    Token(TokenError),
+    /// The token's player may not do this; the rejection says what is missing.
+    #[error("{0}")]
+    Forbidden(Rejection),
     /// Too many requests from this connection, or transactions from this
     /// player; retry after the given time. Nothing was done.
     #[error("rate limited ({what}); retry in {retry_after_ms} ms")]
@@ -393,16 +416,31 @@ pub enum ApiError {
 pub trait Garrison {
     /// Checks, proposes and waits for a signed transaction; from any node.
     async fn submit(version: u16, tx: SignedTransaction) -> Result<TxReceipt, ApiError>;
-    /// Reads one entity.
+    /// A login challenge, valid for 30 s on any node.
+    async fn challenge(version: u16) -> Result<Challenge, ApiError>;
+    /// Logs `player` in with its answer to `challenge` (see
+    /// [`crate::token`]); the token is for every node of the cluster.
+    async fn login(
+        version: u16,
+        player: PlayerKey,
+        challenge: Challenge,
+        answer: Vec<u8>,
+    ) -> Result<SessionToken, ApiError>;
+    /// Checks a token as reads do, and says whose it is and until when.
+    async fn verify_token(version: u16, token: SessionToken) -> Result<TokenClaims, ApiError>;
+    /// Reads one entity, if the token's player may read it.
     async fn get_entity(
         version: u16,
+        token: SessionToken,
         location: String,
         entity: String,
         mode: ReadMode,
     ) -> Result<EntityRead, ApiError>;
-    /// Reads up to `max_entities` entities of a location, in key order.
+    /// Reads up to `max_entities` of the entities of a location the token's
+    /// player may read, in key order.
     async fn get_location(
         version: u16,
+        token: SessionToken,
         location: String,
         mode: ReadMode,
         max_entities: u32,
@@ -414,6 +452,14 @@ pub trait Garrison {
         player: PlayerKey,
         mode: ReadMode,
     ) -> Result<u64, ApiError>;
+    /// Audit trail entries of a location (`@cluster`: administrative
+    /// transactions) at or after `from_index`, of `player` only if given.
+    /// A player may read its own; others' need the audit permission.
+    async fn audit(
+        version: u16,
+        token: SessionToken,
+        query: AuditQuery,
+    ) -> Result<AuditRead, ApiError>;
     /// Every location.
     async fn locations(version: u16) -> Result<Vec<LocationInfo>, ApiError>;
     /// This node's status.

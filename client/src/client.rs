@@ -21,12 +21,13 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::api::{
-    ApiError, EntityRead, GarrisonClient, GroupConsistency, LocationInfo, LocationRead, NodeStatus,
-    Outcome, ReadMode, Rejection, TxReceipt, API_VERSION,
+    ApiError, AuditQuery, AuditRead, EntityRead, GarrisonClient, GroupConsistency, LocationInfo,
+    LocationRead, NodeStatus, Outcome, ReadMode, Rejection, TxReceipt, API_VERSION,
 };
 use crate::error::ClientError;
 use crate::keys::Keypair;
 use crate::policy::{AdminOp, ADMIN_LOCATION};
+use crate::token::{SessionToken, TokenClaims, TokenError};
 use crate::tx::{Op, SignedTransaction, Transaction};
 
 /// Largest frame the client sends or accepts.
@@ -75,6 +76,15 @@ pub struct Client {
     cluster: String,
     /// Location → API address of its leader, as last learned.
     leaders: Mutex<HashMap<String, String>>,
+    /// The key reads log in with, and the token they show.
+    session: Mutex<Option<Session>>,
+}
+
+/// A logged-in session: the key (to log in again when the token expires or
+/// is revoked) and the current token.
+struct Session {
+    seed: [u8; 32],
+    token: SessionToken,
 }
 
 async fn connect(addr: &str) -> Result<GarrisonClient, String> {
@@ -127,6 +137,7 @@ impl Client {
             preferred: Mutex::new(0),
             cluster: String::new(),
             leaders: Mutex::new(HashMap::new()),
+            session: Mutex::new(None),
         };
         let status = client.status().await?;
         client.cluster = status.cluster.clone();
@@ -325,12 +336,109 @@ impl Client {
         entity: &str,
         mode: ReadMode,
     ) -> Result<EntityRead, ClientError> {
-        self.with_retries(None, |c| {
+        self.with_session(|c, token| {
             let (location, entity) = (location.to_string(), entity.to_string());
             async move {
-                c.get_entity(self.ctx(), API_VERSION, location, entity, mode)
+                c.get_entity(self.ctx(), API_VERSION, token, location, entity, mode)
                     .await
             }
+        })
+        .await
+    }
+
+    /// Logs `key`'s player in: reads from now on show its session token, and
+    /// the client logs in again by itself when the token expires or is revoked.
+    pub async fn login(&self, key: &Keypair) -> Result<SessionToken, ClientError> {
+        let challenge = self
+            .with_retries(None, |c| async move {
+                c.challenge(self.ctx(), API_VERSION).await
+            })
+            .await?;
+        let answer = challenge.answer(key);
+        let player = key.public();
+        let token = self
+            .with_retries(None, |c| {
+                let (challenge, answer) = (challenge.clone(), answer.clone());
+                async move {
+                    c.login(self.ctx(), API_VERSION, player, challenge, answer)
+                        .await
+                }
+            })
+            .await?;
+        *self.session.lock().expect("session") = Some(Session {
+            seed: key.signing_key().to_bytes(),
+            token: token.clone(),
+        });
+        Ok(token)
+    }
+
+    /// The current session token, if logged in.
+    pub fn token(&self) -> Option<SessionToken> {
+        self.session
+            .lock()
+            .expect("session")
+            .as_ref()
+            .map(|s| s.token.clone())
+    }
+
+    /// Checks a token with the cluster: whose it is and until when.
+    pub async fn verify_token(&self, token: &SessionToken) -> Result<TokenClaims, ClientError> {
+        self.with_retries(None, |c| {
+            let token = token.clone();
+            async move { c.verify_token(self.ctx(), API_VERSION, token).await }
+        })
+        .await
+    }
+
+    /// Runs a request that needs the session token; logs in again once if
+    /// the token expired or was revoked.
+    async fn with_session<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(GarrisonClient, SessionToken) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
+        let token = self
+            .token()
+            .ok_or(ClientError::Api(ApiError::Token(TokenError::Missing)))?;
+        let first = self.with_retries(None, |c| call(c, token.clone())).await;
+        match first {
+            Err(ClientError::Api(ApiError::Token(
+                TokenError::Expired { .. } | TokenError::Revoked { .. },
+            ))) => {
+                let seed = self
+                    .session
+                    .lock()
+                    .expect("session")
+                    .as_ref()
+                    .map(|s| s.seed);
+                let Some(seed) = seed else { return first };
+                let token = self.login(&Keypair::from_seed(seed)).await?;
+                self.with_retries(None, |c| call(c, token.clone())).await
+            }
+            other => other,
+        }
+    }
+
+    /// Audit trail entries of `location` (`@cluster` for administrative
+    /// transactions) from `from_index`, of `player` only if given; needs a
+    /// session (a player may read its own entries, others need the audit
+    /// permission).
+    pub async fn audit(
+        &self,
+        location: &str,
+        player: Option<crate::tx::PlayerKey>,
+        from_index: u64,
+        max_entries: u32,
+    ) -> Result<AuditRead, ClientError> {
+        let query = AuditQuery {
+            location: location.to_string(),
+            player,
+            from_index,
+            max_entries,
+        };
+        self.with_session(|c, token| {
+            let query = query.clone();
+            async move { c.audit(self.ctx(), API_VERSION, token, query).await }
         })
         .await
     }
@@ -342,10 +450,10 @@ impl Client {
         mode: ReadMode,
         max_entities: u32,
     ) -> Result<LocationRead, ClientError> {
-        self.with_retries(None, |c| {
+        self.with_session(|c, token| {
             let location = location.to_string();
             async move {
-                c.get_location(self.ctx(), API_VERSION, location, mode, max_entities)
+                c.get_location(self.ctx(), API_VERSION, token, location, mode, max_entities)
                     .await
             }
         })

@@ -17,6 +17,7 @@
 //! - [`tx`]: transactions, their canonical bytes, signing and ingress checks.
 //! - [`api`]: the tarpc service nodes serve to clients, and its types.
 //! - [`keys`]: generating, saving and loading player keys.
+//! - [`token`]: session tokens and login challenges.
 //! - [`policy`]: access-control vocabulary and administrative operations.
 //! - [`client`]: [`Client`] (endpoints, retries, leader affinity) and
 //!   [`Player`] (sequence numbers, exactly-once submission).
@@ -27,6 +28,7 @@ pub mod client;
 pub mod error;
 pub mod keys;
 pub mod policy;
+pub mod token;
 pub mod tx;
 
 pub use api::{

@@ -187,6 +187,12 @@ pub enum AdminOp {
         /// The role, or `None`: players without assignments may do nothing.
         role: Option<String>,
     },
+    /// Revokes every session token of `player` issued before this
+    /// operation (a player may always revoke its own: "log out everywhere").
+    RevokeTokens {
+        /// Whose tokens.
+        player: PlayerKey,
+    },
 }
 
 impl AdminOp {
@@ -200,6 +206,7 @@ impl AdminOp {
             | AdminOp::AssignRole { .. }
             | AdminOp::UnassignRole { .. }
             | AdminOp::SetDefaultRole { .. } => Action::ManageRoles,
+            AdminOp::RevokeTokens { .. } => Action::RevokeTokens,
         }
     }
 
@@ -225,6 +232,7 @@ impl AdminOp {
                 Some(role) => check_name("role name", role, MAX_ROLE_NAME_BYTES),
                 None => Ok(()),
             },
+            AdminOp::RevokeTokens { .. } => Ok(()),
         }
     }
 }
@@ -417,7 +425,9 @@ impl Policy {
         let refuse = |why: String| Err(Rejection::AdminRefused(why));
         let mut next = self.clone();
         match op {
-            AdminOp::CreateLocation { .. } | AdminOp::RemoveLocation { .. } => return Ok(()),
+            AdminOp::CreateLocation { .. }
+            | AdminOp::RemoveLocation { .. }
+            | AdminOp::RevokeTokens { .. } => return Ok(()),
             AdminOp::DefineRole { role, permissions } => {
                 next.roles.insert(role.clone(), permissions.clone());
             }

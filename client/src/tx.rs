@@ -210,6 +210,33 @@ fn canonical_config() -> impl bincode::config::Config {
         .with_limit::<MAX_TRANSACTION_BYTES>()
 }
 
+/// Encodes `value` canonically (the transaction encoding: bincode 2,
+/// little-endian, fixed-width integers), for the other signed formats.
+pub fn canonical_encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, canonical_config())
+        .expect("signed formats are smaller than the transaction limit")
+}
+
+/// Decodes canonical bytes of at most `max` bytes, refusing trailing bytes
+/// and any encoding but the canonical one; the error says what was wrong.
+pub fn canonical_decode<T: serde::de::DeserializeOwned + Serialize>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, String> {
+    if bytes.len() > max.min(MAX_TRANSACTION_BYTES) {
+        return Err(format!("{} bytes; the limit is {max}", bytes.len()));
+    }
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, canonical_config()).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} bytes after the value", bytes.len() - used));
+    }
+    if canonical_encode(&value) != bytes {
+        return Err("not the canonical encoding".into());
+    }
+    Ok(value)
+}
+
 impl Transaction {
     /// The canonical bytes this transaction is signed and sent as.
     pub fn canonical_bytes(&self) -> Vec<u8> {
@@ -366,10 +393,47 @@ fn check_op(op: &Op) -> Result<(), String> {
 }
 
 fn signed_message(canonical: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + canonical.len());
-    message.extend_from_slice(SIGNING_DOMAIN);
-    message.extend_from_slice(canonical);
+    domain_message(SIGNING_DOMAIN, canonical)
+}
+
+fn domain_message(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(domain.len() + bytes.len());
+    message.extend_from_slice(domain);
+    message.extend_from_slice(bytes);
     message
+}
+
+/// Signs `domain ‖ bytes` (for the other signed formats: session tokens and
+/// their challenges).
+pub fn sign_with_domain(key: &SigningKey, domain: &[u8], bytes: &[u8]) -> Vec<u8> {
+    key.sign(&domain_message(domain, bytes)).to_bytes().to_vec()
+}
+
+/// Checks that `signature` is `public`'s signature of `domain ‖ bytes`: the
+/// key must be a canonically encoded, non-weak point, and the signature must
+/// pass `verify_strict`.
+pub fn verify_signed(
+    public: &PlayerKey,
+    domain: &[u8],
+    bytes: &[u8],
+    signature: &[u8],
+) -> Result<(), TxError> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| TxError::InvalidKey)?;
+    // One point, one encoding: a non-canonical y (≥ p) would give a
+    // player a second identity with its own sequence numbers.
+    if key.to_edwards().compress().to_bytes() != *public {
+        return Err(TxError::InvalidKey);
+    }
+    if key.is_weak() {
+        return Err(TxError::WeakKey);
+    }
+    let signature: [u8; SIGNATURE_BYTES] =
+        signature.try_into().map_err(|_| TxError::BadSignature)?;
+    key.verify_strict(
+        &domain_message(domain, bytes),
+        &Signature::from_bytes(&signature),
+    )
+    .map_err(|_| TxError::BadSignature)
 }
 
 /// A transaction that passed every ingress check.
@@ -386,25 +450,12 @@ impl SignedTransaction {
     pub fn verify(&self) -> Result<VerifiedTransaction, TxError> {
         let transaction = Transaction::from_canonical_bytes(&self.transaction)?;
         transaction.check_limits()?;
-        let key = VerifyingKey::from_bytes(&transaction.player).map_err(|_| TxError::InvalidKey)?;
-        // One point, one encoding: a non-canonical y (≥ p) would give a
-        // player a second identity with its own sequence numbers.
-        if key.to_edwards().compress().to_bytes() != transaction.player {
-            return Err(TxError::InvalidKey);
-        }
-        if key.is_weak() {
-            return Err(TxError::WeakKey);
-        }
-        let signature: [u8; SIGNATURE_BYTES] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| TxError::BadSignature)?;
-        key.verify_strict(
-            &signed_message(&self.transaction),
-            &Signature::from_bytes(&signature),
-        )
-        .map_err(|_| TxError::BadSignature)?;
+        verify_signed(
+            &transaction.player,
+            SIGNING_DOMAIN,
+            &self.transaction,
+            &self.signature,
+        )?;
         Ok(VerifiedTransaction {
             transaction,
             signed: self.clone(),

@@ -182,8 +182,9 @@ impl Cluster {
         let ips: Vec<String> = (1..=n).map(|i| format!("10.77.0.{}", 10 + i)).collect();
         // Top-level keys go before the [[members]] tables.
         let mut members = format!(
-            "admin_keys = [\"{}\"]\n\n",
-            hex::encode(admin_key().public())
+            "admin_keys = [\"{}\"]\ntoken_key = \"{}\"\n\n",
+            hex::encode(admin_key().public()),
+            tls.join("token.key").display()
         );
         for (i, ip) in ips.iter().enumerate() {
             members += &format!("[[members]]\nid = {}\npeer_addr = \"{ip}:{PEER_PORT}\"\napi_addr = \"{ip}:{API_PORT}\"\n\n", i + 1);

@@ -94,9 +94,10 @@ impl Workload {
             let mut client: Option<Client> = None;
             while !stop.load(Ordering::Relaxed) {
                 let Some(c) = client.as_ref() else {
+                    // Reads need a session: log in as this worker.
                     match Client::connect_with(&[endpoint.clone()], options(true)).await {
-                        Ok(c) => client = Some(c),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Ok(c) if c.login(&worker_key(process)).await.is_ok() => client = Some(c),
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                     continue;
                 };

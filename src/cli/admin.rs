@@ -63,6 +63,11 @@ pub enum AdminCommand {
         /// The role, or "none".
         role: String,
     },
+    /// Revoke every session token a player holds (its own: no permission needed).
+    RevokeTokens {
+        /// The player's public key, in hex.
+        player: String,
+    },
 }
 
 /// Who gets (or loses) which role where.
@@ -77,12 +82,17 @@ pub struct AssignArgs {
     pub location: Option<String>,
 }
 
+/// A public key given in hex on the command line.
+pub fn parse_player(text: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .with_context(|| format!("{text:?} is not a public key (64 hex digits)"))
+}
+
 impl AssignArgs {
     fn parts(&self) -> anyhow::Result<([u8; 32], String, Scope)> {
-        let player = hex::decode(&self.player)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .with_context(|| format!("{:?} is not a public key (64 hex digits)", self.player))?;
+        let player = parse_player(&self.player)?;
         let scope = match &self.location {
             Some(l) => Scope::Location(l.clone()),
             None => Scope::Everywhere,
@@ -130,6 +140,9 @@ fn op(command: &AdminCommand) -> anyhow::Result<AdminOp> {
         AdminCommand::DeleteRole { role } => AdminOp::DeleteRole { role: role.clone() },
         AdminCommand::SetDefaultRole { role } => AdminOp::SetDefaultRole {
             role: (role != "none").then(|| role.clone()),
+        },
+        AdminCommand::RevokeTokens { player } => AdminOp::RevokeTokens {
+            player: parse_player(player)?,
         },
     })
 }

@@ -1,5 +1,6 @@
 //! `garrison certs`: a development CA and one certificate per node, for
-//! mutual TLS between nodes (`docs/formats.md` describes the files).
+//! mutual TLS between nodes, and the cluster's session-token key
+//! (`token.key`); `docs/formats.md` describes the files.
 //!
 //! Idempotent: an existing CA in the directory is reused and existing node
 //! certificates are kept, so adding a node to a cluster is running it again
@@ -31,6 +32,10 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<i32> {
         "reused"
     };
     println!("CA {ca}: {}", args.dir.join("ca.pem").display());
+    println!(
+        "session-token key: {}",
+        args.dir.join(TOKEN_KEY_FILE).display()
+    );
     for (what, ids) in [("issued", &report.issued), ("kept", &report.kept)] {
         for id in ids {
             println!(
@@ -42,8 +47,13 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Makes sure `dir` holds a CA and certificates for `nodes` (for callers
-/// that want no output).
+/// The cluster's session-token key's file name in a certificates directory.
+pub const TOKEN_KEY_FILE: &str = "token.key";
+
+/// Makes sure `dir` holds a CA, certificates for `nodes` and a session-token
+/// key (for callers that want no output).
 pub fn ensure(dir: &Path, nodes: &[NodeId]) -> anyhow::Result<CertsReport> {
-    Ok(ensure_dev_certs(dir, nodes)?)
+    let report = ensure_dev_certs(dir, nodes)?;
+    super::load_or_create_key(&dir.join(TOKEN_KEY_FILE))?;
+    Ok(report)
 }

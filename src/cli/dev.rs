@@ -61,19 +61,15 @@ fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64, admin: &Keypair)
         admin_keys: vec![hex::encode(admin.public())],
         roles_file: None,
         tls: TlsFiles::in_dir(&dir.join("tls"), id),
+        token_key: dir.join("tls").join(super::certs::TOKEN_KEY_FILE),
+        token_ttl_ms: crate::server::default_token_ttl_ms(),
     }
 }
 
 /// The dev cluster's admin key (`admin.key` in its directory), created the
 /// first time.
 fn admin_key(dir: &Path) -> anyhow::Result<Keypair> {
-    let path = dir.join("admin.key");
-    if path.exists() {
-        return Ok(Keypair::load(&path)?);
-    }
-    let key = Keypair::generate();
-    key.save(&path)?;
-    Ok(key)
+    super::load_or_create_key(&dir.join("admin.key"))
 }
 
 /// Loads the nodes' configurations from `dir`, writing them first if this is

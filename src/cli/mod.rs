@@ -49,6 +49,8 @@ pub enum Command {
     Tx(ops::TxArgs),
     /// Read an entity or a whole location.
     Get(ops::GetArgs),
+    /// Show a location's audit trail: who did what, at which index, with which outcome.
+    Audit(ops::AuditArgs),
     /// Administrative transactions: locations, roles.
     Admin(admin::AdminArgs),
     /// List the locations.
@@ -70,6 +72,16 @@ pub fn home() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".garrison")
+}
+
+/// The key in the key file at `path`, created the first time.
+pub fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<garrison_client::Keypair> {
+    if path.exists() {
+        return Ok(garrison_client::Keypair::load(path)?);
+    }
+    let key = garrison_client::Keypair::generate();
+    key.save(path)?;
+    Ok(key)
 }
 
 /// What `garrison dev` records about the cluster it runs.
@@ -124,6 +136,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         Command::Keygen(args) => ops::keygen(args),
         Command::Tx(args) => ops::tx(&cli, args, matches.subcommand_matches("tx")).await,
         Command::Get(args) => ops::get(&cli, args).await,
+        Command::Audit(args) => ops::audit(&cli, args).await,
         Command::Admin(args) => admin::run(&cli, args).await,
         Command::Locations => ops::locations(&cli).await,
         Command::Status => ops::status(&cli).await,

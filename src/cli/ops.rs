@@ -252,11 +252,98 @@ pub struct GetArgs {
     /// With --stale: the lowest log index the answer may reflect.
     #[arg(long, default_value_t = 0)]
     pub min_index: u64,
+    /// The key to log in with (default: $GARRISON_HOME/player.key, else the
+    /// dev cluster's admin key).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// The key reads log in with: the one given, else the player key, else the
+/// dev cluster's admin key.
+fn reader_key(given: &Option<PathBuf>) -> anyhow::Result<Keypair> {
+    let path = match given {
+        Some(p) => p.clone(),
+        None if default_key().exists() => default_key(),
+        None => super::admin::default_admin_key(),
+    };
+    Keypair::load(&path).with_context(|| {
+        format!(
+            "reads need a session: no key at {} (garrison keygen, or --key FILE)",
+            path.display()
+        )
+    })
+}
+
+/// Connects and logs in with the reader's key.
+async fn connect_as(cli: &Cli, key: &Option<PathBuf>) -> anyhow::Result<Client> {
+    let client = connect(cli).await?;
+    client.login(&reader_key(key)?).await?;
+    Ok(client)
+}
+
+/// Arguments of `garrison audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The location (`@cluster`: administrative transactions).
+    #[arg(long, short)]
+    pub location: String,
+    /// Only this player's transactions (public key in hex).
+    #[arg(long)]
+    pub player: Option<String>,
+    /// From this log index on.
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 100)]
+    pub max: u32,
+    /// The key to log in with (see `get`).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// Prints who did what, at which index, with which outcome.
+pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<i32> {
+    let player = match &args.player {
+        Some(h) => Some(super::admin::parse_player(h)?),
+        None => None,
+    };
+    let client = connect_as(cli, &args.key).await?;
+    let read = client
+        .audit(&args.location, player, args.from, args.max)
+        .await?;
+    if let Some(oldest) = read.oldest_index.filter(|o| *o > args.from) {
+        println!("(entries before index {oldest} have rolled off)");
+    }
+    for e in &read.entries {
+        let what =
+            match garrison_client::Transaction::from_canonical_bytes(&e.transaction.transaction) {
+                Ok(tx) => format!("{} op(s)", tx.ops.len()),
+                Err(_) => "undecodable".into(),
+            };
+        let outcome = match &e.outcome {
+            Outcome::Committed { events } => format!("committed, {} event(s)", events.len()),
+            Outcome::Rejected { reason, .. } => format!("rejected: {reason}"),
+        };
+        println!(
+            "index {:<8} t={}ms player {} seq {:<5} {what}: {outcome}",
+            e.index,
+            e.log_time_ms,
+            hex::encode(e.player),
+            e.sequence
+        );
+    }
+    let more = if read.more { ", more follow" } else { "" };
+    println!(
+        "({} entries as of index {}{more})",
+        read.entries.len(),
+        read.index
+    );
+    Ok(0)
 }
 
 /// Reads an entity or a location.
 pub async fn get(cli: &Cli, args: &GetArgs) -> anyhow::Result<i32> {
-    let client = connect(cli).await?;
+    let client = connect_as(cli, &args.key).await?;
     let mode = if args.stale {
         ReadMode::Stale {
             min_index: args.min_index,

@@ -37,6 +37,11 @@ pub fn admin_key() -> Keypair {
     Keypair::from_seed([0xad; 32])
 }
 
+/// The test clusters' session-token key.
+pub fn token_key() -> Keypair {
+    Keypair::from_seed([0x70; 32])
+}
+
 /// Three servers of one cluster, in this process.
 pub struct Servers {
     pub servers: Vec<Option<Server>>,
@@ -59,6 +64,15 @@ impl Servers {
         api: garrison::server::ApiLimits,
         raft: garrison_raft::RaftConfig,
     ) -> Self {
+        Self::start_edited(n, cluster, |c| {
+            c.api = api.clone();
+            c.raft = raft.clone();
+        })
+        .await
+    }
+
+    /// Starts `n` servers whose configurations `edit` changes first.
+    pub async fn start_edited(n: u64, cluster: &str, edit: impl Fn(&mut ServerConfig)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("warn,openraft=error")
@@ -79,20 +93,24 @@ impl Servers {
         let certs = tempfile::tempdir().unwrap();
         let ids: Vec<u64> = (1..=n).collect();
         garrison_raft::certs::ensure_dev_certs(certs.path(), &ids).expect("test certificates");
+        token_key().save(&certs.path().join("token.key")).unwrap();
         let mut servers = Vec::new();
         let mut configs = Vec::new();
         for (i, (peer, api_listener)) in listeners.into_iter().enumerate() {
-            let config = ServerConfig {
+            let mut config = ServerConfig {
                 node_id: i as u64 + 1,
                 cluster: cluster.into(),
                 data_dir: dirs[i].path().to_path_buf(),
                 members: members.clone(),
-                raft: raft.clone(),
-                api: api.clone(),
+                raft: Default::default(),
+                api: Default::default(),
                 admin_keys: vec![hex::encode(admin_key().public())],
                 roles_file: None,
                 tls: TlsFiles::in_dir(certs.path(), i as u64 + 1),
+                token_key: certs.path().join("token.key"),
+                token_ttl_ms: garrison::server::default_token_ttl_ms(),
             };
+            edit(&mut config);
             configs.push(config.clone());
             servers.push(Some(
                 Server::start_with_listeners(config, peer, api_listener)
@@ -143,12 +161,13 @@ impl Servers {
         }
     }
 
-    /// A client, once the cluster answers.
+    /// A client, once the cluster answers, logged in as the admin (who may
+    /// read everything).
     pub async fn client(&self) -> Client {
         let started = Instant::now();
         loop {
             if let Ok(client) = Client::connect(&self.endpoints).await {
-                if client.locations().await.is_ok() {
+                if client.login(&admin_key()).await.is_ok() {
                     return client;
                 }
             }
