@@ -494,24 +494,44 @@ fn a_committed_write_survives_an_abort_of_every_node() {
         ])
         .env(ABORT_CHILD, "1")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The child's panics and logs, to say why if it never got going.
+    let mut stderr = child.stderr.take().unwrap();
+    let child_log = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut bytes).ok();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
     let mut spec = None;
     let mut acked = Vec::new();
+    let mut out = Vec::new();
     for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
+        out.push(line.clone());
+        // libtest may print "test NAME ... " on the same line first.
+        let line = match line.find("cluster /") {
+            Some(at) => line[at..].to_string(),
+            None => line,
+        };
         if let Some(rest) = line.strip_prefix("cluster ") {
             spec = Some(rest.to_string());
         } else if let Some(w) = line.strip_prefix("acked ") {
             acked.push(w.as_bytes().to_vec());
         }
     }
-    assert!(
-        !child.wait().unwrap().success(),
-        "the child must have aborted"
-    );
-    let spec = spec.expect("the child printed its cluster");
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child must have aborted");
+    let child_log = child_log.join().unwrap();
+    let tail: Vec<&str> = child_log.lines().rev().take(20).collect();
+    let spec = spec.unwrap_or_else(|| {
+        panic!(
+            "the child ({status}) never printed its cluster; its output:\n{}\nits last log lines:\n{}",
+            out.join("\n"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    });
     let (dirs, addrs) = spec.split_once(' ').unwrap();
     let dirs: Vec<std::path::PathBuf> = dirs.split(',').map(Into::into).collect();
     let addrs: Vec<std::net::SocketAddr> = addrs.split(',').map(|a| a.parse().unwrap()).collect();
