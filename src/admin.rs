@@ -18,7 +18,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 
 use garrison_client::api::{Event, EventKind, Outcome, Rejection, TxReceipt};
-use garrison_client::policy::{Action, AdminOp, ADMIN_LOCATION};
+use garrison_client::policy::{Action, AdminOp, Scope, ADMIN_LOCATION};
 use garrison_client::token::MAX_TOKEN_TTL_MS;
 use garrison_client::tx::{Op, PlayerKey, SignedTransaction, Transaction};
 use garrison_raft::meta::Directory;
@@ -48,16 +48,18 @@ pub enum AdminCommand {
     },
     /// A signed administrative transaction that passed ingress checks.
     Submit(SignedTransaction),
-    /// Orders a login (whose challenge and signature a node checked) in the
-    /// meta log; the reply's log time and index go into the session token.
-    StampLogin {
-        /// Who logs in.
-        player: PlayerKey,
+    /// Advances the session clock (tokens expire on it) by the time the
+    /// proposing leader measured, on its monotonic clock, since it saw the
+    /// last tick applied; proposed about once a second.
+    Tick {
+        /// Milliseconds elapsed; at most [`MAX_TICK_MS`] count.
+        elapsed_ms: u64,
     },
-    /// Advances the meta group's log time (tokens expire on it); proposed by
-    /// the meta leader's node when the log has been quiet for a second.
-    Tick,
 }
+
+/// The most one tick may advance the session clock: a leader that was
+/// paused or whose clock misbehaves cannot make tokens expire early by more.
+pub const MAX_TICK_MS: u64 = 10_000;
 
 /// The extension's answer to an [`AdminCommand`]. (Encoded at once and
 /// rare, so the size difference between variants does not matter.)
@@ -77,28 +79,27 @@ pub enum AdminReply {
     },
     /// The command was refused and changed nothing; the text says why.
     Refused(String),
-    /// The entry's meta index and log time (for `StampLogin` and `Tick`).
-    Stamped {
-        /// The meta index.
-        index: u64,
-        /// The log time, in ms since the Unix epoch.
-        log_time_ms: u64,
-    },
+    /// The session clock after a tick, in ms.
+    Ticked(u64),
 }
 
 /// A revocation of a player's session tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
-    /// The meta index of the revoking transaction: tokens stamped before it are refused.
+    /// The meta index of the revoking transaction: tokens issued at a lower
+    /// index are refused.
     pub index: u64,
-    /// Its log time; the record is dropped once every token it could refuse
-    /// has expired anyway.
-    pub log_time_ms: u64,
+    /// The session clock then; the record is dropped, at the next
+    /// revocation, once every token it could refuse has expired anyway.
+    pub at_ms: u64,
 }
 
 /// Most players whose tokens can be revoked at once (within
 /// [`MAX_TOKEN_TTL_MS`] of each other).
 pub const MAX_REVOCATIONS: usize = 65_536;
+/// Of [`MAX_REVOCATIONS`], how many only holders of `revoke_tokens` may
+/// fill: players revoking their own tokens cannot lock them out.
+pub const RESERVED_REVOCATIONS: usize = 4_096;
 
 /// Reads of the extension's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,8 +139,11 @@ pub struct AdminImage {
     /// The administrative transactions carried out.
     pub audit: AuditLog,
     /// The latest revocation of each player's tokens, for
-    /// [`MAX_TOKEN_TTL_MS`] after it.
+    /// [`MAX_TOKEN_TTL_MS`] of session time after it.
     pub revoked: BTreeMap<PlayerKey, Revocation>,
+    /// The session clock, in ms: tokens are issued and expire on it. It
+    /// advances only by ticks, by the time meta leaders measured passing.
+    pub session_clock_ms: u64,
 }
 
 /// The garrison [`MetaExtension`].
@@ -168,6 +172,11 @@ impl AdminApp {
     /// The latest revocation of `player`'s tokens, if still relevant.
     pub fn revoked(&self, player: &PlayerKey) -> Option<Revocation> {
         self.state.revoked.get(player).copied()
+    }
+
+    /// The session clock, in ms (0 before the first tick).
+    pub fn session_clock_ms(&self) -> u64 {
+        self.state.session_clock_ms
     }
 
     /// The player's next administrative sequence number.
@@ -312,21 +321,35 @@ impl AdminApp {
                 AdminOp::RemoveLocation { name } => {
                     dir.remove_location(name)
                         .map_err(|why| at(Rejection::AdminRefused(why)))?;
+                    // Roles held there go with it: a new location of the
+                    // same name starts without them.
+                    let gone = Scope::Location(name.clone());
+                    for held in policy.assignments.values_mut() {
+                        held.retain(|(_, scope)| *scope != gone);
+                    }
+                    policy.assignments.retain(|_, held| !held.is_empty());
                     events.push(event(format!("location/{name}"), EventKind::Deleted));
                 }
                 AdminOp::RevokeTokens { player } => {
-                    let now = ctx.log_time_ms;
-                    revoked.retain(|_, r| r.log_time_ms.saturating_add(MAX_TOKEN_TTL_MS) >= now);
+                    let now = self.state.session_clock_ms;
+                    revoked.retain(|_, r| r.at_ms.saturating_add(MAX_TOKEN_TTL_MS) >= now);
                     revoked.insert(
                         *player,
                         Revocation {
                             index: ctx.index,
-                            log_time_ms: now,
+                            at_ms: now,
                         },
                     );
-                    if revoked.len() > MAX_REVOCATIONS {
+                    let privileged = policy
+                        .check(&tx.player, None, Action::RevokeTokens, None, None)
+                        .is_ok();
+                    let room = match privileged {
+                        true => MAX_REVOCATIONS,
+                        false => MAX_REVOCATIONS - RESERVED_REVOCATIONS,
+                    };
+                    if revoked.len() > room {
                         let why = format!(
-                            "more than {MAX_REVOCATIONS} revocations within a token lifetime"
+                            "more than {room} revocations within a token lifetime; ask an admin"
                         );
                         return Err(at(Rejection::AdminRefused(why)));
                     }
@@ -387,10 +410,17 @@ impl MetaExtension for AdminApp {
                 replication_factor,
             }) => self.bootstrap(ctx, &admins, &roles, replication_factor),
             Ok(AdminCommand::Submit(signed)) => self.submit(ctx, directory, &signed),
-            Ok(AdminCommand::StampLogin { .. } | AdminCommand::Tick) => AdminReply::Stamped {
-                index: ctx.index,
-                log_time_ms: ctx.log_time_ms,
-            },
+            Ok(AdminCommand::Tick { elapsed_ms }) => {
+                // The clock starts at the log time of the first tick, so
+                // token times read like dates; after that only elapsed
+                // time counts, never a leader's wall clock.
+                let clock = &mut self.state.session_clock_ms;
+                *clock = match *clock {
+                    0 => ctx.log_time_ms,
+                    t => t.saturating_add(elapsed_ms.min(MAX_TICK_MS)),
+                };
+                AdminReply::Ticked(*clock)
+            }
             Err(e) => AdminReply::Refused(format!("undecodable admin command: {e}")),
         };
         codec::encode(&reply)

@@ -7,22 +7,29 @@
 //! Refusals that consume no sequence number (replays, gaps, wrong location)
 //! and duplicates are not entries: nothing was carried out.
 //!
+//! Transactions refused by access control (denied, or before the location
+//! had its policy) are kept apart, by digest only, in a ring of their own
+//! ([`MAX_REFUSED_AUDIT_ENTRIES`]): a player without rights can neither push
+//! the trail of what was carried out off its end nor fill it with its bytes.
+//!
 //! The trail is part of the replicated state (it is in snapshots, and every
 //! replica holds the same one), bounded per location by
-//! [`MAX_AUDIT_ENTRIES`] and [`MAX_AUDIT_BYTES`]: the oldest entries fall
-//! off first. A deployment that must keep everything exports it (reads by
-//! `from_index`) faster than it rolls over.
+//! [`MAX_AUDIT_ENTRIES`] and [`MAX_AUDIT_BYTES`] (encoded entries): the
+//! oldest entries fall off first. A deployment that must keep everything
+//! exports it (reads by `from_index`) faster than it rolls over.
 
 use std::collections::VecDeque;
 
-use garrison_client::api::{AuditEntry, TxReceipt};
+use garrison_client::api::{AuditEntry, Outcome, Rejection, TxReceipt};
 use garrison_client::tx::{PlayerKey, SignedTransaction};
 use serde::{Deserialize, Serialize};
 
 /// Most entries one location's trail keeps.
 pub const MAX_AUDIT_ENTRIES: usize = 4096;
-/// Most bytes of signed transactions one location's trail keeps.
+/// Most bytes of encoded entries one location's trail keeps.
 pub const MAX_AUDIT_BYTES: usize = 1024 * 1024;
+/// Most refused (access-denied) entries one location keeps, digest only.
+pub const MAX_REFUSED_AUDIT_ENTRIES: usize = 1024;
 /// Most bytes of entries one audit read returns (below the client port's
 /// default frame limit).
 pub const MAX_AUDIT_READ_BYTES: usize = 512 * 1024;
@@ -32,10 +39,21 @@ pub const MAX_AUDIT_READ_BYTES: usize = 512 * 1024;
 pub struct AuditLog {
     entries: VecDeque<AuditEntry>,
     bytes: u64,
+    refused: VecDeque<AuditEntry>,
 }
 
 fn weight(entry: &AuditEntry) -> u64 {
-    (entry.transaction.transaction.len() + entry.transaction.signature.len()) as u64
+    garrison_raft::codec::encode(entry).len() as u64
+}
+
+fn is_refusal(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Rejected {
+            reason: Rejection::Denied { .. } | Rejection::PolicyPending,
+            ..
+        }
+    )
 }
 
 impl AuditLog {
@@ -48,14 +66,23 @@ impl AuditLog {
         signed: &SignedTransaction,
         receipt: &TxReceipt,
     ) {
+        let refused = is_refusal(&receipt.outcome);
         let entry = AuditEntry {
             index: receipt.index,
             log_time_ms,
             player,
             sequence: receipt.sequence,
-            transaction: signed.clone(),
+            digest: signed.digest(),
+            transaction: (!refused).then(|| signed.clone()),
             outcome: receipt.outcome.clone(),
         };
+        if refused {
+            self.refused.push_back(entry);
+            if self.refused.len() > MAX_REFUSED_AUDIT_ENTRIES {
+                self.refused.pop_front();
+            }
+            return;
+        }
         self.bytes += weight(&entry);
         self.entries.push_back(entry);
         while self.entries.len() > MAX_AUDIT_ENTRIES || self.bytes > MAX_AUDIT_BYTES as u64 {
@@ -66,41 +93,47 @@ impl AuditLog {
         }
     }
 
-    /// Up to `max` entries at or after `from_index`, of `player` only if
-    /// given, stopping at [`MAX_AUDIT_READ_BYTES`]; the flag is true when
-    /// more matching entries follow.
+    /// Up to `max` entries (carried out and refused, merged in index order)
+    /// at or after `from_index`, of `player` only if given, stopping at
+    /// [`MAX_AUDIT_READ_BYTES`]; the flag is true when more matching entries
+    /// follow.
     pub fn read(
         &self,
         player: Option<&PlayerKey>,
         from_index: u64,
         max: u32,
     ) -> (Vec<AuditEntry>, bool) {
-        let mut matching = self
-            .entries
-            .iter()
-            .filter(|e| e.index >= from_index && player.is_none_or(|p| *p == e.player));
+        let wanted =
+            |e: &&AuditEntry| e.index >= from_index && player.is_none_or(|p| *p == e.player);
+        let mut done = self.entries.iter().filter(wanted).peekable();
+        let mut refused = self.refused.iter().filter(wanted).peekable();
         let mut out = Vec::new();
         let mut bytes = 0;
-        for e in matching.by_ref() {
+        loop {
+            let next = match (done.peek(), refused.peek()) {
+                (Some(a), Some(b)) if b.index < a.index => refused.next(),
+                (Some(_), _) => done.next(),
+                (None, Some(_)) => refused.next(),
+                (None, None) => return (out, false),
+            };
+            let e = next.expect("peeked");
             bytes += weight(e) as usize;
             if out.len() == max as usize || (bytes > MAX_AUDIT_READ_BYTES && !out.is_empty()) {
                 return (out, true);
             }
             out.push(e.clone());
         }
-        (out, false)
     }
 
     /// [`AuditLog::read`] and [`AuditLog::oldest_index`], encoded as an
     /// allowed query's reply: `Ok((Vec<AuditEntry>, bool more, Option<u64> oldest))`.
     pub fn reply(&self, player: Option<&PlayerKey>, from_index: u64, max: u32) -> Vec<u8> {
         let (entries, more) = self.read(player, from_index, max);
-        let reply: Result<_, garrison_client::api::Rejection> =
-            Ok((entries, more, self.oldest_index()));
+        let reply: Result<_, Rejection> = Ok((entries, more, self.oldest_index()));
         garrison_raft::codec::encode(&reply)
     }
 
-    /// The index of the oldest entry still held, if any.
+    /// The index of the oldest carried-out entry still held, if any.
     pub fn oldest_index(&self) -> Option<u64> {
         self.entries.front().map(|e| e.index)
     }
@@ -128,6 +161,20 @@ mod tests {
         }
     }
 
+    fn denied(index: u64) -> TxReceipt {
+        TxReceipt {
+            outcome: Outcome::Rejected {
+                op: Some(0),
+                reason: Rejection::Denied {
+                    action: garrison_client::policy::Action::Put,
+                    entity: None,
+                    reason: "no".into(),
+                },
+            },
+            ..receipt(index)
+        }
+    }
+
     #[test]
     fn the_trail_keeps_the_newest_entries_within_both_limits() {
         let mut log = AuditLog::default();
@@ -138,10 +185,34 @@ mod tests {
         assert_eq!(log.oldest_index(), Some(11));
         let mut big = AuditLog::default();
         for i in 1..=100 {
-            big.record(i, [0; 32], &signed(16 * 1024 - 64), &receipt(i));
+            big.record(i, [0; 32], &signed(16 * 1024 - 200), &receipt(i));
         }
         assert!(big.bytes <= MAX_AUDIT_BYTES as u64);
-        assert_eq!(big.oldest_index(), Some(100 - 64 + 1));
+        assert!(big.oldest_index().unwrap() > 30, "{:?}", big.oldest_index());
+    }
+
+    #[test]
+    fn refused_transactions_cannot_push_the_trail_off_its_end() {
+        let mut log = AuditLog::default();
+        log.record(1, [1; 32], &signed(100), &receipt(1));
+        for i in 2..5_000 {
+            log.record(i, [9; 32], &signed(16 * 1024 - 200), &denied(i));
+        }
+        assert_eq!(log.oldest_index(), Some(1));
+        assert_eq!(log.refused.len(), MAX_REFUSED_AUDIT_ENTRIES);
+        assert!(log.refused.iter().all(|e| e.transaction.is_none()));
+        // Reads merge both, in index order.
+        let (first, more) = log.read(None, 0, 3);
+        let indexes: Vec<u64> = first.iter().map(|e| e.index).collect();
+        assert_eq!(
+            indexes,
+            [
+                1,
+                5_000 - MAX_REFUSED_AUDIT_ENTRIES as u64,
+                5_001 - MAX_REFUSED_AUDIT_ENTRIES as u64
+            ]
+        );
+        assert!(more);
     }
 
     #[test]

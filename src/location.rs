@@ -180,25 +180,24 @@ impl LocationApp {
         self.state.policy.version
     }
 
-    /// May `reader` read `key` (owned by `owner`) here, as of this state?
-    fn may_read(&self, reader: &PlayerKey, key: &str, owner: &PlayerKey) -> Result<(), Rejection> {
-        self.state.policy.check(
-            reader,
-            Some(&self.location),
-            Action::Read,
-            Some(key),
-            Some(owner),
-        )
+    /// May `reader` read `key` (owned by `owner`; `None`: it does not
+    /// exist) here, as of this state?
+    fn may_read(
+        &self,
+        reader: &PlayerKey,
+        key: &str,
+        owner: Option<&PlayerKey>,
+    ) -> Result<(), Rejection> {
+        self.state
+            .policy
+            .check(reader, Some(&self.location), Action::Read, Some(key), owner)
     }
 
     fn query_reply(&self, query: LocationQuery) -> Vec<u8> {
         match query {
             LocationQuery::Entity { key, reader } => {
                 let entity = self.state.fragment.entities.get(&key);
-                let allowed = match entity {
-                    Some(e) => self.may_read(&reader, &key, &e.owner),
-                    None => Ok(()),
-                };
+                let allowed = self.may_read(&reader, &key, entity.map(|e| &e.owner));
                 codec::encode(&allowed.map(|()| entity))
             }
             LocationQuery::Entities { max, reader } => {
@@ -208,7 +207,7 @@ impl LocationApp {
                 let mut bytes = 0;
                 let mut truncated = false;
                 for (k, v) in &self.state.fragment.entities {
-                    if self.may_read(&reader, k, &v.owner).is_err() {
+                    if self.may_read(&reader, k, Some(&v.owner)).is_err() {
                         continue;
                     }
                     bytes += k.len() + codec::encode(v).len();

@@ -136,7 +136,7 @@ pub async fn bootstrap(
                     return;
                 }
                 Ok(AdminReply::Refused(why)) => {
-                    tracing::info!("not bootstrapping: {why}");
+                    tracing::warn!("not bootstrapping the cluster's policy: {why}");
                     return;
                 }
                 other => tracing::warn!("unexpected bootstrap reply {other:?}"),

@@ -25,6 +25,9 @@ use crate::propagate;
 use crate::service::ApiService;
 use crate::session::{self, Sessions};
 
+/// Room for the framing of a policy entry around the policy itself.
+const POLICY_ENTRY_OVERHEAD_BYTES: usize = 1024;
+
 /// One member of the cluster, as every node's configuration lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,9 +135,21 @@ impl ServerConfig {
         let config: ServerConfig = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid garrison configuration", path.display()))?;
         config.me()?;
+        config.check()?;
         config.admins()?;
         config.roles()?;
         Ok(config)
+    }
+
+    /// Checks what the parts of the configuration demand of each other.
+    fn check(&self) -> anyhow::Result<()> {
+        let needed = garrison_client::policy::MAX_POLICY_BYTES + POLICY_ENTRY_OVERHEAD_BYTES;
+        if (self.raft.max_proposal_bytes as usize) < needed {
+            anyhow::bail!(
+                "raft.max_proposal_bytes must be at least {needed}: the access policy travels in one entry"
+            );
+        }
+        Ok(())
     }
 
     /// The decoded `admin_keys`.
@@ -210,7 +225,12 @@ impl Server {
         api_listener: TcpListener,
     ) -> anyhow::Result<Self> {
         config.me()?;
-        let sessions = Sessions::load(&config.token_key, &config.cluster, config.token_ttl_ms)?;
+        config.check()?;
+        let sessions = Arc::new(Sessions::load(
+            &config.token_key,
+            &config.cluster,
+            config.token_ttl_ms,
+        )?);
         let peer_addr = peer_listener.local_addr()?;
         let node_config = NodeConfig {
             node_id: config.node_id,
@@ -237,11 +257,11 @@ impl Server {
             config.cluster.clone(),
             api_addrs,
             &config.api,
-            sessions,
+            sessions.clone(),
         );
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));
-        tokio::spawn(session::clock(node.clone(), stop.clone()));
+        tokio::spawn(session::clock(node.clone(), sessions, stop.clone()));
         tokio::spawn(propagate::bootstrap(
             node.clone(),
             config.admins()?,

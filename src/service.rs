@@ -17,12 +17,14 @@ use garrison_client::api::{
 use garrison_client::api::{
     AuditEntry, AuditQuery, AuditRead, Rejection, MAX_AUDIT_ENTRIES_PER_READ,
 };
-use garrison_client::policy::ADMIN_LOCATION;
+use garrison_client::policy::{AdminOp, ADMIN_LOCATION};
 use garrison_client::token::{Challenge, SessionToken, TokenClaims};
+use garrison_client::tx::Op;
 use garrison_client::tx::{
     PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES,
 };
 use garrison_client::Entity;
+use garrison_client::Outcome;
 use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
 use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
 use tarpc::context;
@@ -113,7 +115,7 @@ impl ApiService {
         cluster: String,
         api_addrs: BTreeMap<u64, String>,
         limits: &ApiLimits,
-        sessions: Sessions,
+        sessions: Arc<Sessions>,
     ) -> Self {
         let service = Self {
             node,
@@ -124,7 +126,7 @@ impl ApiService {
                 limits.player_burst,
             )),
             connection: Arc::new(Connection::new(0, 0, Duration::ZERO, Duration::ZERO)),
-            sessions: Arc::new(sessions),
+            sessions,
         };
         service.for_connection(limits)
     }
@@ -181,6 +183,11 @@ impl ApiService {
         query: LocationQuery,
         mode: ReadMode,
     ) -> Result<(u64, T), ApiError> {
+        if location == ADMIN_LOCATION {
+            return Err(ApiError::InvalidRequest(format!(
+                "{ADMIN_LOCATION} holds no entities; its audit trail is read with `audit`"
+            )));
+        }
         let group = self.group_of(location).await?;
         let reply = self
             .node
@@ -188,6 +195,27 @@ impl ApiService {
             .await
             .map_err(api_error)?;
         Ok((reply.index, decode(&reply.reply)?))
+    }
+
+    /// Refuses, before it costs a meta write, an administrative transaction
+    /// whose signer holds no permission for one of its operations under this
+    /// node's copy of the policy. Apply decides for real; this keeps players
+    /// without rights from filling the meta group's records.
+    fn precheck_admin(&self, tx: &Transaction) -> Result<(), ApiError> {
+        let policy = propagate::meta_policy(&self.node);
+        if policy.version == 0 {
+            return Ok(());
+        }
+        for op in &tx.ops {
+            let own_tokens =
+                matches!(op, Op::Admin(AdminOp::RevokeTokens { player }) if *player == tx.player);
+            if !own_tokens {
+                policy
+                    .check(&tx.player, None, op.action(), None, None)
+                    .map_err(ApiError::Forbidden)?;
+            }
+        }
+        Ok(())
     }
 
     /// Proposes an administrative transaction to the meta group; if it
@@ -209,9 +237,11 @@ impl ApiService {
             AdminReply::Refused(why) => return Err(ApiError::InvalidRequest(why)),
             other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
         };
-        // A duplicate may be the retry of a submission whose push failed:
-        // push again (a location ignores a policy it already has).
-        if !(changed || receipt.duplicate || !created.is_empty()) {
+        // A committed duplicate may be the retry of a submission whose push
+        // failed: push again (a location ignores a policy it already has).
+        let committed = matches!(receipt.outcome, Outcome::Committed { .. });
+        let repush = receipt.duplicate && committed;
+        if !(changed || repush || !created.is_empty()) {
             return Ok(receipt);
         }
         self.node
@@ -222,7 +252,7 @@ impl ApiService {
         let groups: Vec<GroupId> = directory
             .locations
             .values()
-            .filter(|l| changed || receipt.duplicate || created.contains(&l.name))
+            .filter(|l| changed || repush || created.contains(&l.name))
             .map(|l| l.group)
             .collect();
         let failed = propagate::push(&self.node, &propagate::meta_policy(&self.node), groups).await;
@@ -273,8 +303,9 @@ impl Garrison for ApiService {
         signed: SignedTransaction,
     ) -> Result<TxReceipt, ApiError> {
         self.admit_request(version)?;
-        let (group, _) = self.admit(&signed).await?;
+        let (group, tx) = self.admit(&signed).await?;
         if group == META_GROUP {
+            self.precheck_admin(&tx)?;
             return self.submit_admin(signed).await;
         }
         let written = self
@@ -300,10 +331,9 @@ impl Garrison for ApiService {
     ) -> Result<SessionToken, ApiError> {
         self.admit_request(version)?;
         self.sessions.check_login(&player, &challenge, &answer)?;
-        // A login costs a meta write: charged like a transaction, after the
-        // signature verified.
+        // Charged like a transaction, after the signatures verified.
         self.players.admit(&player)?;
-        self.sessions.issue(&self.node, player).await
+        self.sessions.issue(&self.node, player)
     }
 
     async fn verify_token(

@@ -1,15 +1,25 @@
 //! TransactionAuthenticator, session half: login challenges, session tokens
-//! and their checks, and the meta clock tokens expire on.
+//! and their checks, and the session clock tokens expire on.
 //!
 //! The token format and the signature rules are `garrison_client::token`'s;
-//! this module holds the cluster's token key and the two facts a token check
-//! needs from the meta group: its log time (now) and the player's latest
-//! revocation. Both come from this node's meta replica, so a revocation is
-//! honoured by a node once it has applied it (a heartbeat after commit on a
-//! healthy node); `tests/sessions.rs` polls every node for it.
+//! this module holds the cluster's token key and reads what a token check
+//! needs from the meta group, in one look at this node's meta replica: the
+//! session clock (now), its applied index and the player's latest
+//! revocation. A revocation is honoured by a node once it has applied it (a
+//! heartbeat after commit on a healthy node; `tests/sessions.rs` polls every
+//! node for it).
+//!
+//! The session clock lives in the meta group's state and advances only by
+//! ticks: about once a second the meta leader's node proposes the time its
+//! monotonic clock measured since it saw the last tick applied (at most 10 s
+//! a tick). No node's wall clock enters it, so a leader whose clock is wrong
+//! can neither freeze tokens nor expire them early. A node that has seen no
+//! tick for 5 s refuses tokens as unavailable: cut off from the meta group,
+//! it could not tell the time or recent revocations.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use garrison_client::api::ApiError;
@@ -19,27 +29,52 @@ use garrison_client::Keypair;
 use garrison_raft::{codec, Node, META_GROUP};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminApp, AdminCommand, AdminReply};
+use crate::admin::{AdminApp, AdminCommand, Revocation};
 use crate::service::api_error;
 
-/// How long the meta log may stay quiet before its leader advances its log
-/// time with a tick (tokens expire on that time).
-pub const META_CLOCK_TICK_MS: u64 = 1_000;
+/// How often the meta leader's node ticks the session clock.
+pub const SESSION_TICK_MS: u64 = 1_000;
+/// A node that has seen no tick applied for this long refuses tokens
+/// (Unavailable): its meta replica is cut off or behind, so it can tell
+/// neither the time nor recent revocations.
+pub const MAX_SESSION_CLOCK_STALENESS_MS: u64 = 5_000;
 
-/// The cluster's token key and the lifetime of the tokens this node issues.
+/// The cluster's token key, the lifetime of the tokens this node issues, and
+/// when this node last saw the session clock move.
 pub struct Sessions {
     key: Keypair,
     public: PlayerKey,
     cluster: String,
     ttl_ms: u64,
+    seen: Mutex<(u64, Instant)>,
 }
 
-/// Milliseconds since the Unix epoch on this node's clock.
+/// Milliseconds since the Unix epoch on this node's clock (challenges only).
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// What a token check reads from the meta replica, in one look.
+struct MetaView {
+    index: u64,
+    clock_ms: u64,
+    revoked: Option<Revocation>,
+}
+
+fn meta_view(node: &Node, player: Option<&PlayerKey>) -> Result<MetaView, ApiError> {
+    node.read_local(META_GROUP, |s| {
+        let admin = garrison_raft::meta::extension_of(s)
+            .and_then(|e| e.as_any().downcast_ref::<AdminApp>());
+        MetaView {
+            index: s.last_applied.map(|l| l.index).unwrap_or(0),
+            clock_ms: admin.map(AdminApp::session_clock_ms).unwrap_or(0),
+            revoked: admin.zip(player).and_then(|(a, p)| a.revoked(p)),
+        }
+    })
+    .map_err(api_error)
 }
 
 impl Sessions {
@@ -55,7 +90,30 @@ impl Sessions {
             key,
             cluster: cluster.to_string(),
             ttl_ms,
+            seen: Mutex::new((0, Instant::now())),
         })
+    }
+
+    /// Notes the session clock's value; returns how long ago it last moved.
+    fn observe(&self, clock_ms: u64) -> Duration {
+        let mut seen = self.seen.lock().expect("session clock");
+        if seen.0 != clock_ms {
+            *seen = (clock_ms, Instant::now());
+        }
+        seen.1.elapsed()
+    }
+
+    /// The replica's view, refused if the session clock stands still.
+    fn fresh_view(&self, node: &Node, player: Option<&PlayerKey>) -> Result<MetaView, ApiError> {
+        let view = meta_view(node, player)?;
+        let still = self.observe(view.clock_ms);
+        if view.clock_ms == 0 || still > Duration::from_millis(MAX_SESSION_CLOCK_STALENESS_MS) {
+            return Err(ApiError::Unavailable(format!(
+                "this node's meta replica has seen no session-clock tick for {} ms; try another node",
+                still.as_millis()
+            )));
+        }
+        Ok(view)
     }
 
     /// A fresh login challenge.
@@ -64,7 +122,7 @@ impl Sessions {
     }
 
     /// Checks a login's challenge and the player's answer (cheap checks
-    /// first); the caller then charges the player and stamps the login.
+    /// first); the caller then charges the player and issues the token.
     pub fn check_login(
         &self,
         player: &PlayerKey,
@@ -82,44 +140,31 @@ impl Sessions {
             .map_err(ApiError::Token)
     }
 
-    /// Stamps `player`'s login in the meta log and issues its token.
-    pub async fn issue(&self, node: &Node, player: PlayerKey) -> Result<SessionToken, ApiError> {
-        let command = codec::encode(&AdminCommand::StampLogin { player });
-        let reply = node.extension_command(command).await.map_err(api_error)?;
-        let AdminReply::Stamped { index, log_time_ms } = codec::decode(&reply)
-            .map_err(|e| ApiError::Internal(format!("undecodable login stamp: {e}")))?
-        else {
-            return Err(ApiError::Internal(
-                "the meta group did not stamp the login".into(),
-            ));
-        };
+    /// Issues `player`'s token, stamped with this node's meta replica's
+    /// applied index and session clock. No write: a replica that lags only
+    /// makes the token expire sooner and fall to revocations it has not yet
+    /// seen, never the other way round.
+    pub fn issue(&self, node: &Node, player: PlayerKey) -> Result<SessionToken, ApiError> {
+        let view = self.fresh_view(node, None)?;
         let claims = TokenClaims {
             cluster: self.cluster.clone(),
             player,
-            issued_at_ms: log_time_ms,
-            issued_at_index: index,
-            expires_at_ms: log_time_ms.saturating_add(self.ttl_ms),
+            issued_at_ms: view.clock_ms,
+            issued_at_index: view.index,
+            expires_at_ms: view.clock_ms.saturating_add(self.ttl_ms),
         };
         Ok(SessionToken::issue(&self.key, &claims))
     }
 
-    /// Checks a token against this node's meta replica: signature, cluster,
-    /// expiry on its log time, revocations it has applied.
+    /// Checks a token against this node's meta replica, read once:
+    /// signature, cluster, expiry on the session clock, revocations.
     pub fn verify(&self, node: &Node, token: &SessionToken) -> Result<TokenClaims, ApiError> {
-        let now_ms = node
-            .read_local(META_GROUP, |s| s.log_time_ms)
-            .map_err(api_error)?;
+        let player = token.peek().map_err(ApiError::Token)?.player;
+        let view = self.fresh_view(node, Some(&player))?;
         let claims = token
-            .verify(&self.public, &self.cluster, now_ms)
+            .verify(&self.public, &self.cluster, view.clock_ms)
             .map_err(ApiError::Token)?;
-        let revoked = node
-            .read_extension(|ext| {
-                ext.as_any()
-                    .downcast_ref::<AdminApp>()
-                    .and_then(|a| a.revoked(&claims.player))
-            })
-            .map_err(api_error)?;
-        match revoked {
+        match view.revoked {
             Some(r) if r.index > claims.issued_at_index => {
                 Err(ApiError::Token(TokenError::Revoked {
                     revoked_at_index: r.index,
@@ -130,28 +175,32 @@ impl Sessions {
     }
 }
 
-/// While this node leads the meta group, advances its log time whenever the
-/// log has been quiet for [`META_CLOCK_TICK_MS`], until `stop` is cancelled.
-pub async fn clock(node: Node, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(META_CLOCK_TICK_MS / 2));
+/// Ticks the session clock while this node leads the meta group: about
+/// every [`SESSION_TICK_MS`], by the time elapsed (on this node's monotonic
+/// clock) since it saw the clock last move. Runs until `stop` is cancelled.
+pub async fn clock(node: Node, sessions: Arc<Sessions>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(SESSION_TICK_MS / 4));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if node.leader(META_GROUP) != Some(node.id()) {
+        let Ok(view) = meta_view(&node, None) else {
+            continue;
+        };
+        let since = sessions.observe(view.clock_ms);
+        if node.leader(META_GROUP) != Some(node.id())
+            || since < Duration::from_millis(SESSION_TICK_MS)
+        {
             continue;
         }
-        let log_time_ms = node.read_local(META_GROUP, |s| s.log_time_ms).unwrap_or(0);
-        if wall_clock_ms() < log_time_ms.saturating_add(META_CLOCK_TICK_MS) {
-            continue;
-        }
+        let elapsed_ms = since.as_millis() as u64;
         if let Err(e) = node
-            .extension_command(codec::encode(&AdminCommand::Tick))
+            .extension_command(codec::encode(&AdminCommand::Tick { elapsed_ms }))
             .await
         {
-            tracing::debug!("meta clock tick failed: {e}");
+            tracing::debug!("session clock tick failed: {e}");
         }
     }
 }

@@ -242,8 +242,12 @@ pub struct AuditEntry {
     pub player: PlayerKey,
     /// Its sequence number.
     pub sequence: u64,
-    /// The signed transaction, exactly as submitted (its signature can be checked).
-    pub transaction: SignedTransaction,
+    /// SHA-256 of the canonical transaction bytes.
+    pub digest: [u8; 32],
+    /// The signed transaction, exactly as submitted (its signature can be
+    /// checked); `None` for a transaction refused by access control, which
+    /// is kept by digest only.
+    pub transaction: Option<SignedTransaction>,
     /// What became of it.
     pub outcome: Outcome,
 }

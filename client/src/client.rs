@@ -552,6 +552,10 @@ impl Client {
 pub struct Player {
     key: Keypair,
     next: HashMap<String, u64>,
+    /// Per location, a signed transaction whose outcome is unknown: it is
+    /// resubmitted (the same bytes) before the next one is signed, so its
+    /// sequence number is never given to different operations.
+    pending: HashMap<String, SignedTransaction>,
 }
 
 impl Player {
@@ -561,6 +565,7 @@ impl Player {
         Self {
             key,
             next: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -611,10 +616,24 @@ impl Player {
         location: &str,
         ops: Vec<Op>,
     ) -> Result<TxReceipt, ClientError> {
+        if let Some(earlier) = self.pending.get(location).cloned() {
+            let receipt = client.submit(&earlier).await?;
+            self.pending.remove(location);
+            self.record(location, &receipt);
+        }
         let signed = self.sign(client, location, ops).await?;
-        let receipt = client.submit(&signed).await?;
-        self.record(location, &receipt);
-        Ok(receipt)
+        match client.submit(&signed).await {
+            Ok(receipt) => {
+                self.record(location, &receipt);
+                Ok(receipt)
+            }
+            Err(e) => {
+                if e.outcome_unknown() {
+                    self.pending.insert(location.to_string(), signed);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Signs and submits an administrative transaction (see

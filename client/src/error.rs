@@ -35,3 +35,16 @@ pub enum ClientError {
     #[error("{0}")]
     Config(String),
 }
+
+impl ClientError {
+    /// True when the request may have been carried out anyway (a
+    /// transaction may have committed): resubmit the same signed bytes to
+    /// learn its outcome. False when it was certainly refused.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::OutcomeUnknown { .. } | ClientError::Unreachable { .. } => true,
+            ClientError::Api(e) => matches!(e, ApiError::Timeout | ApiError::Unavailable(_)),
+            ClientError::Rejected(_) | ClientError::Key(_) | ClientError::Config(_) => false,
+        }
+    }
+}

@@ -32,7 +32,11 @@ pub const MAX_PATTERN_BYTES: usize = 128;
 pub const MAX_ROLES: usize = 64;
 /// Most role assignments a cluster may hold (the policy is copied into every
 /// location's log, so it must stay small; most players hold the default role).
-pub const MAX_ASSIGNMENTS: usize = 4096;
+pub const MAX_ASSIGNMENTS: usize = 1024;
+/// Largest policy, encoded canonically: it must fit in one log entry of
+/// every location (a node refuses to start with a smaller
+/// `max_proposal_bytes`).
+pub const MAX_POLICY_BYTES: usize = 48 * 1024;
 
 /// What a permission allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -221,12 +225,20 @@ impl AdminOp {
                 check_permissions(permissions)
             }
             AdminOp::DeleteRole { role } => check_name("role name", role, MAX_ROLE_NAME_BYTES),
-            AdminOp::AssignRole { role, scope, .. } | AdminOp::UnassignRole { role, scope, .. } => {
+            AdminOp::AssignRole {
+                player,
+                role,
+                scope,
+            } => {
+                // A role given to a key nobody can sign with could leave the
+                // cluster without a usable administrator.
+                crate::tx::check_public_key(player).map_err(|e| e.to_string())?;
                 check_name("role name", role, MAX_ROLE_NAME_BYTES)?;
-                match scope {
-                    Scope::Everywhere => Ok(()),
-                    Scope::Location(l) => check_name("location name", l, crate::tx::MAX_NAME_BYTES),
-                }
+                check_scope(scope)
+            }
+            AdminOp::UnassignRole { role, scope, .. } => {
+                check_name("role name", role, MAX_ROLE_NAME_BYTES)?;
+                check_scope(scope)
             }
             AdminOp::SetDefaultRole { role } => match role {
                 Some(role) => check_name("role name", role, MAX_ROLE_NAME_BYTES),
@@ -250,6 +262,10 @@ pub fn check_permissions(permissions: &[Permission]) -> Result<(), String> {
         if p.actions.is_empty() {
             return Err("a permission names at least one action".into());
         }
+        let distinct: std::collections::BTreeSet<&Action> = p.actions.iter().collect();
+        if distinct.len() != p.actions.len() {
+            return Err("a permission names each action once".into());
+        }
         let pattern = &p.entities;
         if pattern.is_empty() || pattern.len() > MAX_PATTERN_BYTES {
             return Err(format!(
@@ -266,6 +282,24 @@ pub fn check_permissions(permissions: &[Permission]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn check_scope(scope: &Scope) -> Result<(), String> {
+    match scope {
+        Scope::Everywhere => Ok(()),
+        Scope::Location(l) => {
+            check_name("location name", l, crate::tx::MAX_NAME_BYTES)?;
+            match l
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || "_./-".contains(*c)))
+            {
+                Some(c) => Err(format!(
+                    "location name {l:?} contains {c:?}; use letters, digits and _ . / -"
+                )),
+                None => Ok(()),
+            }
+        }
+    }
 }
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), String> {
@@ -507,6 +541,12 @@ impl Policy {
             }
             check_permissions(permissions).map_err(|e| format!("role {name:?}: {e}"))?;
         }
+        let bytes = crate::tx::canonical_encode(self).len();
+        if bytes > MAX_POLICY_BYTES {
+            return Err(format!(
+                "the policy would take {bytes} bytes; the limit is {MAX_POLICY_BYTES}"
+            ));
+        }
         let assigned: usize = self.assignments.values().map(BTreeSet::len).sum();
         if assigned > MAX_ASSIGNMENTS {
             return Err(format!(
@@ -572,6 +612,38 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_too_large_for_one_log_entry_is_refused() {
+        let mut policy = Policy::default();
+        policy.roles.insert("r".into(), vec![]);
+        let manager = Permission {
+            actions: vec![Action::ManageRoles],
+            entities: "*".into(),
+            owner: Owner::Own,
+        };
+        policy.roles.insert("boss".into(), vec![manager]);
+        policy.default_role = Some("boss".into());
+        let long = "l".repeat(120);
+        let mut refused = None;
+        for i in 0..MAX_ASSIGNMENTS as u32 {
+            let mut player = [0; 32];
+            player[..4].copy_from_slice(&i.to_le_bytes());
+            let op = AdminOp::AssignRole {
+                player,
+                role: "r".into(),
+                scope: Scope::Location(format!("{long}{i}")),
+            };
+            if let Err(e) = policy.apply_admin(&op) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (at, why) = refused.expect("refused before the assignment limit");
+        assert!(why.to_string().contains("bytes; the limit is"), "{why}");
+        assert!(crate::tx::canonical_encode(&policy).len() <= MAX_POLICY_BYTES);
+        assert!(at > 100, "refused already at {at}");
+    }
+
+    #[test]
     fn limits_are_named_in_errors() {
         let too_many = vec![
             Permission {
@@ -612,6 +684,38 @@ mod tests {
                 "at least one action",
             ),
             (AdminOp::DeleteRole { role: "".into() }, "role name"),
+            (
+                AdminOp::AssignRole {
+                    // The identity point: a weak key nobody can use.
+                    player: {
+                        let mut k = [0; 32];
+                        k[0] = 1;
+                        k
+                    },
+                    role: "admin".into(),
+                    scope: Scope::Everywhere,
+                },
+                "weak",
+            ),
+            (
+                AdminOp::UnassignRole {
+                    player: [9; 32],
+                    role: "admin".into(),
+                    scope: Scope::Location("no place".into()),
+                },
+                "contains ' '",
+            ),
+            (
+                AdminOp::DefineRole {
+                    role: "r".into(),
+                    permissions: vec![Permission {
+                        actions: vec![Action::Read, Action::Read],
+                        entities: "*".into(),
+                        owner: Owner::Any,
+                    }],
+                },
+                "each action once",
+            ),
             (
                 AdminOp::CreateLocation {
                     name: "x".repeat(200),

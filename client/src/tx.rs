@@ -403,6 +403,25 @@ fn domain_message(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
     message
 }
 
+/// Checks that `public` is a usable player key: a canonically encoded
+/// ed25519 point of large order.
+pub fn check_public_key(public: &PlayerKey) -> Result<(), TxError> {
+    checked_key(public).map(|_| ())
+}
+
+fn checked_key(public: &PlayerKey) -> Result<VerifyingKey, TxError> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| TxError::InvalidKey)?;
+    // One point, one encoding: a non-canonical y (≥ p) would give a
+    // player a second identity with its own sequence numbers.
+    if key.to_edwards().compress().to_bytes() != *public {
+        return Err(TxError::InvalidKey);
+    }
+    if key.is_weak() {
+        return Err(TxError::WeakKey);
+    }
+    Ok(key)
+}
+
 /// Signs `domain ‖ bytes` (for the other signed formats: session tokens and
 /// their challenges).
 pub fn sign_with_domain(key: &SigningKey, domain: &[u8], bytes: &[u8]) -> Vec<u8> {
@@ -418,15 +437,7 @@ pub fn verify_signed(
     bytes: &[u8],
     signature: &[u8],
 ) -> Result<(), TxError> {
-    let key = VerifyingKey::from_bytes(public).map_err(|_| TxError::InvalidKey)?;
-    // One point, one encoding: a non-canonical y (≥ p) would give a
-    // player a second identity with its own sequence numbers.
-    if key.to_edwards().compress().to_bytes() != *public {
-        return Err(TxError::InvalidKey);
-    }
-    if key.is_weak() {
-        return Err(TxError::WeakKey);
-    }
+    let key = checked_key(public)?;
     let signature: [u8; SIGNATURE_BYTES] =
         signature.try_into().map_err(|_| TxError::BadSignature)?;
     key.verify_strict(

@@ -315,11 +315,18 @@ pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<i32> {
         println!("(entries before index {oldest} have rolled off)");
     }
     for e in &read.entries {
-        let what =
-            match garrison_client::Transaction::from_canonical_bytes(&e.transaction.transaction) {
-                Ok(tx) => format!("{} op(s)", tx.ops.len()),
-                Err(_) => "undecodable".into(),
-            };
+        let what = match &e.transaction {
+            Some(signed) => {
+                match garrison_client::Transaction::from_canonical_bytes(&signed.transaction) {
+                    Ok(tx) => format!("{} op(s)", tx.ops.len()),
+                    Err(_) => "undecodable".into(),
+                }
+            }
+            None => format!(
+                "tx {} (refused, kept by digest)",
+                hex::encode(&e.digest[..8])
+            ),
+        };
         let outcome = match &e.outcome {
             Outcome::Committed { events } => format!("committed, {} event(s)", events.len()),
             Outcome::Rejected { reason, .. } => format!("rejected: {reason}"),
