@@ -1,21 +1,48 @@
-//! `garrison bench`: C concurrent clients over L locations, every
-//! transaction signed by its player and verified by the cluster; prints
-//! progress each second, then transactions/s and latency percentiles.
+//! `garrison bench`: load against a cluster, reported the way
+//! `../shared/peerbench`'s etcd load generator reports, so the two compare
+//! line for line (`bench/compare-etcd.sh`).
+//!
+//! - `--mode put` (default): C concurrent clients over L locations, every
+//!   transaction signed by its player and verified by the cluster.
+//! - `--mode get`: C clients, each logged in, reading its own entity
+//!   linearizably (each first writes it once).
+//! - `--mode failover`: one client writes every 5 ms to `bench-0`; after a
+//!   second it kills the location's leader with SIGKILL (the pid file of a
+//!   `garrison dev` node) and reports the time from the kill to the first
+//!   acknowledged write.
+//!
+//! Progress is printed each second; then operations/s and latency percentiles.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Args;
-use garrison_client::{Keypair, Op, Outcome, Player, Value};
+use clap::{Args, ValueEnum};
+use garrison_client::api::ReadMode;
+use garrison_client::{Client, Keypair, Op, Outcome, Player, Value};
 
 use super::admin::default_admin_key;
-use super::{connect, Cli};
+use super::{connect, home, Cli};
+
+/// What the benchmark does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Signed transactions (a Put of two fields).
+    Put,
+    /// Linearizable reads of one entity.
+    Get,
+    /// Leader kill -9 to the first acknowledged write.
+    Failover,
+}
 
 /// Arguments of `garrison bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Put)]
+    pub mode: Mode,
     /// Concurrent clients, each its own player.
     #[arg(long, short, default_value_t = 64)]
     pub clients: u32,
@@ -25,7 +52,7 @@ pub struct BenchArgs {
     /// Run for this many seconds...
     #[arg(long, short, default_value_t = 10)]
     pub duration: u64,
-    /// ...or stop after this many transactions in all.
+    /// ...or stop after this many operations in all.
     #[arg(long)]
     pub count: Option<u64>,
     /// Bytes of payload per transaction (a string field).
@@ -34,7 +61,11 @@ pub struct BenchArgs {
     /// The admin key that creates the bench locations (default: the dev
     /// cluster's).
     #[arg(long)]
-    pub admin_key: Option<std::path::PathBuf>,
+    pub admin_key: Option<PathBuf>,
+    /// With `--mode failover`: the `garrison dev` directory whose
+    /// `node-N/pid` files name the processes (default: $GARRISON_HOME/dev).
+    #[arg(long)]
+    pub dev_dir: Option<PathBuf>,
 }
 
 /// Latency percentile `p` (0..=100) of sorted microsecond samples.
@@ -44,6 +75,13 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Counters shared by the workers and the progress printer.
+#[derive(Default)]
+struct Tally {
+    done: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// Runs the benchmark.
@@ -62,19 +100,44 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
             .await
             .context("creating the bench locations")?;
     }
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
+    if args.mode == Mode::Failover {
+        let dir = args.dev_dir.clone().unwrap_or_else(|| home().join("dev"));
+        return failover(&client, &dir).await;
+    }
+    let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
     let value = "x".repeat(args.value_size);
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let (client, done, failed, value) =
-            (client.clone(), done.clone(), failed.clone(), value.clone());
+        let endpoints = cli_endpoints(cli)?;
+        let (tally, value, mode, count) = (tally.clone(), value.clone(), args.mode, args.count);
         let location = format!("bench-{}", c % args.locations);
-        let count = args.count;
+        let shared = client.clone();
         workers.push(tokio::spawn(async move {
+            // Readers need a session of their own; writers share one client.
             let mut player = Player::new(Keypair::generate());
+            let own;
+            let client: &Client = if mode == Mode::Get {
+                own = Client::connect(&endpoints).await?;
+                own.login(player.key()).await?;
+                &own
+            } else {
+                &shared
+            };
+            // Named after the player, so a later run's clients (new keys)
+            // do not meet entities an earlier run's players own.
+            let entity = format!("unit/{}", hex::encode(&player.key().public()[..8]));
+            let put = |n: i64| Op::Put {
+                entity: entity.clone(),
+                fields: vec![
+                    ("n".into(), Value::Int(n)),
+                    ("payload".into(), Value::Str(value.clone())),
+                ],
+            };
+            if mode == Mode::Get {
+                player.transact(client, &location, vec![put(0)]).await?;
+            }
             let mut latencies = Vec::new();
             let mut n: i64 = 0;
             loop {
@@ -82,69 +145,151 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
                     break;
                 }
                 if let Some(limit) = count {
-                    if done.fetch_add(1, Ordering::Relaxed) >= limit {
+                    if tally.done.fetch_add(1, Ordering::Relaxed) >= limit {
                         break;
                     }
                 }
                 n += 1;
-                let op = Op::Put {
-                    entity: format!("unit/{c}"),
-                    fields: vec![
-                        ("n".into(), Value::Int(n)),
-                        ("payload".into(), Value::Str(value.clone())),
-                    ],
-                };
                 let t0 = Instant::now();
-                match player.transact(&client, &location, vec![op]).await {
-                    Ok(r) if matches!(r.outcome, Outcome::Committed { .. }) => {
-                        latencies.push(t0.elapsed().as_micros() as u64);
-                        if count.is_none() {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
+                let ok = match mode {
+                    Mode::Get => client
+                        .get_entity(&location, &entity, ReadMode::Linearizable)
+                        .await
+                        .is_ok_and(|r| r.entity.is_some()),
+                    _ => matches!(
+                        player.transact(client, &location, vec![put(n)]).await,
+                        Ok(r) if matches!(r.outcome, Outcome::Committed { .. })
+                    ),
+                };
+                if ok {
+                    latencies.push(t0.elapsed().as_micros() as u64);
+                    if count.is_none() {
+                        tally.done.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                } else {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            latencies
+            anyhow::Ok(latencies)
         }));
     }
-    let progress = {
-        let (done, failed) = (done.clone(), failed.clone());
-        tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "  {:>5.1}s  {now:>8} tx  {:>7} tx/s  {} failed",
-                    started.elapsed().as_secs_f64(),
-                    now - last,
-                    failed.load(Ordering::Relaxed)
-                );
-                last = now;
-            }
-        })
-    };
+    let progress = tokio::spawn(print_progress(tally.clone(), started));
     let mut latencies = Vec::new();
     for w in workers {
-        latencies.extend(w.await?);
+        latencies.extend(w.await??);
     }
     progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let ok = latencies.len() as f64;
+    let what = match args.mode {
+        Mode::Get => "linearizable reads",
+        _ => "signed transactions",
+    };
     println!(
-        "{} clients, {} locations: {} signed transactions in {elapsed:.1}s = {:.0} tx/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} failed",
+        "{} clients, {} locations: {} {what} in {elapsed:.1}s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} failed",
         args.clients,
         args.locations,
         latencies.len(),
-        ok / elapsed,
+        latencies.len() as f64 / elapsed,
         percentile(&latencies, 50.0) as f64 / 1000.0,
         percentile(&latencies, 99.0) as f64 / 1000.0,
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
-        failed.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
     );
+    // The same line peerbench's etcdload prints, for bench/compare-etcd.sh.
+    println!(
+        "RESULT label=garrison mode={:?} clients={} locations={} ops={} errs={} secs={elapsed:.2} ops_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        args.mode,
+        args.clients,
+        args.locations,
+        latencies.len(),
+        tally.failed.load(Ordering::Relaxed),
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 50.0) as f64 / 1000.0,
+        percentile(&latencies, 99.0) as f64 / 1000.0,
+        latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
+    Ok(0)
+}
+
+fn cli_endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
+    super::endpoints(cli)
+}
+
+async fn print_progress(tally: Arc<Tally>, started: Instant) {
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = tally.done.load(Ordering::Relaxed);
+        eprintln!(
+            "  {:>5.1}s  {now:>8} ops  {:>7} ops/s  {} failed",
+            started.elapsed().as_secs_f64(),
+            now - last,
+            tally.failed.load(Ordering::Relaxed)
+        );
+        last = now;
+    }
+}
+
+/// Probes `bench-0` with a write every 5 ms, kills its leader, and reports
+/// the time from the kill to the first acknowledged write.
+async fn failover(client: &Client, dev_dir: &Path) -> anyhow::Result<i32> {
+    const LOCATION: &str = "bench-0";
+    let mut player = Player::new(Keypair::generate());
+    let probe = format!("probe/{}", hex::encode(&player.key().public()[..8]));
+    let write = |n: i64| {
+        vec![Op::Put {
+            entity: probe.clone(),
+            fields: vec![("n".into(), Value::Int(n))],
+        }]
+    };
+    let first = player.transact(client, LOCATION, write(0)).await?;
+    if !matches!(first.outcome, Outcome::Committed { .. }) {
+        bail!("the probe write was refused: {:?}", first.outcome);
+    }
+    let leader_addr = client.find_leader(LOCATION).await?;
+    let status = client.status().await?;
+    let (node, _) = status
+        .api_addrs
+        .iter()
+        .find(|(_, addr)| **addr == leader_addr)
+        .with_context(|| format!("no node serves {leader_addr}"))?;
+    let pid_file = dev_dir.join(format!("node-{node}/pid"));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("cannot read {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+    // Warm: writes flowing every 5 ms for a second before the kill.
+    let warm_until = Instant::now() + Duration::from_secs(1);
+    let mut n = 1;
+    while Instant::now() < warm_until {
+        player.transact(client, LOCATION, write(n)).await?;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Instant::now();
+    // SAFETY: kill(2) with a pid read from the dev cluster's pid file.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        bail!("kill -9 {pid} failed: {}", std::io::Error::last_os_error());
+    }
+    let mut last = String::new();
+    loop {
+        n += 1;
+        match player.transact(client, LOCATION, write(n)).await {
+            Ok(r) if matches!(r.outcome, Outcome::Committed { .. }) => break,
+            _ if killed.elapsed() > Duration::from_secs(30) => {
+                bail!("no write acknowledged within 30 s of the kill; the last answer: {last}")
+            }
+            Ok(r) => last = format!("{:?}", r.outcome),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ms = killed.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "failover: killed node {node} (pid {pid}, leader of {LOCATION}); first acknowledged write {ms:.0} ms after the kill"
+    );
+    println!("RESULT label=garrison mode=failover killed_node={node} killed_pid={pid} first_write_ms={ms:.1}");
     Ok(0)
 }
