@@ -182,8 +182,23 @@ impl Shared {
                     }
                     last_error = e;
                     // Give the group time to settle (an election, a restart).
-                    tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
+                    // A hosted group says when its leader changes: go on at
+                    // once then, instead of sleeping out the backoff.
+                    match self.raft(group) {
+                        Some(raft) => {
+                            let wait = raft.wait(Some(ROUTING_BACKOFF_MAX.min(left)));
+                            let moved = wait
+                                .metrics(|m| m.current_leader != Some(target), "a new leader")
+                                .await;
+                            if moved.is_err() {
+                                backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
+                            }
+                        }
+                        None => {
+                            tokio::time::sleep(backoff.min(left)).await;
+                            backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
