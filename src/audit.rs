@@ -40,6 +40,8 @@ pub struct AuditLog {
     entries: VecDeque<AuditEntry>,
     bytes: u64,
     refused: VecDeque<AuditEntry>,
+    /// The index of the newest carried-out entry dropped (0: none yet).
+    rolled_off_through: u64,
 }
 
 fn weight(entry: &AuditEntry) -> u64 {
@@ -90,6 +92,7 @@ impl AuditLog {
                 break;
             };
             self.bytes -= weight(&old);
+            self.rolled_off_through = old.index;
         }
     }
 
@@ -125,12 +128,18 @@ impl AuditLog {
         }
     }
 
-    /// [`AuditLog::read`] and [`AuditLog::oldest_index`], encoded as an
-    /// allowed query's reply: `Ok((Vec<AuditEntry>, bool more, Option<u64> oldest))`.
+    /// [`AuditLog::read`] and [`AuditLog::rolled_off_through`], encoded as
+    /// an allowed query's reply: `Ok((Vec<AuditEntry>, bool more,
+    /// Option<u64> rolled_off_through))`.
     pub fn reply(&self, player: Option<&PlayerKey>, from_index: u64, max: u32) -> Vec<u8> {
         let (entries, more) = self.read(player, from_index, max);
-        let reply: Result<_, Rejection> = Ok((entries, more, self.oldest_index()));
+        let reply: Result<_, Rejection> = Ok((entries, more, self.rolled_off_through()));
         garrison_raft::codec::encode(&reply)
+    }
+
+    /// The index of the newest carried-out entry that rolled off, if any.
+    pub fn rolled_off_through(&self) -> Option<u64> {
+        (self.rolled_off_through > 0).then_some(self.rolled_off_through)
     }
 
     /// The index of the oldest carried-out entry still held, if any.
@@ -183,6 +192,7 @@ mod tests {
         }
         assert_eq!(log.entries.len(), MAX_AUDIT_ENTRIES);
         assert_eq!(log.oldest_index(), Some(11));
+        assert_eq!(log.rolled_off_through(), Some(10));
         let mut big = AuditLog::default();
         for i in 1..=100 {
             big.record(i, [0; 32], &signed(16 * 1024 - 200), &receipt(i));
@@ -199,6 +209,7 @@ mod tests {
             log.record(i, [9; 32], &signed(16 * 1024 - 200), &denied(i));
         }
         assert_eq!(log.oldest_index(), Some(1));
+        assert_eq!(log.rolled_off_through(), None);
         assert_eq!(log.refused.len(), MAX_REFUSED_AUDIT_ENTRIES);
         assert!(log.refused.iter().all(|e| e.transaction.is_none()));
         // Reads merge both, in index order.

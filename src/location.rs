@@ -66,7 +66,7 @@ pub enum LocationQuery {
     /// The location's copy of the access policy; the reply is [`Policy`].
     Policy,
     /// Audit trail entries; the reply is `Result<(Vec<AuditEntry>, bool
-    /// more, Option<u64> oldest), Rejection>`.
+    /// more, Option<u64> rolled_off_through), Rejection>`.
     Audit {
         /// Who asks (from a verified session token): anyone may read its
         /// own entries; others' need the audit permission.

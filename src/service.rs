@@ -29,7 +29,7 @@ use garrison_raft::meta::{Directory, LocationRecord, MetaQuery};
 use garrison_raft::{codec, Error, GroupId, Node, ReadConsistency, META_GROUP};
 use tarpc::context;
 
-/// An audit query's reply: entries, more follow, the oldest index held.
+/// An audit query's reply: entries, more follow, the newest index rolled off.
 type AuditReply = Result<(Vec<AuditEntry>, bool, Option<u64>), Rejection>;
 
 /// How long an administrative transaction waits for the local meta replica.
@@ -413,12 +413,12 @@ impl Garrison for ApiService {
             };
             self.query(&location, query, mode).await?
         };
-        let (entries, more, oldest_index) = reply.map_err(ApiError::Forbidden)?;
+        let (entries, more, rolled_off_through) = reply.map_err(ApiError::Forbidden)?;
         Ok(AuditRead {
             index,
             entries,
             more,
-            oldest_index,
+            rolled_off_through,
         })
     }
 

@@ -274,8 +274,9 @@ pub struct AuditRead {
     pub entries: Vec<AuditEntry>,
     /// True when more matching entries follow the last one returned.
     pub more: bool,
-    /// The oldest index the trail still holds (older entries rolled off).
-    pub oldest_index: Option<u64>,
+    /// Entries up to this index are no longer held (the trail is bounded);
+    /// `None`: nothing rolled off.
+    pub rolled_off_through: Option<u64>,
 }
 
 /// One entity read.

@@ -296,7 +296,8 @@ pub struct AuditArgs {
     /// At most this many entries.
     #[arg(long, default_value_t = 100)]
     pub max: u32,
-    /// The key to log in with (see `get`).
+    /// The key to log in with (default: the dev cluster's admin key if there
+    /// is one, else $GARRISON_HOME/player.key, which sees only its own entries).
     #[arg(long)]
     pub key: Option<PathBuf>,
 }
@@ -307,12 +308,17 @@ pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<i32> {
         Some(h) => Some(super::admin::parse_player(h)?),
         None => None,
     };
-    let client = connect_as(cli, &args.key).await?;
+    let admin = super::admin::default_admin_key();
+    let key = match &args.key {
+        None if admin.exists() => Some(admin),
+        given => given.clone(),
+    };
+    let client = connect_as(cli, &key).await?;
     let read = client
         .audit(&args.location, player, args.from, args.max)
         .await?;
-    if let Some(oldest) = read.oldest_index.filter(|o| *o > args.from) {
-        println!("(entries before index {oldest} have rolled off)");
+    if let Some(gone) = read.rolled_off_through.filter(|g| *g >= args.from) {
+        println!("(entries up to index {gone} have rolled off)");
     }
     for e in &read.entries {
         let what = match &e.transaction {
