@@ -42,6 +42,7 @@ use crate::storage::state::AppliedState;
 use crate::storage::{GroupRecord, StateMachineStore, Storage};
 use crate::typ::{GroupId, Node as RaftNode, NodeId, Raft, META_GROUP};
 
+mod read_batch;
 mod reconcile;
 mod route;
 
@@ -117,6 +118,8 @@ struct Shared {
     groups: RwLock<BTreeMap<GroupId, Group>>,
     factory: Arc<dyn AppFactory>,
     stop: CancellationToken,
+    /// Read-index rounds shared by concurrent linearizable reads.
+    reads: read_batch::ReadBatcher,
 }
 
 /// A running garrison node: its storage, its peer listener and its groups.
@@ -171,6 +174,7 @@ impl Node {
             groups: RwLock::new(BTreeMap::new()),
             factory,
             stop: CancellationToken::new(),
+            reads: Default::default(),
             config,
         });
         let listener =

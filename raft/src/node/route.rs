@@ -53,19 +53,25 @@ impl Shared {
     }
 
     /// The read index of `group` if this node leads it: the leader confirms
-    /// with a quorum that it still leads, and has applied up to the index.
+    /// with a quorum that it still leads, in a round that starts after this
+    /// call and that concurrent reads of the group share. The reader waits
+    /// for its own replica to apply the index.
     async fn read_index_as_leader(&self, group: GroupId) -> Result<u64, Error> {
         let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
-        match raft.ensure_linearizable().await {
-            Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    group,
-                    leader: f.leader_id,
-                })
-            }
-            Err(e) => Err(Error::Raft(e.to_string())),
-        }
+        self.reads
+            .read_index(group, raft, move |raft| async move {
+                match raft.get_read_log_id().await {
+                    Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(Error::NotLeader {
+                            group,
+                            leader: f.leader_id,
+                        })
+                    }
+                    Err(e) => Err(Error::Raft(e.to_string())),
+                }
+            })
+            .await
     }
 
     /// The peer address of `node` as `group` (or the meta group) knows it.
