@@ -294,13 +294,7 @@ impl AdminApp {
                 let why = "an entity operation in an administrative transaction";
                 return Err(at(Rejection::Malformed(why.into())));
             };
-            // Anyone may revoke their own tokens ("log out everywhere").
-            let own_tokens = matches!(op, AdminOp::RevokeTokens { player } if *player == tx.player);
-            if !own_tokens {
-                policy
-                    .check(&tx.player, None, op.action(), None, None)
-                    .map_err(at)?;
-            }
+            policy.check_admin(&tx.player, op).map_err(at)?;
             let event = |entity: String, kind| Event {
                 location: ADMIN_LOCATION.to_string(),
                 index: ctx.index,

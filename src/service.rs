@@ -17,7 +17,7 @@ use garrison_client::api::{
 use garrison_client::api::{
     AuditEntry, AuditQuery, AuditRead, Rejection, MAX_AUDIT_ENTRIES_PER_READ,
 };
-use garrison_client::policy::{AdminOp, ADMIN_LOCATION};
+use garrison_client::policy::ADMIN_LOCATION;
 use garrison_client::token::{Challenge, SessionToken, TokenClaims};
 use garrison_client::tx::Op;
 use garrison_client::tx::{
@@ -207,11 +207,9 @@ impl ApiService {
             return Ok(());
         }
         for op in &tx.ops {
-            let own_tokens =
-                matches!(op, Op::Admin(AdminOp::RevokeTokens { player }) if *player == tx.player);
-            if !own_tokens {
+            if let Op::Admin(op) = op {
                 policy
-                    .check(&tx.player, None, op.action(), None, None)
+                    .check_admin(&tx.player, op)
                     .map_err(ApiError::Forbidden)?;
             }
         }
@@ -265,6 +263,21 @@ impl ApiService {
             )));
         }
         Ok(receipt)
+    }
+
+    /// Asks the meta group's extension; the answer and the index it reflects.
+    async fn admin_query<T: serde::de::DeserializeOwned>(
+        &self,
+        query: &AdminQuery,
+        mode: ReadMode,
+    ) -> Result<(u64, T), ApiError> {
+        let query = MetaQuery::Extension(codec::encode(query));
+        let reply = self
+            .node
+            .read(META_GROUP, codec::encode(&query), consistency(mode))
+            .await
+            .map_err(api_error)?;
+        Ok((reply.index, decode(&reply.reply)?))
     }
 
     /// Ingress: every check that needs no state, then the signature.
@@ -397,13 +410,7 @@ impl Garrison for ApiService {
                 from_index,
                 max: max_entries,
             };
-            let query = MetaQuery::Extension(codec::encode(&query));
-            let reply = self
-                .node
-                .read(META_GROUP, codec::encode(&query), consistency(mode))
-                .await
-                .map_err(api_error)?;
-            (reply.index, decode(&reply.reply)?)
+            self.admin_query(&query, mode).await?
         } else {
             let query = LocationQuery::Audit {
                 reader,
@@ -465,13 +472,10 @@ impl Garrison for ApiService {
     ) -> Result<u64, ApiError> {
         self.admit_request(version)?;
         if location == ADMIN_LOCATION {
-            let query = MetaQuery::Extension(codec::encode(&AdminQuery::NextSequence(player)));
-            let reply = self
-                .node
-                .read(META_GROUP, codec::encode(&query), consistency(mode))
-                .await
-                .map_err(api_error)?;
-            return decode(&reply.reply);
+            let (_, next) = self
+                .admin_query(&AdminQuery::NextSequence(player), mode)
+                .await?;
+            return Ok(next);
         }
         let (_, next) = self
             .query(&location, LocationQuery::NextSequence(player), mode)

@@ -453,6 +453,17 @@ impl Policy {
         })
     }
 
+    /// Decides whether `signer` may carry out the administrative operation
+    /// `op`: it needs the operation's action among its roles held
+    /// everywhere, except that anyone may revoke its own tokens ("log out
+    /// everywhere").
+    pub fn check_admin(&self, signer: &PlayerKey, op: &AdminOp) -> Result<(), Rejection> {
+        match op {
+            AdminOp::RevokeTokens { player } if player == signer => Ok(()),
+            op => self.check(signer, None, op.action(), None, None),
+        }
+    }
+
     /// Carries out an administrative operation on the policy (location
     /// operations are the directory's). On error the policy is unchanged.
     pub fn apply_admin(&mut self, op: &AdminOp) -> Result<(), Rejection> {
