@@ -221,16 +221,15 @@ impl AdminApp {
             policy: None,
             created: Vec::new(),
         };
-        let (tx, digest) =
-            match sequence::admit(&self.state.players, ADMIN_LOCATION, ctx.index, signed) {
-                Admission::Done(receipt) => return done(receipt),
-                Admission::Fresh { tx, digest } => (tx, digest),
-            };
+        let fresh = match sequence::admit(&self.state.players, ADMIN_LOCATION, ctx.index, signed) {
+            Admission::Done(receipt) => return done(receipt),
+            Admission::Fresh(fresh) => fresh,
+        };
         let (outcome, changes) = if self.state.policy.version == 0 {
             let reason = Rejection::PolicyPending;
             (Outcome::Rejected { op: None, reason }, None)
         } else {
-            match self.carry_out(ctx, directory, &tx) {
+            match self.carry_out(ctx, directory, &fresh.tx) {
                 Ok(c) => {
                     self.state.revoked = c.revoked;
                     (
@@ -247,17 +246,13 @@ impl AdminApp {
                 ),
             }
         };
-        let receipt = TxReceipt {
-            location: ADMIN_LOCATION.to_string(),
-            index: ctx.index,
-            sequence: tx.sequence,
+        let receipt = fresh.decide(
+            &mut self.state.players,
+            &mut self.state.audit,
+            ctx.log_time_ms,
+            signed,
             outcome,
-            duplicate: false,
-        };
-        sequence::remember(&mut self.state.players, &tx, digest, &receipt);
-        self.state
-            .audit
-            .record(ctx.log_time_ms, tx.player, signed, &receipt);
+        );
         let Some((mut policy, dir, created)) = changes else {
             return done(receipt);
         };

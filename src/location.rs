@@ -137,11 +137,11 @@ impl LocationApp {
         log_time_ms: u64,
         signed: &SignedTransaction,
     ) -> TxReceipt {
-        let (tx, digest) = match sequence::admit(&self.state.players, &self.location, index, signed)
-        {
+        let fresh = match sequence::admit(&self.state.players, &self.location, index, signed) {
             Admission::Done(receipt) => return receipt,
-            Admission::Fresh { tx, digest } => (tx, digest),
+            Admission::Fresh(fresh) => fresh,
         };
+        let tx = &fresh.tx;
         let outcome = if self.state.policy.version == 0 {
             Outcome::Rejected {
                 op: None,
@@ -157,18 +157,13 @@ impl LocationApp {
                     policy.check(&player, Some(location), op.action(), op.entity(), owner)
                 })
         };
-        let receipt = TxReceipt {
-            location: self.location.clone(),
-            index,
-            sequence: tx.sequence,
+        fresh.decide(
+            &mut self.state.players,
+            &mut self.state.audit,
+            log_time_ms,
+            signed,
             outcome,
-            duplicate: false,
-        };
-        sequence::remember(&mut self.state.players, &tx, digest, &receipt);
-        self.state
-            .audit
-            .record(log_time_ms, tx.player, signed, &receipt);
-        receipt
+        )
     }
 
     /// Takes `policy` if it is newer than the location's; returns the

@@ -13,6 +13,8 @@ use garrison_client::api::{Outcome, Rejection, TxReceipt};
 use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditLog;
+
 /// Outcomes remembered per player (and location), for resubmissions.
 pub const MAX_REMEMBERED_OUTCOMES: usize = 64;
 
@@ -42,15 +44,48 @@ pub type Players = BTreeMap<PlayerKey, PlayerRecord>;
 /// What to do with a submitted transaction.
 #[derive(Debug)]
 pub enum Admission {
-    /// Carry it out, then [`remember`] its receipt.
-    Fresh {
-        /// The decoded transaction.
-        tx: Transaction,
-        /// SHA-256 of its canonical bytes.
-        digest: [u8; 32],
-    },
+    /// Carry it out, then [`Fresh::decide`] its outcome.
+    Fresh(Fresh),
     /// Answer with this receipt and change nothing.
     Done(TxReceipt),
+}
+
+/// A transaction whose sequence number is its player's next.
+#[derive(Debug)]
+pub struct Fresh {
+    /// The decoded transaction.
+    pub tx: Transaction,
+    /// SHA-256 of its canonical bytes.
+    digest: [u8; 32],
+    /// Where it is carried out.
+    location: String,
+    /// The log index it is carried out at.
+    index: u64,
+}
+
+impl Fresh {
+    /// Records the transaction's `outcome`: the player's sequence moves
+    /// past it, the receipt is remembered for resubmissions, and the audit
+    /// trail gets an entry. Returns the receipt.
+    pub fn decide(
+        self,
+        players: &mut Players,
+        audit: &mut AuditLog,
+        log_time_ms: u64,
+        signed: &SignedTransaction,
+        outcome: Outcome,
+    ) -> TxReceipt {
+        let receipt = TxReceipt {
+            location: self.location,
+            index: self.index,
+            sequence: self.tx.sequence,
+            outcome,
+            duplicate: false,
+        };
+        remember(players, &self.tx, self.digest, &receipt);
+        audit.record(log_time_ms, self.tx.player, signed, &receipt);
+        receipt
+    }
 }
 
 /// The player's next sequence number (1 for a player never seen).
@@ -118,11 +153,16 @@ pub fn admit(
             },
         );
     }
-    Admission::Fresh { tx, digest }
+    Admission::Fresh(Fresh {
+        tx,
+        digest,
+        location: location.to_string(),
+        index,
+    })
 }
 
 /// Advances the player's sequence past `tx` and remembers its receipt.
-pub fn remember(players: &mut Players, tx: &Transaction, digest: [u8; 32], receipt: &TxReceipt) {
+fn remember(players: &mut Players, tx: &Transaction, digest: [u8; 32], receipt: &TxReceipt) {
     let record = players.entry(tx.player).or_insert_with(|| PlayerRecord {
         next_sequence: 1,
         recent: VecDeque::new(),
