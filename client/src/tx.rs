@@ -211,7 +211,8 @@ fn canonical_config() -> impl bincode::config::Config {
 }
 
 /// Encodes `value` canonically (the transaction encoding: bincode 2,
-/// little-endian, fixed-width integers), for the other signed formats.
+/// little-endian, fixed-width integers): transactions and the other signed
+/// formats.
 pub fn canonical_encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, canonical_config())
         .expect("signed formats are smaller than the transaction limit")
@@ -240,8 +241,7 @@ pub fn canonical_decode<T: serde::de::DeserializeOwned + Serialize>(
 impl Transaction {
     /// The canonical bytes this transaction is signed and sent as.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, canonical_config())
-            .expect("a transaction always encodes")
+        canonical_encode(self)
     }
 
     /// Decodes canonical bytes, refusing any other encoding of the same value.
@@ -252,19 +252,7 @@ impl Transaction {
                 max: MAX_TRANSACTION_BYTES as u64,
             });
         }
-        let (tx, used): (Transaction, usize) =
-            bincode::serde::decode_from_slice(bytes, canonical_config())
-                .map_err(|e| TxError::Malformed(e.to_string()))?;
-        if used != bytes.len() {
-            return Err(TxError::Malformed(format!(
-                "{} bytes after the transaction",
-                bytes.len() - used
-            )));
-        }
-        if tx.canonical_bytes() != bytes {
-            return Err(TxError::Malformed("not the canonical encoding".into()));
-        }
-        Ok(tx)
+        canonical_decode(bytes, MAX_TRANSACTION_BYTES).map_err(TxError::Malformed)
     }
 
     /// Checks the static limits (sizes and counts); the error names the first broken one.
