@@ -76,7 +76,7 @@ fn meta_view(node: &Node, player: Option<&PlayerKey>) -> Result<MetaView, ApiErr
         let admin = garrison_raft::meta::extension_of(s)
             .and_then(|e| e.as_any().downcast_ref::<AdminApp>());
         MetaView {
-            index: s.last_applied.map(|l| l.index).unwrap_or(0),
+            index: s.applied_index(),
             clock_ms: admin.map(AdminApp::session_clock_ms).unwrap_or(0),
             revoked: admin.zip(player).and_then(|(a, p)| a.revoked(p)),
         }

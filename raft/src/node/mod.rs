@@ -122,6 +122,15 @@ struct Shared {
     reads: read_batch::ReadBatcher,
 }
 
+/// The index `raft` has applied, from its metrics (0: none yet).
+fn applied_index(raft: &Raft) -> u64 {
+    raft.metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0)
+}
+
 /// A running garrison node: its storage, its peer listener and its groups.
 #[derive(Clone)]
 pub struct Node {
@@ -338,7 +347,7 @@ impl Node {
     /// that index, and the digest of its state at the applied index.
     pub fn consistency(&self, group: GroupId, at: Option<u64>) -> Result<ConsistencyReport, Error> {
         self.shared.read_app(group, |s| {
-            let applied_index = s.last_applied.map(|l| l.index).unwrap_or(0);
+            let applied_index = s.applied_index();
             let index = at.unwrap_or(applied_index);
             ConsistencyReport {
                 group,
@@ -403,12 +412,7 @@ impl Node {
     /// snapshot). Returns once the snapshot covers `applied` at the call.
     pub async fn compact(&self, group: GroupId, timeout: Duration) -> Result<u64, Error> {
         let raft = self.shared.raft(group).ok_or(Error::UnknownGroup(group))?;
-        let applied = raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0);
+        let applied = applied_index(&raft);
         raft.trigger()
             .snapshot()
             .await

@@ -283,12 +283,7 @@ impl Shared {
                 .applied_index_at_least(Some(wanted), "read index")
                 .await;
             if reached.is_err() {
-                let applied = raft
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map(|l| l.index)
-                    .unwrap_or(0);
+                let applied = super::applied_index(&raft);
                 return Err(Error::Behind {
                     group,
                     applied,
@@ -297,7 +292,7 @@ impl Shared {
             }
         }
         self.read_app(group, |state| ReadReply {
-            index: state.last_applied.map(|l| l.index).unwrap_or(0),
+            index: state.applied_index(),
             reply: state.app.query(query),
         })
     }

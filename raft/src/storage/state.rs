@@ -77,6 +77,11 @@ pub struct AppliedState {
 }
 
 impl AppliedState {
+    /// The index of the last applied entry (0: none yet).
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.map(|l| l.index).unwrap_or(0)
+    }
+
     /// The chain value after applying `index`, if this replica still holds it.
     pub fn chain_at(&self, index: u64) -> Option<[u8; 32]> {
         let at = self
