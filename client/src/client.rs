@@ -501,6 +501,20 @@ impl Client {
 
     /// The status of one node, without retrying elsewhere.
     pub async fn status_of(&self, addr: &str) -> Result<NodeStatus, ClientError> {
+        self.call_one(
+            addr,
+            |c| async move { c.status(self.ctx(), API_VERSION).await },
+        )
+        .await
+    }
+
+    /// One request to the node at `addr`, without retrying elsewhere; a
+    /// broken connection is dropped.
+    async fn call_one<T, F, Fut>(&self, addr: &str, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(GarrisonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, ApiError>, RpcError>>,
+    {
         let c = self
             .connection(addr)
             .await
@@ -508,7 +522,7 @@ impl Client {
                 endpoints: addr.into(),
                 last,
             })?;
-        match c.status(self.ctx(), API_VERSION).await {
+        match call(c).await {
             Ok(answer) => answer.map_err(ClientError::Api),
             Err(e) => {
                 self.drop_connection(addr);
@@ -527,23 +541,10 @@ impl Client {
         group: Option<u64>,
         at: Option<u64>,
     ) -> Result<Vec<GroupConsistency>, ClientError> {
-        let c = self
-            .connection(addr)
-            .await
-            .map_err(|last| ClientError::Unreachable {
-                endpoints: addr.into(),
-                last,
-            })?;
-        match c.consistency(self.ctx(), API_VERSION, group, at).await {
-            Ok(answer) => answer.map_err(ClientError::Api),
-            Err(e) => {
-                self.drop_connection(addr);
-                Err(ClientError::Unreachable {
-                    endpoints: addr.into(),
-                    last: e.to_string(),
-                })
-            }
-        }
+        self.call_one(addr, |c| async move {
+            c.consistency(self.ctx(), API_VERSION, group, at).await
+        })
+        .await
     }
 }
 
