@@ -28,15 +28,23 @@ pub const POLICY_SYNC_INTERVAL_MS: u64 = 200;
 /// Locations a push proposes to at once.
 pub const MAX_CONCURRENT_POLICY_PUSHES: usize = 16;
 
+/// Reads this node's meta replica's [`AdminApp`] (`T::default()` if the
+/// node has none open).
+fn read_admin<T: Default>(node: &Node, read: impl FnOnce(&AdminApp) -> T) -> T {
+    node.read_extension(|ext| ext.as_any().downcast_ref::<AdminApp>().map(read))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// The policy of this node's meta replica (version 0: not bootstrapped).
 pub fn meta_policy(node: &Node) -> Policy {
-    node.read_extension(|ext| {
-        ext.as_any()
-            .downcast_ref::<AdminApp>()
-            .map(|a| a.policy().clone())
-            .unwrap_or_default()
-    })
-    .unwrap_or_default()
+    read_admin(node, |a| a.policy().clone())
+}
+
+/// The version of that policy, without copying it.
+fn meta_policy_version(node: &Node) -> u64 {
+    read_admin(node, |a| a.policy().version)
 }
 
 /// The policy version of this node's replica of `group` (0: none, or not a
@@ -88,20 +96,21 @@ pub async fn sync(node: Node, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let policy = meta_policy(&node);
-        if policy.version == 0 {
+        // Most ticks find nothing behind: copy the policy only to push it.
+        let version = meta_policy_version(&node);
+        if version == 0 {
             continue;
         }
         let behind: Vec<GroupId> = node
             .groups()
             .into_iter()
             .filter(|&g| g != META_GROUP && node.leader(g) == Some(node.id()))
-            .filter(|&g| location_policy_version(&node, g) < policy.version)
+            .filter(|&g| location_policy_version(&node, g) < version)
             .collect();
         if behind.is_empty() {
             continue;
         }
-        for (group, e) in push(&node, &policy, behind).await {
+        for (group, e) in push(&node, &meta_policy(&node), behind).await {
             tracing::debug!(group, "policy sync failed, will retry: {e}");
         }
     }
@@ -128,7 +137,7 @@ pub async fn bootstrap(
         replication_factor,
     });
     let mut backoff = Duration::from_millis(50);
-    while meta_policy(&node).version == 0 && !stop.is_cancelled() {
+    while meta_policy_version(&node) == 0 && !stop.is_cancelled() {
         match node.extension_command(command.clone()).await {
             Ok(reply) => match codec::decode::<AdminReply>(&reply) {
                 Ok(AdminReply::Bootstrapped(version)) => {
