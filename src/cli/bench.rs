@@ -108,9 +108,10 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
     let value = "x".repeat(args.value_size);
+    let endpoints = super::endpoints(cli)?;
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let endpoints = cli_endpoints(cli)?;
+        let endpoints = endpoints.clone();
         let (tally, value, mode, count) = (tally.clone(), value.clone(), args.mode, args.count);
         let location = format!("bench-{}", c % args.locations);
         let shared = client.clone();
@@ -210,10 +211,6 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
     );
     Ok(0)
-}
-
-fn cli_endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
-    super::endpoints(cli)
 }
 
 async fn print_progress(tally: Arc<Tally>, started: Instant) {
