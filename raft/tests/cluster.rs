@@ -449,6 +449,15 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
 /// Set in the child process of the abort test: where to put its cluster.
 const ABORT_CHILD: &str = "GARRISON_TEST_ABORT_CHILD";
 
+/// The two-thread runtime the abort test's child and parent each run in.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Every node dies at once (the process aborts: no shutdown, no flush, no
 /// destructor) right after a write is acknowledged; after a restart from
 /// their directories, every acknowledged write is there. This is what a
@@ -456,11 +465,7 @@ const ABORT_CHILD: &str = "GARRISON_TEST_ABORT_CHILD";
 #[test]
 fn a_committed_write_survives_an_abort_of_every_node() {
     if std::env::var(ABORT_CHILD).is_ok() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime.block_on(async {
             let cluster = Cluster::start(3, test_config()).await;
             cluster.leader(META_GROUP).await;
@@ -540,11 +545,7 @@ fn a_committed_write_survives_an_abort_of_every_node() {
         40,
         "the child acknowledged every write before aborting"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let cluster = Cluster::resume(dirs.clone(), addrs, test_config()).await;
         cluster.leader(META_GROUP).await;
