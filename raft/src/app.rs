@@ -58,6 +58,12 @@ pub trait GroupApp: Send + Sync + 'static {
     /// left as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
 
+    /// Told, after a successful [`GroupApp::restore`], the log index the
+    /// snapshot ends at, for apps that tell readers outside the group what
+    /// index their state reflects (garrison's entity cache). The state
+    /// must not depend on it.
+    fn restored_at(&mut self, _index: u64) {}
+
     /// Gives read access to the concrete type, for queries.
     fn as_any(&self) -> &dyn Any;
 }

@@ -342,6 +342,24 @@ impl Node {
         self.shared.read(group, query, consistency).await
     }
 
+    /// Does this node hold a replica of `group`?
+    pub fn hosts(&self, group: GroupId) -> bool {
+        self.shared.raft(group).is_some()
+    }
+
+    /// Waits until this node's replica of `group` has applied what
+    /// `consistency` requires (for a linearizable read, the leader's read
+    /// index, asked of the leader wherever it is); returns the replica's
+    /// applied index then. For reads served beside the group's app, such
+    /// as from a cache kept current by apply.
+    pub async fn catch_up(
+        &self,
+        group: GroupId,
+        consistency: ReadConsistency,
+    ) -> Result<u64, Error> {
+        self.shared.catch_up(group, consistency).await
+    }
+
     /// This replica's consistency report for `group`: its applied index,
     /// the hash chain at `at` (default: the applied index) if it still holds
     /// that index, and the digest of its state at the applied index.

@@ -261,14 +261,14 @@ impl Shared {
         .await
     }
 
-    /// Answers `query` from the local replica of `group`, once it has applied
-    /// what `consistency` requires.
-    pub(super) async fn read_here(
+    /// Waits until the local replica of `group` has applied what
+    /// `consistency` requires; returns its applied index then, which every
+    /// answer from the replica after this reflects at least.
+    pub(super) async fn catch_up(
         &self,
         group: GroupId,
-        query: &[u8],
         consistency: ReadConsistency,
-    ) -> Result<ReadReply, Error> {
+    ) -> Result<u64, Error> {
         let raft = self.raft(group).ok_or(Error::UnknownGroup(group))?;
         let wanted = match consistency {
             // The deliberately broken build: serve "linearizable" reads from
@@ -291,6 +291,18 @@ impl Shared {
                 });
             }
         }
+        Ok(super::applied_index(&raft))
+    }
+
+    /// Answers `query` from the local replica of `group`, once it has applied
+    /// what `consistency` requires.
+    pub(super) async fn read_here(
+        &self,
+        group: GroupId,
+        query: &[u8],
+        consistency: ReadConsistency,
+    ) -> Result<ReadReply, Error> {
+        self.catch_up(group, consistency).await?;
         self.read_app(group, |state| ReadReply {
             index: state.applied_index(),
             reply: state.app.query(query),

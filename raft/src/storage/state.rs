@@ -119,6 +119,8 @@ impl AppliedState {
     fn restore_from(&mut self, meta: &SnapshotMeta, image: &SnapshotImage) -> Result<(), String> {
         check_version(image)?;
         self.app.restore(&image.app)?;
+        self.app
+            .restored_at(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.log_time_ms = image.log_time_ms;
