@@ -14,6 +14,8 @@
 //! - [`propagate`]: carries the policy into every location's log; bootstrap.
 //! - [`sequence`]: per-player sequence numbers and remembered outcomes.
 //! - [`audit`]: the audit trail of carried-out transactions.
+//! - [`cache`]: the entity cache for reads, kept current by apply
+//!   (CacheManager).
 //! - [`location`]: the location group's app: sequence numbers, exactly-once
 //!   outcomes, queries, snapshots.
 //! - [`service`]: the client API a node serves: ingress checks, routing.
@@ -27,6 +29,7 @@ pub use garrison_raft as raft;
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod limits;
 pub mod location;

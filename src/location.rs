@@ -12,15 +12,17 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
 use garrison_client::policy::Action;
 use garrison_client::tx::{PlayerKey, SignedTransaction};
-use garrison_raft::{codec, ApplyContext, GroupApp};
+use garrison_raft::{codec, ApplyContext, GroupApp, GroupId};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Policy;
 use crate::audit::AuditLog;
+use crate::cache::EntityCache;
 use crate::sequence::{self, Admission, Players};
 use crate::state::Fragment;
 
@@ -99,6 +101,21 @@ pub struct LocationImage {
 pub struct LocationApp {
     location: String,
     state: LocationImage,
+    /// The node's entity cache and this location's group, told of every
+    /// change; never read here.
+    cache: Option<(GroupId, Arc<EntityCache>)>,
+}
+
+/// May `reader` read `key` (owned by `owner`; `None`: it does not exist) in
+/// `location` under `policy`?
+pub fn may_read(
+    policy: &Policy,
+    location: &str,
+    reader: &PlayerKey,
+    key: &str,
+    owner: Option<&PlayerKey>,
+) -> Result<(), Rejection> {
+    policy.check(reader, Some(location), Action::Read, Some(key), owner)
 }
 
 impl LocationApp {
@@ -111,7 +128,14 @@ impl LocationApp {
                 format_version: LOCATION_FORMAT_VERSION,
                 ..Default::default()
             },
+            cache: None,
         }
+    }
+
+    /// Reports this location's changes, as group `group`, to `cache`.
+    pub fn with_cache(mut self, group: GroupId, cache: Arc<EntityCache>) -> Self {
+        self.cache = Some((group, cache));
+        self
     }
 
     /// The location's entities.
@@ -157,6 +181,9 @@ impl LocationApp {
                     policy.check(&player, Some(location), op.action(), op.entity(), owner)
                 })
         };
+        if let (Some((group, cache)), Outcome::Committed { events }) = (&self.cache, &outcome) {
+            cache.changed(*group, index, events.iter().map(|e| e.entity.as_str()));
+        }
         fresh.decide(
             &mut self.state.players,
             &mut self.state.audit,
@@ -183,9 +210,7 @@ impl LocationApp {
         key: &str,
         owner: Option<&PlayerKey>,
     ) -> Result<(), Rejection> {
-        self.state
-            .policy
-            .check(reader, Some(&self.location), Action::Read, Some(key), owner)
+        may_read(&self.state.policy, &self.location, reader, key, owner)
     }
 
     fn query_reply(&self, query: LocationQuery) -> Vec<u8> {
@@ -250,7 +275,16 @@ impl GroupApp for LocationApp {
             Ok(LocationCommand::Submit(signed)) => {
                 codec::encode(&self.submit(ctx.index, ctx.log_time_ms, &signed))
             }
-            Ok(LocationCommand::Policy(policy)) => codec::encode(&self.set_policy(policy)),
+            Ok(LocationCommand::Policy(policy)) => {
+                let before = self.state.policy.version;
+                let after = self.set_policy(policy);
+                if let Some((group, cache)) = &self.cache {
+                    if after != before {
+                        cache.policy_changed(*group, ctx.index, &self.state.policy);
+                    }
+                }
+                codec::encode(&after)
+            }
             Err(e) => codec::encode(&sequence::rejected(
                 &self.location,
                 ctx.index,
@@ -281,6 +315,12 @@ impl GroupApp for LocationApp {
         Ok(())
     }
 
+    fn restored_at(&mut self, index: u64) {
+        if let Some((group, cache)) = &self.cache {
+            cache.restored(*group, index, &self.state.policy);
+        }
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -303,12 +343,20 @@ pub(crate) fn decode_image<T: serde::de::DeserializeOwned>(
     Ok(image)
 }
 
-/// Makes [`LocationApp`]s.
-pub struct LocationFactory;
+/// Makes [`LocationApp`]s, each reporting to the node's entity cache if
+/// it has one.
+pub struct LocationFactory {
+    /// The node's entity cache.
+    pub cache: Option<Arc<EntityCache>>,
+}
 
 impl garrison_raft::AppFactory for LocationFactory {
-    fn create(&self, _group: garrison_raft::GroupId, location: &str) -> Box<dyn GroupApp> {
-        Box::new(LocationApp::new(location))
+    fn create(&self, group: GroupId, location: &str) -> Box<dyn GroupApp> {
+        let app = LocationApp::new(location);
+        Box::new(match &self.cache {
+            Some(cache) => app.with_cache(group, cache.clone()),
+            None => app,
+        })
     }
 
     fn meta_extension(&self) -> Box<dyn garrison_raft::MetaExtension> {

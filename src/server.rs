@@ -20,6 +20,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
+use crate::cache::{EntityCache, DEFAULT_CACHE_BYTES};
 use crate::location::LocationFactory;
 use crate::propagate;
 use crate::service::ApiService;
@@ -82,6 +83,11 @@ impl Default for ApiLimits {
     }
 }
 
+/// The default size of the entity cache.
+pub fn default_cache_bytes() -> u64 {
+    DEFAULT_CACHE_BYTES
+}
+
 /// The default lifetime of session tokens: an hour.
 pub fn default_token_ttl_ms() -> u64 {
     60 * 60 * 1000
@@ -121,6 +127,10 @@ pub struct ServerConfig {
     /// of log time (at most 24 h).
     #[serde(default = "default_token_ttl_ms")]
     pub token_ttl_ms: u64,
+    /// Bytes of committed entity data this node caches for reads (0: no
+    /// cache; every read asks the replica's state machine).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
     /// Mutual TLS between nodes (required): the cluster CA, this node's
     /// certificate (naming `node-<node_id>.garrison`) and its key. Relative
     /// paths are relative to the working directory, like `data_dir`.
@@ -245,7 +255,11 @@ impl Server {
             raft: config.raft.clone(),
             tls: config.tls.clone(),
         };
-        let factory = Arc::new(LocationFactory);
+        let cache =
+            (config.cache_bytes > 0).then(|| Arc::new(EntityCache::new(config.cache_bytes)));
+        let factory = Arc::new(LocationFactory {
+            cache: cache.clone(),
+        });
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
         let api_addrs: BTreeMap<u64, String> = config
             .members
@@ -258,6 +272,7 @@ impl Server {
             api_addrs,
             &config.api,
             sessions.clone(),
+            cache,
         );
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));

@@ -36,6 +36,7 @@ type AuditReply = Result<(Vec<AuditEntry>, bool, Option<u64>), Rejection>;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 use crate::admin::{AdminCommand, AdminQuery, AdminReply};
+use crate::cache::EntityCache;
 use crate::limits::{Connection, PlayerLimiter};
 use crate::location::{LocationCommand, LocationQuery};
 use crate::propagate;
@@ -54,6 +55,7 @@ pub struct ApiService {
     players: Arc<PlayerLimiter>,
     connection: Arc<Connection>,
     sessions: Arc<Sessions>,
+    cache: Option<Arc<EntityCache>>,
 }
 
 /// Maps the consensus layer's errors to what a client can act on.
@@ -116,6 +118,7 @@ impl ApiService {
         api_addrs: BTreeMap<u64, String>,
         limits: &ApiLimits,
         sessions: Arc<Sessions>,
+        cache: Option<Arc<EntityCache>>,
     ) -> Self {
         let service = Self {
             node,
@@ -127,6 +130,7 @@ impl ApiService {
             )),
             connection: Arc::new(Connection::new(0, 0, Duration::ZERO, Duration::ZERO)),
             sessions,
+            cache,
         };
         service.for_connection(limits)
     }
@@ -195,6 +199,49 @@ impl ApiService {
             .await
             .map_err(api_error)?;
         Ok((reply.index, decode(&reply.reply)?))
+    }
+
+    /// One entity, as `reader` may see it: from the node's cache when this
+    /// node holds a replica of the location, else from a replica.
+    async fn read_entity(
+        &self,
+        location: &str,
+        key: String,
+        reader: PlayerKey,
+        mode: ReadMode,
+    ) -> Result<(u64, Result<Option<Entity>, Rejection>), ApiError> {
+        let cached = match &self.cache {
+            Some(cache) if location != ADMIN_LOCATION => {
+                let group = self.group_of(location).await?;
+                self.node.hosts(group).then_some((cache, group))
+            }
+            _ => None,
+        };
+        let query = LocationQuery::Entity {
+            key: key.clone(),
+            reader,
+        };
+        let Some((cache, group)) = cached else {
+            return self.query(location, query, mode).await;
+        };
+        let applied = self
+            .node
+            .catch_up(group, consistency(mode))
+            .await
+            .map_err(api_error)?;
+        if let Some(hit) = cache.get(group, &key, applied) {
+            let owner = hit.entity.as_ref().map(|e| &e.owner);
+            let allowed = crate::location::may_read(&hit.policy, location, &reader, &key, owner);
+            return Ok((hit.index, allowed.map(|()| hit.entity)));
+        }
+        // The replica has applied `applied` already: no second read index.
+        let mode = ReadMode::Stale { min_index: applied };
+        let (index, entity): (u64, Result<Option<Entity>, Rejection>) =
+            self.query(location, query, mode).await?;
+        if let Ok(entity) = &entity {
+            cache.fill(group, &key, index, entity.clone());
+        }
+        Ok((index, entity))
     }
 
     /// Refuses, before it costs a meta write, an administrative transaction
@@ -370,12 +417,7 @@ impl Garrison for ApiService {
     ) -> Result<EntityRead, ApiError> {
         self.admit_request(version)?;
         let reader = self.sessions.verify(&self.node, &token)?.player;
-        let query = LocationQuery::Entity {
-            key: entity,
-            reader,
-        };
-        let (index, entity): (u64, Result<Option<Entity>, Rejection>) =
-            self.query(&location, query, mode).await?;
+        let (index, entity) = self.read_entity(&location, entity, reader, mode).await?;
         Ok(EntityRead {
             index,
             entity: entity.map_err(ApiError::Forbidden)?,
@@ -525,6 +567,7 @@ impl Garrison for ApiService {
             node: self.node.id(),
             api_addrs: self.api_addrs.clone(),
             groups,
+            cache: self.cache.as_ref().map(|c| c.stats()).unwrap_or_default(),
         })
     }
 

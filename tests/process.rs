@@ -106,6 +106,7 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             tls: TlsFiles::in_dir(&tls, m.id),
             token_key: tls.join("token.key"),
             token_ttl_ms: garrison::server::default_token_ttl_ms(),
+            cache_bytes: garrison::server::default_cache_bytes(),
         };
         let path = dir.join(format!("node-{}.toml", m.id));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();

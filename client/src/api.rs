@@ -11,7 +11,7 @@ use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 2;
+pub const API_VERSION: u16 = 3;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -340,6 +340,23 @@ pub struct NodeStatus {
     pub api_addrs: BTreeMap<u64, String>,
     /// The groups this node holds.
     pub groups: Vec<GroupInfo>,
+    /// The node's entity cache.
+    pub cache: CacheStats,
+}
+
+/// What a node's entity cache (CacheManager) did and holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Entity reads answered from the cache.
+    pub hits: u64,
+    /// Entity reads the cache could not answer (the replica did).
+    pub misses: u64,
+    /// Entities cached now.
+    pub entries: u64,
+    /// Bytes they weigh (keys and encoded entities).
+    pub bytes: u64,
+    /// Most bytes the cache holds (0: no cache).
+    pub capacity_bytes: u64,
 }
 
 /// One replica's consistency report of one group.

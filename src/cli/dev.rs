@@ -63,6 +63,7 @@ fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64, admin: &Keypair)
         tls: TlsFiles::in_dir(&dir.join("tls"), id),
         token_key: dir.join("tls").join(super::certs::TOKEN_KEY_FILE),
         token_ttl_ms: crate::server::default_token_ttl_ms(),
+        cache_bytes: crate::server::default_cache_bytes(),
     }
 }
 

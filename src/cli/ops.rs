@@ -420,7 +420,17 @@ pub async fn status(cli: &Cli) -> anyhow::Result<i32> {
         match client.status_of(addr).await {
             Err(e) => println!("node at {addr}: DOWN ({e})"),
             Ok(s) => {
-                println!("node {} at {addr}: up, {} groups", s.node, s.groups.len());
+                let c = &s.cache;
+                println!(
+                    "node {} at {addr}: up, {} groups; cache {} hits, {} misses, {} entities, {} of {} bytes",
+                    s.node,
+                    s.groups.len(),
+                    c.hits,
+                    c.misses,
+                    c.entries,
+                    c.bytes,
+                    c.capacity_bytes
+                );
                 for g in s.groups {
                     names.insert(
                         g.group,

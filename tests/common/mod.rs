@@ -109,6 +109,7 @@ impl Servers {
                 tls: TlsFiles::in_dir(certs.path(), i as u64 + 1),
                 token_key: certs.path().join("token.key"),
                 token_ttl_ms: garrison::server::default_token_ttl_ms(),
+                cache_bytes: garrison::server::default_cache_bytes(),
             };
             edit(&mut config);
             configs.push(config.clone());
@@ -185,6 +186,25 @@ impl Servers {
             .create_location(client, name)
             .await
             .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+    }
+
+    /// A client that talks to node `i` only, logged in as the admin.
+    pub async fn pinned_client(&self, i: usize) -> Client {
+        let options = garrison_client::ClientOptions {
+            discover: false,
+            ..Default::default()
+        };
+        let endpoints = [self.endpoints[i].clone()];
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = Client::connect_with(&endpoints, options.clone()).await {
+                if client.login(&admin_key()).await.is_ok() {
+                    return client;
+                }
+            }
+            assert!(started.elapsed() < WAIT, "node {i} never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn shutdown(self) {
