@@ -27,7 +27,10 @@
 //! the entity and the policy it was checked against hold there.
 //!
 //! A restored snapshot starts a new generation of the group's entries (the
-//! old ones can no longer be found) at the snapshot's index.
+//! old ones can no longer be found) at the snapshot's index; so does the
+//! opening of a group's app, and its closing forgets the group. Generations
+//! are unique in the cache, so no entry outlives the app that reported on it.
+//! Every group holding the same policy version shares one copy of it.
 //!
 //! Apply never consults the cache: it only reports to it, so replicas stay
 //! deterministic whatever a node's cache holds or evicts.
@@ -47,18 +50,20 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes an entry costs besides its key and encoded entity.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
-/// One cached entity (or its absence) and the index it was read at.
+/// One cached entity (or its absence), the index it was read at, and what
+/// it weighs (counted before it is inserted, outside the lock).
 #[derive(Debug)]
 struct Cached {
     index: u64,
     entity: Option<Entity>,
+    weight: u32,
 }
 
 /// What the cache knows of one group.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct GroupSlot {
-    /// Entries of earlier generations (before a restored snapshot) are
-    /// never found again.
+    /// Entries of other generations (before a restored snapshot, or of an
+    /// earlier app of the group) are never found again.
     generation: u64,
     /// Index of the last applied entry that changed an entity.
     changed_at: u64,
@@ -81,10 +86,57 @@ pub struct Hit {
     pub policy: Arc<Policy>,
 }
 
+/// The groups the cache knows, and the newest policy they share.
+#[derive(Debug, Default)]
+struct Groups {
+    slots: BTreeMap<GroupId, GroupSlot>,
+    /// The last generation handed out.
+    generation: u64,
+    /// The newest policy any group reported, shared by every group that
+    /// holds the same version.
+    policy: Option<Arc<Policy>>,
+}
+
+impl Groups {
+    fn new_slot(&mut self) -> GroupSlot {
+        self.generation += 1;
+        GroupSlot {
+            generation: self.generation,
+            changed_at: 0,
+            policy: None,
+        }
+    }
+
+    fn slot(&mut self, group: GroupId) -> &mut GroupSlot {
+        if !self.slots.contains_key(&group) {
+            let slot = self.new_slot();
+            self.slots.insert(group, slot);
+        }
+        self.slots.get_mut(&group).expect("inserted above")
+    }
+
+    /// `policy` as an `Arc`, shared with the groups that hold its version.
+    fn share(&mut self, policy: &Policy) -> Option<Arc<Policy>> {
+        if policy.version == 0 {
+            return None;
+        }
+        match &self.policy {
+            Some(p) if p.version == policy.version => Some(p.clone()),
+            newest => {
+                let p = Arc::new(policy.clone());
+                if newest.as_ref().is_none_or(|n| n.version < p.version) {
+                    self.policy = Some(p.clone());
+                }
+                Some(p)
+            }
+        }
+    }
+}
+
 /// A node's cache of committed entities of the locations it holds.
 pub struct EntityCache {
     entries: moka::sync::Cache<Key, Arc<Cached>>,
-    groups: Mutex<BTreeMap<GroupId, GroupSlot>>,
+    groups: Mutex<Groups>,
     capacity_bytes: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -95,28 +147,39 @@ impl EntityCache {
     pub fn new(capacity_bytes: u64) -> Self {
         let entries = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|key: &Key, cached: &Arc<Cached>| {
-                let entity = cached.entity.as_ref().map_or(0, |e| codec::encode(e).len());
-                u32::try_from(key.2.len() + entity + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
-            })
+            .weigher(|_: &Key, cached: &Arc<Cached>| cached.weight)
             .build();
         Self {
             entries,
-            groups: Mutex::new(BTreeMap::new()),
+            groups: Mutex::new(Groups::default()),
             capacity_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
 
-    fn groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<GroupId, GroupSlot>> {
+    /// The group table. A panic while it is held may have left it half
+    /// updated, so it poisons the cache, and apply stops the node.
+    fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {
         self.groups.lock().expect("entity cache lock")
+    }
+
+    /// From a group's new app: nothing cached for `group` before holds.
+    pub fn opened(&self, group: GroupId) {
+        let mut groups = self.groups();
+        let slot = groups.new_slot();
+        groups.slots.insert(group, slot);
+    }
+
+    /// From a group's app as it goes: forget the group.
+    pub fn closed(&self, group: GroupId) {
+        self.groups().slots.remove(&group);
     }
 
     /// From apply: the entry at `index` of `group` changed these entities.
     pub fn changed<'a>(&self, group: GroupId, index: u64, keys: impl IntoIterator<Item = &'a str>) {
         let mut groups = self.groups();
-        let slot = groups.entry(group).or_default();
+        let slot = groups.slot(group);
         slot.changed_at = slot.changed_at.max(index);
         for key in keys {
             self.entries
@@ -127,18 +190,19 @@ impl EntityCache {
     /// From apply: the entry at `index` of `group` installed `policy`.
     pub fn policy_changed(&self, group: GroupId, index: u64, policy: &Policy) {
         let mut groups = self.groups();
-        let slot = groups.entry(group).or_default();
-        slot.policy = (policy.version > 0).then(|| (index, Arc::new(policy.clone())));
+        let shared = groups.share(policy);
+        groups.slot(group).policy = shared.map(|p| (index, p));
     }
 
     /// From the state machine: `group` now holds a snapshot that ends at
     /// `index`, whose policy is `policy`.
     pub fn restored(&self, group: GroupId, index: u64, policy: &Policy) {
         let mut groups = self.groups();
-        let slot = groups.entry(group).or_default();
-        slot.generation += 1;
+        let shared = groups.share(policy);
+        let mut slot = groups.new_slot();
         slot.changed_at = index;
-        slot.policy = (policy.version > 0).then(|| (index, Arc::new(policy.clone())));
+        slot.policy = shared.map(|p| (index, p));
+        groups.slots.insert(group, slot);
     }
 
     /// The entity `key` of `group` for a reader whose replica has applied
@@ -146,7 +210,7 @@ impl EntityCache {
     pub fn get(&self, group: GroupId, key: &str, applied: u64) -> Option<Hit> {
         let found = {
             let groups = self.groups();
-            groups.get(&group).and_then(|slot| {
+            groups.slots.get(&group).and_then(|slot| {
                 let (from, policy) = slot.policy.clone()?;
                 let cached = self
                     .entries
@@ -170,12 +234,18 @@ impl EntityCache {
     /// `key` of `group` at `index`, unless an entity of the group changed
     /// after `index`. Returns whether it was kept.
     pub fn fill(&self, group: GroupId, key: &str, index: u64, entity: Option<Entity>) -> bool {
+        let bytes = entity.as_ref().map_or(0, |e| codec::encode(e).len());
+        let weight = u32::try_from(key.len() + bytes + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+        let cached = Arc::new(Cached {
+            index,
+            entity,
+            weight,
+        });
         let mut groups = self.groups();
-        let slot = groups.entry(group).or_default();
+        let slot = groups.slot(group);
         if slot.changed_at > index {
             return false;
         }
-        let cached = Arc::new(Cached { index, entity });
         self.entries
             .insert((group, slot.generation, key.to_string()), cached);
         true
@@ -284,11 +354,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_group_finds_nothing_of_its_earlier_app() {
+        let cache = cache_with_policy();
+        assert!(cache.fill(GROUP, "unit/1", 5, Some(entity(4))));
+        cache.closed(GROUP);
+        cache.opened(GROUP);
+        cache.policy_changed(GROUP, 1, &policy(3));
+        assert!(cache.get(GROUP, "unit/1", 5).is_none());
+    }
+
+    #[test]
+    fn groups_with_one_policy_version_share_one_copy() {
+        let cache = EntityCache::new(1 << 20);
+        for group in 1..=3 {
+            cache.policy_changed(group, 1, &policy(3));
+            assert!(cache.fill(group, "unit/1", 1, None));
+        }
+        let a = cache.get(1, "unit/1", 1).unwrap().policy;
+        let b = cache.get(3, "unit/1", 1).unwrap().policy;
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
     fn the_cache_holds_no_more_than_its_capacity() {
         let cache = EntityCache::new(4096);
         cache.policy_changed(GROUP, 1, &policy(3));
         for i in 0..1000 {
-            cache.fill(GROUP, &format!("unit/{i}"), 1, Some(entity(1)));
+            assert!(cache.fill(GROUP, &format!("unit/{i}"), 1, Some(entity(1))));
         }
         let stats = cache.stats();
         assert!(stats.bytes <= 4096, "{stats:?}");

@@ -106,6 +106,14 @@ pub struct LocationApp {
     cache: Option<(GroupId, Arc<EntityCache>)>,
 }
 
+impl Drop for LocationApp {
+    fn drop(&mut self) {
+        if let Some((group, cache)) = &self.cache {
+            cache.closed(*group);
+        }
+    }
+}
+
 /// May `reader` read `key` (owned by `owner`; `None`: it does not exist) in
 /// `location` under `policy`?
 pub fn may_read(
@@ -134,6 +142,7 @@ impl LocationApp {
 
     /// Reports this location's changes, as group `group`, to `cache`.
     pub fn with_cache(mut self, group: GroupId, cache: Arc<EntityCache>) -> Self {
+        cache.opened(group);
         self.cache = Some((group, cache));
         self
     }

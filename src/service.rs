@@ -166,7 +166,7 @@ impl ApiService {
         if location == ADMIN_LOCATION {
             return Ok(META_GROUP);
         }
-        if let Some(record) = self.node.directory().locations.get(location) {
+        if let Some(record) = self.node.location(location) {
             return Ok(record.group);
         }
         let query = codec::encode(&MetaQuery::Location(location.to_string()));
@@ -193,6 +193,15 @@ impl ApiService {
             )));
         }
         let group = self.group_of(location).await?;
+        self.query_group(group, query, mode).await
+    }
+
+    async fn query_group<T: serde::de::DeserializeOwned>(
+        &self,
+        group: GroupId,
+        query: LocationQuery,
+        mode: ReadMode,
+    ) -> Result<(u64, T), ApiError> {
         let reply = self
             .node
             .read(group, codec::encode(&query), consistency(mode))
@@ -210,19 +219,17 @@ impl ApiService {
         reader: PlayerKey,
         mode: ReadMode,
     ) -> Result<(u64, Result<Option<Entity>, Rejection>), ApiError> {
-        let cached = match &self.cache {
-            Some(cache) if location != ADMIN_LOCATION => {
-                let group = self.group_of(location).await?;
-                self.node.hosts(group).then_some((cache, group))
-            }
-            _ => None,
-        };
         let query = LocationQuery::Entity {
             key: key.clone(),
             reader,
         };
-        let Some((cache, group)) = cached else {
+        if location == ADMIN_LOCATION {
             return self.query(location, query, mode).await;
+        }
+        let group = self.group_of(location).await?;
+        let cache = match &self.cache {
+            Some(cache) if self.node.hosts(group) => cache,
+            _ => return self.query_group(group, query, mode).await,
         };
         let applied = self
             .node
@@ -237,7 +244,7 @@ impl ApiService {
         // The replica has applied `applied` already: no second read index.
         let mode = ReadMode::Stale { min_index: applied };
         let (index, entity): (u64, Result<Option<Entity>, Rejection>) =
-            self.query(location, query, mode).await?;
+            self.query_group(group, query, mode).await?;
         if let Ok(entity) = &entity {
             cache.fill(group, &key, index, entity.clone());
         }

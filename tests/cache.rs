@@ -11,12 +11,13 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{eventually, Servers};
+use common::{eventually, Servers, WAIT};
 use garrison::access::{RolesFile, DEFAULT_ROLES_TOML};
 use garrison::cache::EntityCache;
 use garrison::location::{LocationApp, LocationCommand};
-use garrison_client::api::{EntityRead, ReadMode};
-use garrison_client::{Client, Keypair, Op, Outcome, Player, Value};
+use garrison_client::api::{ApiError, EntityRead, ReadMode};
+use garrison_client::policy::{Action, AdminOp, Owner, Permission, Scope};
+use garrison_client::{Client, ClientError, Keypair, Op, Outcome, Player, Value};
 use garrison_raft::typ::{Membership, Node};
 use garrison_raft::{codec, ApplyContext, GroupApp};
 
@@ -191,6 +192,124 @@ async fn no_replica_serves_its_cache_from_before_a_failover() {
         .await
         .unwrap();
     assert_eq!(check(&read, second), (second, 2));
+    servers.shutdown().await;
+}
+
+/// A hit is checked against the policy in force at the index it answers
+/// at: a reader the policy denies is refused what the cache holds, and a
+/// change of roles after the entity was cached binds at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_held_to_the_readers_roles_as_they_change() {
+    let servers = Servers::start(3, "cache-roles").await;
+    let client = servers.client().await;
+    servers.create_location(&client, LOCATION).await;
+    let mut owner = Player::new(Keypair::from_seed([0x55; 32]));
+    write(&mut owner, &client, 1).await;
+    let snoop = Keypair::from_seed([0x56; 32]);
+    let blind = |assign: bool| {
+        let (player, role, scope) = (
+            snoop.public(),
+            "blind".to_string(),
+            Scope::Location(LOCATION.into()),
+        );
+        if assign {
+            AdminOp::AssignRole {
+                player,
+                role,
+                scope,
+            }
+        } else {
+            AdminOp::UnassignRole {
+                player,
+                role,
+                scope,
+            }
+        }
+    };
+    let define = AdminOp::DefineRole {
+        role: "blind".into(),
+        permissions: vec![Permission {
+            actions: vec![Action::Put],
+            entities: "*".into(),
+            owner: Owner::Own,
+        }],
+    };
+    let mut admin = servers.admin.lock().await;
+    let receipt = admin
+        .admin(&client, vec![define, blind(true)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(receipt.outcome, Outcome::Committed { .. }),
+        "{receipt:?}"
+    );
+    // The admin's read fills node 0's cache; the snoop reads there.
+    let node = servers.pinned_client(0).await;
+    node.get_entity(LOCATION, UNIT, ReadMode::Linearizable)
+        .await
+        .unwrap();
+    let reader = servers.pinned_client_as(0, &snoop).await;
+    for (assign, allowed) in [(None, false), (Some(false), true), (Some(true), false)] {
+        if let Some(assign) = assign {
+            let receipt = admin.admin(&client, vec![blind(assign)]).await.unwrap();
+            assert!(
+                matches!(receipt.outcome, Outcome::Committed { .. }),
+                "{receipt:?}"
+            );
+        }
+        let before = hits(&node).await;
+        let read = reader
+            .get_entity(LOCATION, UNIT, ReadMode::Linearizable)
+            .await;
+        assert_eq!(hits(&node).await, before + 1, "the cache answered");
+        match read {
+            Ok(read) if allowed => assert_eq!(hp(&read), 1),
+            Err(ClientError::Api(ApiError::Forbidden(_))) if !allowed => {}
+            other => panic!("allowed {allowed}: {other:?}"),
+        }
+    }
+    drop(admin);
+    servers.shutdown().await;
+}
+
+/// A node that starts from a snapshot tells its cache the snapshot's index
+/// and policy, so it answers from the cache without waiting for a new
+/// policy entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_from_a_snapshot_caches_at_once() {
+    let mut servers = Servers::start(3, "cache-snapshot").await;
+    let client = servers.client().await;
+    servers.create_location(&client, LOCATION).await;
+    let mut player = Player::new(Keypair::from_seed([0x57; 32]));
+    let index = write(&mut player, &client, 1).await;
+    let group = client
+        .locations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.name == LOCATION)
+        .unwrap()
+        .group;
+    for i in 0..3 {
+        servers
+            .server(i)
+            .node
+            .wait_applied(group, index, WAIT)
+            .await
+            .unwrap();
+        servers.server(i).node.compact(group, WAIT).await.unwrap();
+    }
+    servers.stop(2).await;
+    servers.restart(2).await;
+    let node = servers.pinned_client(2).await;
+    for _ in 0..2 {
+        let read = node
+            .get_entity(LOCATION, UNIT, ReadMode::Stale { min_index: index })
+            .await
+            .unwrap();
+        assert_eq!(check(&read, index), (index, 1));
+    }
+    assert_eq!(hits(&node).await, 1, "the second read came from the cache");
     servers.shutdown().await;
 }
 

@@ -190,6 +190,11 @@ impl Servers {
 
     /// A client that talks to node `i` only, logged in as the admin.
     pub async fn pinned_client(&self, i: usize) -> Client {
+        self.pinned_client_as(i, &admin_key()).await
+    }
+
+    /// A client that talks to node `i` only, logged in as `key`.
+    pub async fn pinned_client_as(&self, i: usize, key: &Keypair) -> Client {
         let options = garrison_client::ClientOptions {
             discover: false,
             ..Default::default()
@@ -198,7 +203,7 @@ impl Servers {
         let started = Instant::now();
         loop {
             if let Ok(client) = Client::connect_with(&endpoints, options.clone()).await {
-                if client.login(&admin_key()).await.is_ok() {
+                if client.login(key).await.is_ok() {
                     return client;
                 }
             }

@@ -312,6 +312,17 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// One location's record in this node's meta replica's directory
+    /// (without copying the whole directory, which every request would).
+    pub fn location(&self, name: &str) -> Option<LocationRecord> {
+        self.shared
+            .read_app(META_GROUP, |state| {
+                directory_of(state).and_then(|d| d.locations.get(name).cloned())
+            })
+            .ok()
+            .flatten()
+    }
+
     /// Proposes `payload` to `group` and waits until it is applied on the
     /// leader; from any node (forwarded to the leader). The same payload may
     /// be applied twice if the leader changes while the write is in flight:
