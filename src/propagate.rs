@@ -24,7 +24,7 @@ use crate::admin::{AdminApp, AdminCommand, AdminReply};
 use crate::location::{LocationApp, LocationCommand};
 
 /// How often a node checks that the locations it leads have the policy.
-pub const POLICY_SYNC_INTERVAL_MS: u64 = 200;
+pub const POLICY_SYNC_INTERVAL_MS: u64 = 1_000;
 /// Locations a push proposes to at once.
 pub const MAX_CONCURRENT_POLICY_PUSHES: usize = 16;
 

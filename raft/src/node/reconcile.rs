@@ -6,23 +6,33 @@ use std::sync::Arc;
 
 use super::{Shared, RECONCILE_INTERVAL};
 use crate::error::Error;
-use crate::meta::directory_of;
+use crate::meta::{directory_of, Directory};
 use crate::storage::GroupRecord;
 use crate::typ::{GroupId, Node as RaftNode, NodeId, META_GROUP};
 
 impl Shared {
-    /// Brings the local groups in line with the meta group's directory.
-    async fn reconcile(&self) -> Result<(), Error> {
-        let (directory, members) = self.read_app(META_GROUP, |s| {
-            let directory = directory_of(s).cloned().unwrap_or_default();
+    /// Brings the local groups in line with the meta group's directory and
+    /// membership, unless they are those of the last pass that succeeded
+    /// (`done`, which a successful pass updates).
+    async fn reconcile(&self, done: &mut Option<Reconciled>) -> Result<(), Error> {
+        let current = self.read_app(META_GROUP, |s| {
             let members: BTreeMap<NodeId, RaftNode> = s
                 .membership
                 .membership()
                 .nodes()
                 .map(|(id, n)| (*id, n.clone()))
                 .collect();
-            (directory, members)
+            let directory = directory_of(s);
+            if let Some((last_directory, last_members)) = done.as_ref() {
+                if directory == Some(last_directory) && *last_members == members {
+                    return None;
+                }
+            }
+            Some((directory.cloned().unwrap_or_default(), members))
         })?;
+        let Some((directory, members)) = current else {
+            return Ok(());
+        };
         let local: BTreeMap<GroupId, GroupRecord> = self
             .groups
             .read()
@@ -91,9 +101,14 @@ impl Shared {
                 }
             }
         }
+        *done = Some((directory, members));
         Ok(())
     }
 }
+
+/// The directory and membership a reconciliation pass brought the local
+/// groups in line with.
+type Reconciled = (Directory, BTreeMap<NodeId, RaftNode>);
 
 pub(super) async fn reconcile_loop(shared: Arc<Shared>) {
     let Some(meta) = shared.raft(META_GROUP) else {
@@ -101,17 +116,37 @@ pub(super) async fn reconcile_loop(shared: Arc<Shared>) {
     };
     let mut metrics = meta.metrics();
     drop(meta);
+    // The directory changes only by applied meta entries: look again when
+    // the meta group's applied index moved (its metrics change far more
+    // often, with every heartbeat), and after a failed pass every interval.
+    // A pass whose directory and membership are those of the last good one
+    // does nothing.
+    let mut done = None;
     loop {
-        if let Err(e) = shared.reconcile().await {
+        let applied = metrics.borrow().last_applied;
+        if let Err(e) = shared.reconcile(&mut done).await {
             if shared.stop.is_cancelled() {
                 break;
             }
             tracing::warn!(error = %e, "reconciling groups with the directory failed; will retry");
+            done = None;
         }
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            changed = metrics.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+        let retry = done.is_none();
+        let interval = tokio::time::sleep(RECONCILE_INTERVAL);
+        tokio::pin!(interval);
+        loop {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if metrics.borrow().last_applied != applied {
+                        break;
+                    }
+                }
+                _ = &mut interval, if retry => break,
+            }
         }
     }
 }
