@@ -67,6 +67,10 @@ pub struct RaftConfig {
     pub reconnect_backoff_max_ms: u64,
     /// How many nodes replicate a location when its creator does not name them.
     pub replication_factor: usize,
+    /// Bytes of sled's page cache (sled's own default is 1 GiB, which a
+    /// node holding thousands of groups fills with log pages it rarely
+    /// reads again).
+    pub storage_cache_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -88,6 +92,7 @@ impl Default for RaftConfig {
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 500,
             replication_factor: 3,
+            storage_cache_bytes: 128 * 1024 * 1024,
         }
     }
 }

@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let storage = Storage::open(dir.path()).expect("sled opens");
+        let storage = Storage::open(dir.path(), 64 << 20).expect("sled opens");
         // A group id other than 0 checks that keys are really prefixed.
         let log = storage.log_store(42);
         let sm = StateMachineStore::open(&storage, 42, Box::new(RecordApp::default()))
@@ -33,7 +33,7 @@ fn openraft_storage_suite_passes_on_sled() {
 #[tokio::test(flavor = "current_thread")]
 async fn flushes_requested_together_share_one_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path()).unwrap();
+    let storage = Storage::open(dir.path(), 64 << 20).unwrap();
     let before = storage.flush_stats();
     let callers = 64u64;
     // On a current-thread runtime every caller queues its request before the
@@ -59,7 +59,7 @@ fn a_saved_vote_survives_an_abort_of_the_process() {
     if let Ok(dir) = std::env::var(CRASH_CHILD_DIR) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let storage = Storage::open(std::path::Path::new(&dir)).unwrap();
+            let storage = Storage::open(std::path::Path::new(&dir), 64 << 20).unwrap();
             storage.log_store(9).save_vote(&vote).await.unwrap();
         });
         std::process::abort();
@@ -80,7 +80,7 @@ fn a_saved_vote_survives_an_abort_of_the_process() {
     assert!(!status.success(), "the child must have aborted");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path(), 64 << 20).unwrap();
         assert_eq!(storage.log_store(9).read_vote().await.unwrap(), Some(vote));
     });
 }
@@ -92,7 +92,7 @@ fn a_saved_vote_survives_an_abort_of_the_process() {
 #[tokio::test]
 async fn a_restarted_leader_must_be_elected_again() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path()).unwrap();
+    let storage = Storage::open(dir.path(), 64 << 20).unwrap();
     let mut mine = storage.log_store(1).for_node(3);
     let mut committed = openraft::Vote::new(5, 3);
     committed.commit();

@@ -76,10 +76,13 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir` and starts its flusher on the
-    /// current tokio runtime.
-    pub fn open(dir: &std::path::Path) -> Result<Self, Error> {
-        let db = sled::Config::new().path(dir).open()?;
+    /// Opens (or creates) the database in `dir`, with a page cache of
+    /// `cache_bytes`, and starts its flusher on the current tokio runtime.
+    pub fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<Self, Error> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         Self::from_db(db)
     }
 
