@@ -567,6 +567,7 @@ impl Garrison for ApiService {
                 last_log_index: s.last_log_index.unwrap_or(0),
                 applied_index: s.applied_index.unwrap_or(0),
                 voters: s.voters.into_iter().collect(),
+                quiet: s.quiet,
             })
             .collect();
         Ok(NodeStatus {

@@ -327,6 +327,9 @@ pub struct GroupInfo {
     pub applied_index: u64,
     /// The group's voters.
     pub voters: Vec<u64>,
+    /// Quiet on this node: as leader, sending no heartbeats; as follower,
+    /// not timing out while the leader's node answers pings.
+    pub quiet: bool,
 }
 
 /// One node's status.

@@ -36,6 +36,15 @@ async fn write_all(
     acked
 }
 
+/// A running node other than `node`.
+fn other_than(cluster: &Cluster, node: NodeId) -> NodeId {
+    cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != node)
+        .expect("another node runs")
+}
+
 /// Every running replica of `group` applied exactly `expected`, in order.
 async fn assert_replicas_hold(cluster: &Cluster, group: GroupId, expected: &[Vec<u8>]) {
     let nodes: Vec<NodeId> = cluster
@@ -259,11 +268,7 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
     cluster.leader(META_GROUP).await;
     let group = location_on_all(&cluster, "bridge").await;
     let old_leader = cluster.leader(group).await;
-    let survivor = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != old_leader)
-        .unwrap();
+    let survivor = other_than(&cluster, old_leader);
     let mut acked = write_all(&cluster, survivor, group, "before", 30).await;
 
     let killed_at = Instant::now();
@@ -276,6 +281,52 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
         killed_at.elapsed()
     );
 
+    assert_replicas_hold(&cluster, group, &acked).await;
+    cluster.shutdown().await;
+}
+
+/// Every replica of an idle location group goes quiet (the leader stops
+/// heartbeating, the followers stop timing out), the group still takes
+/// writes, and when the leader's node dies the others notice by its
+/// silence to pings, elect a new leader and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_group_takes_writes_and_fails_over_when_its_leader_dies() {
+    let mut cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    let group = location_on_all(&cluster, "marsh").await;
+    let all_quiet = |cluster: &Cluster| {
+        cluster.running().iter().all(|id| {
+            cluster
+                .node(*id)
+                .group_status(group)
+                .is_some_and(|s| s.quiet)
+        })
+    };
+    eventually("every replica of the idle group to go quiet", || {
+        let quiet = all_quiet(&cluster);
+        async move { quiet }
+    })
+    .await;
+    assert!(
+        cluster
+            .node(1)
+            .group_status(META_GROUP)
+            .is_some_and(|s| !s.quiet),
+        "the meta group is never quiet"
+    );
+    let old_leader = cluster.leader(group).await;
+    let survivor = other_than(&cluster, old_leader);
+    let mut acked = write_all(&cluster, survivor, group, "quiet", 10).await;
+    eventually("the group to go quiet again after the writes", || {
+        let quiet = all_quiet(&cluster);
+        async move { quiet }
+    })
+    .await;
+
+    cluster.stop(old_leader).await;
+    let new_leader = cluster.leader(group).await;
+    assert_ne!(new_leader, old_leader);
+    acked.extend(write_all(&cluster, survivor, group, "after", 10).await);
     assert_replicas_hold(&cluster, group, &acked).await;
     cluster.shutdown().await;
 }

@@ -10,6 +10,10 @@
 //!   second it kills the location's leader with SIGKILL (the pid file of a
 //!   `garrison dev` node) and reports the time from the kill to the first
 //!   acknowledged write.
+//! - `--mode idle`: creates L locations (64 to an administrative
+//!   transaction), waits until every node holds them all with a leader,
+//!   then measures each `garrison dev` node's CPU and resident memory over
+//!   D idle seconds (from `/proc`, via the nodes' pid files).
 //!
 //! Progress is printed each second; then operations/s and latency percentiles.
 
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use garrison_client::api::ReadMode;
+use garrison_client::policy::AdminOp;
 use garrison_client::{Client, Keypair, Op, Outcome, Player, Value};
 
 use super::admin::default_admin_key;
@@ -35,6 +40,8 @@ pub enum Mode {
     Get,
     /// Leader kill -9 to the first acknowledged write.
     Failover,
+    /// CPU and memory of the nodes holding many idle locations.
+    Idle,
 }
 
 /// Arguments of `garrison bench`.
@@ -62,7 +69,7 @@ pub struct BenchArgs {
     /// cluster's).
     #[arg(long)]
     pub admin_key: Option<PathBuf>,
-    /// With `--mode failover`: the `garrison dev` directory whose
+    /// With `--mode failover` or `idle`: the `garrison dev` directory whose
     /// `node-N/pid` files name the processes (default: $GARRISON_HOME/dev).
     #[arg(long)]
     pub dev_dir: Option<PathBuf>,
@@ -94,6 +101,10 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     let mut admin = Player::new(
         Keypair::load(&admin_key).context("the bench creates its locations with an admin key")?,
     );
+    if args.mode == Mode::Idle {
+        let dir = args.dev_dir.clone().unwrap_or_else(|| home().join("dev"));
+        return idle(&client, &mut admin, args, &dir).await;
+    }
     for l in 0..args.locations {
         admin
             .create_location(&client, &format!("bench-{l}"))
@@ -228,6 +239,126 @@ async fn print_progress(tally: Arc<Tally>, started: Instant) {
     }
 }
 
+/// The pid of `garrison dev` node `node`, from its pid file in `dev_dir`.
+fn dev_pid(dev_dir: &Path, node: u64) -> anyhow::Result<i32> {
+    let pid_file = dev_dir.join(format!("node-{node}/pid"));
+    std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("cannot read {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", pid_file.display()))
+}
+
+/// CPU seconds (user and system) a process has used, and its resident
+/// memory in bytes, from `/proc`.
+fn cpu_and_rss(pid: i32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    // utime and stime are fields 14 and 15 of stat, rss field 24 (pages).
+    let cpu = (ticks(11) + ticks(12)) as f64 / hz;
+    Ok((cpu, ticks(21) * page))
+}
+
+/// Creates `--locations` locations, waits for every node to hold them
+/// with a leader, then measures the nodes over `--duration` idle seconds.
+async fn idle(
+    client: &Client,
+    admin: &mut Player,
+    args: &BenchArgs,
+    dev_dir: &Path,
+) -> anyhow::Result<i32> {
+    let created = Instant::now();
+    let names: Vec<String> = (0..args.locations).map(|l| format!("idle-{l}")).collect();
+    for batch in names.chunks(garrison_client::tx::MAX_OPS_PER_TRANSACTION) {
+        let ops: Vec<AdminOp> = batch
+            .iter()
+            .map(|name| AdminOp::CreateLocation { name: name.clone() })
+            .collect();
+        // A busy cluster may not answer in time: the player resubmits the
+        // same transaction (exactly once) before it signs another.
+        let mut tries = 0;
+        let receipt = loop {
+            match admin.admin(client, ops.clone()).await {
+                Ok(receipt) => break receipt,
+                Err(e) if e.outcome_unknown() && tries < 30 => {
+                    tries += 1;
+                    eprintln!("  creating {}..: {e}; trying again", batch[0]);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !matches!(receipt.outcome, Outcome::Committed { .. }) {
+            bail!("creating locations was refused: {:?}", receipt.outcome);
+        }
+        eprintln!(
+            "  {:>6.1}s  created up to {}",
+            created.elapsed().as_secs_f64(),
+            batch[batch.len() - 1]
+        );
+    }
+    let status = client.status().await?;
+    let wanted = args.locations as usize;
+    loop {
+        let mut ready = 0;
+        for addr in status.api_addrs.values() {
+            let s = client.status_of(addr).await?;
+            let led = s
+                .groups
+                .iter()
+                .filter(|g| g.location.as_ref().is_some_and(|l| l.starts_with("idle-")))
+                .filter(|g| g.leader.is_some())
+                .count();
+            ready += usize::from(led >= wanted);
+        }
+        if ready == status.api_addrs.len() {
+            break;
+        }
+        if created.elapsed() > Duration::from_secs(3600) {
+            bail!("the nodes did not all hold {wanted} locations with leaders within an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let create_s = created.elapsed().as_secs_f64();
+    println!("{wanted} locations held by every node with a leader after {create_s:.1}s");
+    let pids: Vec<(u64, i32)> = status
+        .api_addrs
+        .keys()
+        .map(|node| Ok((*node, dev_pid(dev_dir, *node)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let before: Vec<(f64, u64)> = pids
+        .iter()
+        .map(|(_, pid)| cpu_and_rss(*pid))
+        .collect::<anyhow::Result<_>>()?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let (mut max_cpu, mut max_rss) = (0.0f64, 0u64);
+    for ((node, pid), (cpu0, _)) in pids.iter().zip(before) {
+        let (cpu1, rss) = cpu_and_rss(*pid)?;
+        let pct = (cpu1 - cpu0) / secs * 100.0;
+        println!(
+            "node {node} (pid {pid}): {pct:.1}% of one core, {:.0} MiB resident",
+            rss as f64 / (1 << 20) as f64
+        );
+        max_cpu = max_cpu.max(pct);
+        max_rss = max_rss.max(rss);
+    }
+    println!(
+        "RESULT label=garrison mode=idle locations={wanted} create_secs={create_s:.1} secs={secs:.1} max_cpu_pct={max_cpu:.1} max_rss_mib={:.0}",
+        max_rss as f64 / (1 << 20) as f64
+    );
+    Ok(0)
+}
+
 /// Probes `bench-0` with a write every 5 ms, kills its leader, and reports
 /// the time from the kill to the first acknowledged write.
 async fn failover(client: &Client, dev_dir: &Path) -> anyhow::Result<i32> {
@@ -251,12 +382,7 @@ async fn failover(client: &Client, dev_dir: &Path) -> anyhow::Result<i32> {
         .iter()
         .find(|(_, addr)| **addr == leader_addr)
         .with_context(|| format!("no node serves {leader_addr}"))?;
-    let pid_file = dev_dir.join(format!("node-{node}/pid"));
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("cannot read {}", pid_file.display()))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+    let pid = dev_pid(dev_dir, *node)?;
     // Warm: writes flowing every 5 ms for a second before the kill.
     let warm_until = Instant::now() + Duration::from_secs(1);
     let mut n = 1;

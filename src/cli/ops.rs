@@ -441,6 +441,11 @@ pub async fn status(cli: &Cli) -> anyhow::Result<i32> {
                     } else {
                         "follower"
                     };
+                    let role = if g.quiet {
+                        format!("{role}(quiet)")
+                    } else {
+                        role.into()
+                    };
                     rows.entry(g.group).or_default().push(format!(
                         "n{}:{role} term {} applied {} leader {}",
                         s.node,

@@ -248,6 +248,15 @@ impl PeerPool {
         self.reply(node, generation, result).await
     }
 
+    /// Pings `node`: Ok if it answered within `timeout`.
+    pub async fn ping(&self, node: NodeId, addr: &str, timeout: Duration) -> Result<(), Error> {
+        let (client, generation) = self.client(node, addr).await?;
+        let result = client
+            .ping(deadline(timeout), self.header(crate::typ::META_GROUP))
+            .await;
+        self.reply(node, generation, result).await
+    }
+
     /// Asks `node`, a replica of `group`, to answer a query.
     pub async fn forward_read(
         &self,

@@ -28,7 +28,7 @@ pub use server::PeerListener;
 pub use tls::{PeerTls, TlsFiles};
 
 /// Version of the peer protocol; a node refuses requests of another version.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 
 /// Sent with every peer request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +180,11 @@ pub trait Peer {
         query: Vec<u8>,
         consistency: ReadConsistency,
     ) -> Result<ReadReply, PeerError>;
+    /// Liveness: answered by any node that counts the sender among the
+    /// cluster's members (the header names the meta group). Nodes ping each
+    /// other so that quiet groups, which send no heartbeats, still notice a
+    /// dead leader ([`crate::node`]'s quiet groups).
+    async fn ping(header: Header) -> Result<(), PeerError>;
 }
 
 #[cfg(test)]

@@ -300,6 +300,10 @@ impl<D: Dispatch> Peer for PeerServer<D> {
         self.dispatch.read_index_as_leader(header.group).await
     }
 
+    async fn ping(self, _: context::Context, header: Header) -> Result<(), PeerError> {
+        self.any_member(&header).map(|_| ())
+    }
+
     async fn forward_read(
         self,
         _: context::Context,

@@ -42,6 +42,7 @@ use crate::storage::state::AppliedState;
 use crate::storage::{GroupRecord, StateMachineStore, Storage};
 use crate::typ::{GroupId, Node as RaftNode, NodeId, Raft, META_GROUP};
 
+mod quiet;
 mod read_batch;
 mod reconcile;
 mod route;
@@ -61,8 +62,8 @@ pub const ROUTING_BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// How long a write or read may take, routing and retries included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often the reconciler re-checks the directory when nothing changed
-/// (it also wakes on every meta apply).
+/// How soon the reconciler tries again after a failed pass (it also wakes
+/// on every meta apply).
 pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One group open on this node.
@@ -90,6 +91,9 @@ pub struct GroupStatus {
     pub applied_index: Option<u64>,
     /// The group's voters.
     pub voters: BTreeSet<NodeId>,
+    /// Quiet here: as leader, sending no heartbeats; as follower, not
+    /// timing out while the leader's node answers pings.
+    pub quiet: bool,
 }
 
 /// One replica's account of a group, for comparison with the others.
@@ -120,6 +124,9 @@ struct Shared {
     stop: CancellationToken,
     /// Read-index rounds shared by concurrent linearizable reads.
     reads: read_batch::ReadBatcher,
+    /// The location groups that are quiet here (see `quiet`): as leader,
+    /// sending no heartbeats; as follower, not timing out.
+    quiet: std::sync::RwLock<std::collections::BTreeSet<GroupId>>,
 }
 
 /// The index `raft` has applied, from its metrics (0: none yet).
@@ -173,7 +180,7 @@ impl Node {
         let tls = PeerTls::load(&config.tls, config.node_id)?;
         let limits = Arc::new(config.raft.clone());
         let raft_config = limits.to_openraft(&config.cluster_name)?;
-        let storage = Storage::open(&config.data_dir)?;
+        let storage = Storage::open(&config.data_dir, config.raft.storage_cache_bytes)?;
         let shared = Arc::new(Shared {
             id: config.node_id,
             pool: PeerPool::new(config.node_id, limits.clone(), tls.clone()),
@@ -184,6 +191,7 @@ impl Node {
             factory,
             stop: CancellationToken::new(),
             reads: Default::default(),
+            quiet: Default::default(),
             config,
         });
         let listener =
@@ -198,6 +206,7 @@ impl Node {
             return Err(e);
         }
         tokio::spawn(reconcile::reconcile_loop(node.shared.clone()));
+        tokio::spawn(quiet::quiet_loop(node.shared.clone()));
         Ok(node)
     }
 
@@ -420,6 +429,12 @@ impl Node {
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
             voters: m.membership_config.membership().voter_ids().collect(),
+            quiet: self
+                .shared
+                .quiet
+                .read()
+                .expect("quiet groups lock")
+                .contains(&group),
         })
     }
 
@@ -433,7 +448,9 @@ impl Node {
 
     /// The leader of a local group, as this replica knows it.
     pub fn leader(&self, group: GroupId) -> Option<NodeId> {
-        self.group_status(group).and_then(|s| s.leader)
+        let raft = self.shared.raft(group)?;
+        let leader = raft.metrics().borrow().current_leader;
+        leader
     }
 
     /// Asks a local group to build a snapshot now and purge its log up to it
