@@ -248,8 +248,8 @@ impl PeerPool {
         self.reply(node, generation, result).await
     }
 
-    /// Pings `node`: Ok if it answered within `timeout`.
-    pub async fn ping(&self, node: NodeId, addr: &str, timeout: Duration) -> Result<(), Error> {
+    /// Pings `node`: its boot id, if it answered within `timeout`.
+    pub async fn ping(&self, node: NodeId, addr: &str, timeout: Duration) -> Result<u64, Error> {
         let (client, generation) = self.client(node, addr).await?;
         let result = client
             .ping(deadline(timeout), self.header(crate::typ::META_GROUP))

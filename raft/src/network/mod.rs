@@ -183,8 +183,10 @@ pub trait Peer {
     /// Liveness: answered by any node that counts the sender among the
     /// cluster's members (the header names the meta group). Nodes ping each
     /// other so that quiet groups, which send no heartbeats, still notice a
-    /// dead leader ([`crate::node`]'s quiet groups).
-    async fn ping(header: Header) -> Result<(), PeerError>;
+    /// dead leader ([`crate::node`]'s quiet groups). The answer is the
+    /// node's boot id, which changes when it restarts: its replicas then
+    /// lead nothing, however fast it came back.
+    async fn ping(header: Header) -> Result<u64, PeerError>;
 }
 
 #[cfg(test)]

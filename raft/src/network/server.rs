@@ -52,6 +52,9 @@ pub trait Dispatch: Send + Sync + 'static {
         group: GroupId,
     ) -> impl Future<Output = Result<u64, PeerError>> + Send;
 
+    /// This run of the node: a number that changes when it restarts.
+    fn boot_id(&self) -> u64;
+
     /// Answers a query from the local replica of `group`.
     fn read_here(
         &self,
@@ -300,8 +303,9 @@ impl<D: Dispatch> Peer for PeerServer<D> {
         self.dispatch.read_index_as_leader(header.group).await
     }
 
-    async fn ping(self, _: context::Context, header: Header) -> Result<(), PeerError> {
-        self.any_member(&header).map(|_| ())
+    async fn ping(self, _: context::Context, header: Header) -> Result<u64, PeerError> {
+        self.any_member(&header)?;
+        Ok(self.dispatch.boot_id())
     }
 
     async fn forward_read(

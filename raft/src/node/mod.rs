@@ -127,6 +127,9 @@ struct Shared {
     /// The location groups that are quiet here (see `quiet`): as leader,
     /// sending no heartbeats; as follower, not timing out.
     quiet: std::sync::RwLock<std::collections::BTreeSet<GroupId>>,
+    /// This run of the node (the start time in nanoseconds), which peers
+    /// learn from pings.
+    boot_id: u64,
 }
 
 /// The index `raft` has applied, from its metrics (0: none yet).
@@ -192,6 +195,10 @@ impl Node {
             stop: CancellationToken::new(),
             reads: Default::default(),
             quiet: Default::default(),
+            boot_id: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
             config,
         });
         let listener =

@@ -4,36 +4,41 @@
 //! openraft drives every group on its own: a leader heartbeats each follower
 //! every `heartbeat_interval_ms`, and each replica ticks its timers. With
 //! thousands of locations that is most of a node's idle CPU. Instead, nodes
-//! ping each other (one `ping` RPC per peer every [`PING_INTERVAL`]), and a
-//! pass over the local location groups every [`PASS_INTERVAL`] (and at once
-//! when a peer's liveness changes) sets each group's runtime switches:
+//! ping each other (one `ping` RPC per peer every [`PING_INTERVAL`]; the
+//! answer is the peer's boot id), and a pass over the local location groups
+//! every [`PASS_INTERVAL`] (and at once when a peer's liveness changes)
+//! sets each group's runtime switches:
 //!
-//! - **Leader** that has led for [`QUIET_AFTER`] and whose followers have
-//!   every entry: heartbeats and ticks off. Entries and commit indexes
-//!   still reach the followers (openraft replicates both without
-//!   heartbeats); a linearizable read still confirms leadership with its
-//!   own quorum round. Otherwise: heartbeats and ticks on. When a peer
-//!   answers again after it was suspected (a restart, a healed partition),
-//!   every quiet group this node leads and the peer replicates sends it one
-//!   heartbeat, so that its replicas learn their leader instead of
-//!   standing for election.
-//! - **Follower** whose known leader is another node that answers pings:
-//!   elections and ticks off. With no known leader: elections and ticks on,
-//!   and openraft's election timeout (measured from the last word of the
-//!   leader) runs as usual. With a leader whose node has not answered for
-//!   [`SUSPECT_AFTER`]: the same, at once on the live voter with the lowest
-//!   id and [`SECOND_CANDIDATE_AFTER`] later on the others, so that the
-//!   replicas of an idle group (whose election timeouts have all long
-//!   passed) do not all stand at once and split the vote. The first
-//!   candidate stands at once, without waiting for its next tick: the
-//!   voters' leader leases (300 ms) have run out by then.
+//! - **Leader** whose log and applied index have not moved for
+//!   [`QUIET_AFTER`] and whose followers hold every entry: heartbeats and
+//!   ticks off. Until then the group heartbeats as usual, so a follower
+//!   that missed the commit index of the last entries learns it; a
+//!   linearizable read still confirms leadership with its own quorum round.
+//!   When a peer answers again after it was suspected (a restart, a healed
+//!   partition), every group this node leads and the peer replicates
+//!   heartbeats for [`QUIET_AFTER`] again, so that the peer's replicas
+//!   learn their leader and catch up instead of standing for election.
+//! - **Follower** whose known leader is another node that answers pings
+//!   with the same boot id: elections and ticks off. With no known leader:
+//!   elections and ticks on, and openraft's election timeout (measured from
+//!   the last word of the leader) runs as usual. With a leader whose node
+//!   has not answered for [`SUSPECT_AFTER`], or answers with a new boot id
+//!   (it restarted, so it leads nothing however fast it came back): the
+//!   same, at once on the live voter with the lowest id, which stands
+//!   without waiting for its next tick (the voters' leader leases, 300 ms,
+//!   have run out by then), and [`SECOND_CANDIDATE_AFTER`] later on the
+//!   others, so that the replicas of an idle group (whose election
+//!   timeouts have long passed) do not all stand at once and split the
+//!   vote.
 //!
 //! The switches change when groups elect, never what they decide: Raft's
 //! safety does not depend on them, only its liveness. The meta group is
-//! never quiet.
+//! never quiet. Not covered: a replica that stops leading while its node
+//! keeps answering, without another replica standing (openraft's core for
+//! the group stopped on a storage error); its followers wait for the node.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
@@ -48,8 +53,7 @@ pub(crate) const SUSPECT_AFTER: Duration = Duration::from_millis(400);
 /// How much longer the other replicas of a group whose leader is suspected
 /// wait before they may stand too.
 pub(crate) const SECOND_CANDIDATE_AFTER: Duration = Duration::from_millis(400);
-/// How long a leader leads, with every follower's node answering, before
-/// its group goes quiet.
+/// How long a leader's group must be still before it goes quiet.
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// How often every local location group's switches are set, besides when
 /// a peer's liveness changes.
@@ -60,8 +64,12 @@ pub(crate) const PASS_INTERVAL: Duration = Duration::from_millis(250);
 struct Liveness {
     /// When each peer last answered a ping.
     answered: BTreeMap<NodeId, Instant>,
+    /// Each peer's boot id, from its last answer.
+    boots: BTreeMap<NodeId, u64>,
+    /// Peers that answered with a new boot id since the last pass.
+    rebooted: BTreeSet<NodeId>,
     /// The peers not suspected at the last update.
-    alive: std::collections::BTreeSet<NodeId>,
+    alive: BTreeSet<NodeId>,
     started: Instant,
 }
 
@@ -76,10 +84,19 @@ impl Liveness {
         self.silent_for(node, now) > SUSPECT_AFTER
     }
 
+    /// Records an answer from `peer`.
+    fn answer(&mut self, peer: NodeId, boot: u64, now: Instant) {
+        self.answered.insert(peer, now);
+        if self.boots.insert(peer, boot).is_some_and(|b| b != boot) {
+            tracing::info!(peer, "peer restarted; the groups it led elect");
+            self.rebooted.insert(peer);
+        }
+    }
+
     /// Updates `alive` at `now`: whether any peer's liveness changed, and
     /// the peers that answer again.
     fn update(&mut self, peers: &[NodeId], now: Instant) -> (bool, Vec<NodeId>) {
-        let (mut changed, mut revived) = (false, Vec::new());
+        let (mut changed, mut revived) = (!self.rebooted.is_empty(), Vec::new());
         for &peer in peers {
             let suspected = self.suspected(peer, now);
             let was_alive = self.alive.contains(&peer);
@@ -114,6 +131,24 @@ const NORMAL: Switches = Switches {
     tick: true,
 };
 
+/// A group this node leads: since when its log and applied index have been
+/// what they are.
+struct Led {
+    since: Instant,
+    at: (Option<u64>, Option<u64>),
+}
+
+/// What the pass remembers between runs.
+#[derive(Default)]
+struct PassState {
+    /// The switches each group was given.
+    set: BTreeMap<GroupId, Switches>,
+    /// The groups this node leads.
+    led: BTreeMap<GroupId, Led>,
+    /// Groups whose leader restarted: the term then, and when it was seen.
+    doubted: BTreeMap<GroupId, (u64, Instant)>,
+}
+
 impl Shared {
     /// The other members of the cluster, with their addresses.
     fn peers(&self) -> Vec<(NodeId, String)> {
@@ -142,71 +177,102 @@ impl Shared {
     }
 }
 
-/// The switches `raft` should have now, and whether this replica is the
-/// first to stand for its suspected leader; `led_since` remembers when this
-/// node began to lead each group.
-fn switches(
+/// What one pass knows besides the group.
+struct Pass<'a> {
     me: NodeId,
-    group: GroupId,
-    raft: &Raft,
-    liveness: &Liveness,
-    led_since: &mut BTreeMap<GroupId, Instant>,
+    liveness: &'a Liveness,
+    revived: &'a [NodeId],
     now: Instant,
-) -> (Switches, bool) {
-    let metrics = raft.metrics();
-    let m = metrics.borrow();
-    if m.state == ServerState::Leader {
-        let since = *led_since.entry(group).or_insert(now);
-        let last = m.last_log_index;
-        let followers_current = m.replication.as_ref().is_some_and(|r| {
-            r.iter()
-                .filter(|(id, _)| **id != me)
-                .all(|(_, matched)| matched.map(|l| l.index) == last)
-        });
-        let quiet = now.duration_since(since) >= QUIET_AFTER && followers_current;
-        let switches = Switches {
-            heartbeat: !quiet,
-            elect: true,
-            tick: !quiet,
-        };
-        return (switches, false);
-    }
-    led_since.remove(&group);
-    let mut first_candidate = false;
-    let stand = match m.current_leader {
-        Some(leader) if leader != me => {
-            let silent = liveness.silent_for(leader, now);
-            let first = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|id| *id != leader && (*id == me || !liveness.suspected(*id, now)))
-                .min()
-                == Some(me);
-            first_candidate = first && silent > SUSPECT_AFTER;
-            silent > SUSPECT_AFTER && (first || silent > SUSPECT_AFTER + SECOND_CANDIDATE_AFTER)
+}
+
+impl Pass<'_> {
+    /// The switches `raft` should have now, and whether this replica is the
+    /// first to stand for its leader.
+    fn switches(&self, group: GroupId, raft: &Raft, state: &mut PassState) -> (Switches, bool) {
+        let (me, now) = (self.me, self.now);
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if m.state == ServerState::Leader {
+            state.doubted.remove(&group);
+            let at = (m.last_log_index, m.last_applied.map(|l| l.index));
+            let led = state.led.entry(group).or_insert(Led { since: now, at });
+            if led.at != at || self.revived.iter().any(|p| voters.contains(p)) {
+                *led = Led { since: now, at };
+            }
+            let followers_current = m.replication.as_ref().is_some_and(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != me)
+                    .all(|(_, matched)| matched.map(|l| l.index) == m.last_log_index)
+            });
+            let quiet = now.duration_since(led.since) >= QUIET_AFTER && followers_current;
+            let switches = Switches {
+                heartbeat: !quiet,
+                elect: true,
+                tick: !quiet,
+            };
+            return (switches, false);
         }
-        _ => true,
-    };
-    let switches = Switches {
-        heartbeat: true,
-        elect: stand,
-        tick: stand,
-    };
-    (switches, first_candidate)
+        state.led.remove(&group);
+        let Some(leader) = m.current_leader.filter(|l| *l != me) else {
+            state.doubted.remove(&group);
+            return (NORMAL, false);
+        };
+        if self.liveness.rebooted.contains(&leader) {
+            state.doubted.insert(group, (m.current_term, now));
+        }
+        if state
+            .doubted
+            .get(&group)
+            .is_some_and(|(term, _)| *term != m.current_term)
+        {
+            state.doubted.remove(&group);
+        }
+        // How long the leader has been in doubt: silent, or restarted.
+        let silent = self.liveness.silent_for(leader, now);
+        let doubt = if silent > SUSPECT_AFTER {
+            Some(silent - SUSPECT_AFTER)
+        } else {
+            state
+                .doubted
+                .get(&group)
+                .map(|(_, at)| now.duration_since(*at))
+        };
+        let Some(doubt) = doubt else {
+            let quiet = Switches {
+                heartbeat: true,
+                elect: false,
+                tick: false,
+            };
+            return (quiet, false);
+        };
+        let first = voters
+            .iter()
+            .filter(|id| **id != leader && (**id == me || !self.liveness.suspected(**id, now)))
+            .min()
+            == Some(&me);
+        let stand = first || doubt > SECOND_CANDIDATE_AFTER;
+        let switches = Switches {
+            heartbeat: true,
+            elect: stand,
+            tick: stand,
+        };
+        (switches, first)
+    }
 }
 
 /// Pings the peers and sets every local location group's switches, until
 /// the node stops.
 pub(super) async fn quiet_loop(shared: Arc<Shared>) {
     let started = Instant::now();
-    let liveness = Arc::new(std::sync::Mutex::new(Liveness {
+    let liveness = Arc::new(Mutex::new(Liveness {
         answered: BTreeMap::new(),
-        alive: Default::default(),
+        boots: BTreeMap::new(),
+        rebooted: BTreeSet::new(),
+        alive: BTreeSet::new(),
         started,
     }));
-    let mut set: BTreeMap<GroupId, Switches> = BTreeMap::new();
-    let mut led_since: BTreeMap<GroupId, Instant> = BTreeMap::new();
+    let mut state = PassState::default();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pass = started;
@@ -220,9 +286,9 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
             let (shared, liveness, peer, addr) =
                 (shared.clone(), liveness.clone(), *peer, addr.clone());
             tokio::spawn(async move {
-                if shared.pool.ping(peer, &addr, SUSPECT_AFTER).await.is_ok() {
+                if let Ok(boot) = shared.pool.ping(peer, &addr, SUSPECT_AFTER).await {
                     let mut l = liveness.lock().expect("liveness lock");
-                    l.answered.insert(peer, Instant::now());
+                    l.answer(peer, boot, Instant::now());
                 }
             });
         }
@@ -234,32 +300,31 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         }
         last_pass = now;
         let rafts = shared.location_rafts();
-        let open: std::collections::BTreeSet<GroupId> = rafts.iter().map(|(id, _)| *id).collect();
-        set.retain(|g, _| open.contains(g));
-        led_since.retain(|g, _| open.contains(g));
-        let liveness = liveness.lock().expect("liveness lock").clone();
+        let open: BTreeSet<GroupId> = rafts.iter().map(|(id, _)| *id).collect();
+        state.set.retain(|g, _| open.contains(g));
+        state.led.retain(|g, _| open.contains(g));
+        state.doubted.retain(|g, _| open.contains(g));
+        let seen = {
+            let mut l = liveness.lock().expect("liveness lock");
+            let seen = l.clone();
+            l.rebooted.clear();
+            seen
+        };
+        let pass = Pass {
+            me: shared.id,
+            liveness: &seen,
+            revived: &revived,
+            now,
+        };
         for (group, raft) in rafts {
-            let (want, first_candidate) =
-                switches(shared.id, group, &raft, &liveness, &mut led_since, now);
-            let had = set.get(&group).copied().unwrap_or(NORMAL);
-            if !had.heartbeat && !want.heartbeat && !revived.is_empty() {
-                let replicated = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|id| revived.contains(&id));
-                if replicated {
-                    let _ = raft.trigger().heartbeat().await;
-                }
-            }
+            let (want, first_candidate) = pass.switches(group, &raft, &mut state);
+            let had = state.set.get(&group).copied().unwrap_or(NORMAL);
             if had != want {
                 let config = raft.runtime_config();
                 config.heartbeat(want.heartbeat);
                 config.elect(want.elect);
                 config.tick(want.tick);
-                set.insert(group, want);
+                state.set.insert(group, want);
                 // The first candidate stands now rather than at its next
                 // tick: the voters' leases have run out by the time a
                 // leader is suspected.
@@ -268,7 +333,8 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
                 }
             }
         }
-        let quiet = set
+        let quiet = state
+            .set
             .iter()
             .filter(|(_, s)| !s.heartbeat || !s.elect)
             .map(|(g, _)| *g)
