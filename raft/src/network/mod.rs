@@ -152,6 +152,10 @@ pub enum PeerError {
         /// The node the peer's certificate identifies.
         certified: NodeId,
     },
+    /// The node is still opening its groups (answered to pings, so that
+    /// peers count it alive only once its groups can hear them).
+    #[error("the node is still opening its groups")]
+    Starting,
 }
 
 /// The RPCs one node serves to its peers.

@@ -52,8 +52,9 @@ pub trait Dispatch: Send + Sync + 'static {
         group: GroupId,
     ) -> impl Future<Output = Result<u64, PeerError>> + Send;
 
-    /// This run of the node: a number that changes when it restarts.
-    fn boot_id(&self) -> u64;
+    /// This run of the node: a number that grows when it restarts; `None`
+    /// until the node has opened its groups.
+    fn boot_id(&self) -> Option<u64>;
 
     /// Answers a query from the local replica of `group`.
     fn read_here(
@@ -305,7 +306,7 @@ impl<D: Dispatch> Peer for PeerServer<D> {
 
     async fn ping(self, _: context::Context, header: Header) -> Result<u64, PeerError> {
         self.any_member(&header)?;
-        Ok(self.dispatch.boot_id())
+        self.dispatch.boot_id().ok_or(PeerError::Starting)
     }
 
     async fn forward_read(

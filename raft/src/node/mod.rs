@@ -116,7 +116,10 @@ struct Shared {
     id: NodeId,
     config: NodeConfig,
     limits: Arc<RaftConfig>,
+    /// openraft's configuration of the meta group.
     raft_config: Arc<openraft::Config>,
+    /// openraft's configuration of location groups.
+    location_raft_config: Arc<openraft::Config>,
     storage: Storage,
     pool: Arc<PeerPool>,
     groups: RwLock<BTreeMap<GroupId, Group>>,
@@ -130,6 +133,8 @@ struct Shared {
     /// This run of the node (the start time in nanoseconds), which peers
     /// learn from pings.
     boot_id: u64,
+    /// Set once the stored groups are open: pings are answered from then.
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// The index `raft` has applied, from its metrics (0: none yet).
@@ -182,13 +187,16 @@ impl Node {
         }
         let tls = PeerTls::load(&config.tls, config.node_id)?;
         let limits = Arc::new(config.raft.clone());
-        let raft_config = limits.to_openraft(&config.cluster_name)?;
+        let raft_config = limits.to_openraft(&config.cluster_name, limits.heartbeat_interval_ms)?;
+        let location_raft_config =
+            limits.to_openraft(&config.cluster_name, limits.location_heartbeat_interval_ms)?;
         let storage = Storage::open(&config.data_dir, config.raft.storage_cache_bytes)?;
         let shared = Arc::new(Shared {
             id: config.node_id,
             pool: PeerPool::new(config.node_id, limits.clone(), tls.clone()),
             limits: limits.clone(),
             raft_config,
+            location_raft_config,
             storage,
             groups: RwLock::new(BTreeMap::new()),
             factory,
@@ -199,6 +207,7 @@ impl Node {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0),
+            started: Default::default(),
             config,
         });
         let listener =
@@ -212,6 +221,9 @@ impl Node {
             node.shutdown().await;
             return Err(e);
         }
+        node.shared
+            .started
+            .store(true, std::sync::atomic::Ordering::Release);
         tokio::spawn(reconcile::reconcile_loop(node.shared.clone()));
         tokio::spawn(quiet::quiet_loop(node.shared.clone()));
         Ok(node)
@@ -569,7 +581,10 @@ impl Shared {
         let network = GroupNetworkFactory::new(self.pool.clone(), group);
         let raft = Raft::new(
             self.id,
-            self.raft_config.clone(),
+            match record {
+                GroupRecord::Meta => self.raft_config.clone(),
+                GroupRecord::Location { .. } => self.location_raft_config.clone(),
+            },
             network,
             self.storage.log_store(group).for_node(self.id),
             sm.clone(),

@@ -5,7 +5,7 @@
 //! every `heartbeat_interval_ms`, and each replica ticks its timers. With
 //! thousands of locations that is most of a node's idle CPU. Instead, nodes
 //! ping each other (one `ping` RPC per peer every [`PING_INTERVAL`]; the
-//! answer is the peer's boot id), and a pass over the local location groups
+//! answer is the peer's boot id, given once its groups are open), and a pass over the local location groups
 //! every [`PASS_INTERVAL`] (and at once when a peer's liveness changes)
 //! sets each group's runtime switches:
 //!
@@ -15,15 +15,16 @@
 //!   that missed the commit index of the last entries learns it; a
 //!   linearizable read still confirms leadership with its own quorum round.
 //!   When a peer answers again after it was suspected (a restart, a healed
-//!   partition), every group this node leads and the peer replicates
-//!   heartbeats for [`QUIET_AFTER`] again, so that the peer's replicas
+//!   partition), or with a new boot id, every group this node leads and the
+//!   peer replicates heartbeats for [`QUIET_AFTER`] again, so that the peer's replicas
 //!   learn their leader and catch up instead of standing for election.
 //! - **Follower** whose known leader is another node that answers pings
 //!   with the same boot id: elections and ticks off. With no known leader:
 //!   elections and ticks on, and openraft's election timeout (measured from
 //!   the last word of the leader) runs as usual. With a leader whose node
 //!   has not answered for [`SUSPECT_AFTER`], or answers with a new boot id
-//!   (it restarted, so it leads nothing however fast it came back): the
+//!   (it restarted; the log storage makes a restarted leader win a new
+//!   term, so it leads nothing however fast it came back): the
 //!   same, at once on the live voter with the lowest id, which stands
 //!   without waiting for its next tick (the voters' leader leases, 300 ms,
 //!   have run out by then), and [`SECOND_CANDIDATE_AFTER`] later on the
@@ -87,9 +88,18 @@ impl Liveness {
     /// Records an answer from `peer`.
     fn answer(&mut self, peer: NodeId, boot: u64, now: Instant) {
         self.answered.insert(peer, now);
-        if self.boots.insert(peer, boot).is_some_and(|b| b != boot) {
-            tracing::info!(peer, "peer restarted; the groups it led elect");
-            self.rebooted.insert(peer);
+        match self.boots.get(&peer).copied() {
+            // An answer of the old process that arrived late.
+            Some(known) if boot < known => {}
+            Some(known) if boot > known => {
+                tracing::info!(peer, "peer restarted; the groups it led elect");
+                self.boots.insert(peer, boot);
+                self.rebooted.insert(peer);
+            }
+            Some(_) => {}
+            None => {
+                self.boots.insert(peer, boot);
+            }
         }
     }
 
@@ -147,6 +157,8 @@ struct PassState {
     led: BTreeMap<GroupId, Led>,
     /// Groups whose leader restarted: the term then, and when it was seen.
     doubted: BTreeMap<GroupId, (u64, Instant)>,
+    /// Each group's term at the previous pass.
+    terms: BTreeMap<GroupId, u64>,
 }
 
 impl Shared {
@@ -193,11 +205,19 @@ impl Pass<'_> {
         let metrics = raft.metrics();
         let m = metrics.borrow();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        // A reboot learnt now concerns the leader of the term seen at the
+        // previous pass, not one elected since (after a partition healed).
+        let term_before = state.terms.insert(group, m.current_term);
         if m.state == ServerState::Leader {
             state.doubted.remove(&group);
             let at = (m.last_log_index, m.last_applied.map(|l| l.index));
             let led = state.led.entry(group).or_insert(Led { since: now, at });
-            if led.at != at || self.revived.iter().any(|p| voters.contains(p)) {
+            let returned = self
+                .revived
+                .iter()
+                .chain(self.liveness.rebooted.iter())
+                .any(|p| voters.contains(p));
+            if led.at != at || returned {
                 *led = Led { since: now, at };
             }
             let followers_current = m.replication.as_ref().is_some_and(|r| {
@@ -218,8 +238,8 @@ impl Pass<'_> {
             state.doubted.remove(&group);
             return (NORMAL, false);
         };
-        if self.liveness.rebooted.contains(&leader) {
-            state.doubted.insert(group, (m.current_term, now));
+        if self.liveness.rebooted.contains(&leader) && term_before == Some(m.current_term) {
+            state.doubted.entry(group).or_insert((m.current_term, now));
         }
         if state
             .doubted
@@ -304,6 +324,7 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         state.set.retain(|g, _| open.contains(g));
         state.led.retain(|g, _| open.contains(g));
         state.doubted.retain(|g, _| open.contains(g));
+        state.terms.retain(|g, _| open.contains(g));
         let seen = {
             let mut l = liveness.lock().expect("liveness lock");
             let seen = l.clone();

@@ -389,8 +389,10 @@ impl Dispatch for Shared {
             .map_err(to_peer_error)
     }
 
-    fn boot_id(&self) -> u64 {
-        self.boot_id
+    fn boot_id(&self) -> Option<u64> {
+        self.started
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then_some(self.boot_id)
     }
 
     async fn read_index_as_leader(&self, group: GroupId) -> Result<u64, PeerError> {
