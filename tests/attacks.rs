@@ -97,14 +97,7 @@ async fn a_replay_after_every_node_restarted_from_a_snapshot_applies_nothing() {
     let mut servers = Servers::start(3, "snapshot-replay").await;
     let key = Keypair::from_seed([12; 32]);
     let (client, sent) = setup(&servers, &key).await;
-    let group = client
-        .locations()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|l| l.name == LOCATION)
-        .unwrap()
-        .group;
+    let group = common::group_of(&client, LOCATION).await;
     let last = client
         .get_entity(LOCATION, "gold", ReadMode::Linearizable)
         .await

@@ -282,14 +282,7 @@ async fn a_node_started_from_a_snapshot_caches_at_once() {
     servers.create_location(&client, LOCATION).await;
     let mut player = Player::new(Keypair::from_seed([0x57; 32]));
     let index = write(&mut player, &client, 1).await;
-    let group = client
-        .locations()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|l| l.name == LOCATION)
-        .unwrap()
-        .group;
+    let group = common::group_of(&client, LOCATION).await;
     for i in 0..3 {
         servers
             .server(i)

@@ -32,6 +32,18 @@ where
     }
 }
 
+/// The group that holds `location`.
+pub async fn group_of(client: &Client, location: &str) -> u64 {
+    client
+        .locations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.name == location)
+        .unwrap_or_else(|| panic!("no location {location}"))
+        .group
+}
+
 /// The test clusters' admin key (bootstrapped from the configuration).
 pub fn admin_key() -> Keypair {
     Keypair::from_seed([0xad; 32])
