@@ -28,7 +28,7 @@
 //!   same, at once on the live voter with the lowest id, which stands
 //!   without waiting for its next tick (the voters' leader leases, 300 ms,
 //!   have run out by then), and [`SECOND_CANDIDATE_AFTER`] later on the
-//!   others, so that the replicas of an idle group (whose election
+//!   next, and so on in id order, so that the replicas of an idle group (whose election
 //!   timeouts have long passed) do not all stand at once and split the
 //!   vote.
 //!
@@ -51,8 +51,8 @@ use crate::typ::{GroupId, NodeId, Raft, META_GROUP};
 pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// A peer that has not answered a ping for this long is suspected dead.
 pub(crate) const SUSPECT_AFTER: Duration = Duration::from_millis(400);
-/// How much longer the other replicas of a group whose leader is suspected
-/// wait before they may stand too.
+/// How much longer each further replica (in id order) of a group whose
+/// leader is suspected waits before it may stand too.
 pub(crate) const SECOND_CANDIDATE_AFTER: Duration = Duration::from_millis(400);
 /// How long a leader's group must be still before it goes quiet.
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(2);
@@ -266,12 +266,15 @@ impl Pass<'_> {
             };
             return (quiet, false);
         };
-        let first = voters
+        // Live candidates stand in id order, one SECOND_CANDIDATE_AFTER
+        // apart (voters are in id order).
+        let rank = voters
             .iter()
             .filter(|id| **id != leader && (**id == me || !self.liveness.suspected(**id, now)))
-            .min()
-            == Some(&me);
-        let stand = first || doubt > SECOND_CANDIDATE_AFTER;
+            .position(|id| *id == me)
+            .unwrap_or(0);
+        let first = rank == 0;
+        let stand = doubt >= SECOND_CANDIDATE_AFTER * rank as u32;
         let switches = Switches {
             heartbeat: true,
             elect: stand,
@@ -293,6 +296,7 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         started,
     }));
     let mut state = PassState::default();
+    let in_flight: Arc<Mutex<BTreeSet<NodeId>>> = Default::default();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pass = started;
@@ -303,13 +307,24 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         }
         let peers = shared.peers();
         for (peer, addr) in &peers {
-            let (shared, liveness, peer, addr) =
-                (shared.clone(), liveness.clone(), *peer, addr.clone());
+            // One ping in flight per peer, so that pings to a dead peer do
+            // not pile up while they time out.
+            if !in_flight.lock().expect("ping lock").insert(*peer) {
+                continue;
+            }
+            let (shared, liveness, in_flight, peer, addr) = (
+                shared.clone(),
+                liveness.clone(),
+                in_flight.clone(),
+                *peer,
+                addr.clone(),
+            );
             tokio::spawn(async move {
                 if let Ok(boot) = shared.pool.ping(peer, &addr, SUSPECT_AFTER).await {
                     let mut l = liveness.lock().expect("liveness lock");
                     l.answer(peer, boot, Instant::now());
                 }
+                in_flight.lock().expect("ping lock").remove(&peer);
             });
         }
         let now = Instant::now();
