@@ -81,46 +81,84 @@ impl ReadBatcher {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
-    /// A "commit index" that writes advance, and rounds that read it after
-    /// a delay, counting themselves.
-    #[derive(Clone, Default)]
+    /// A "commit index" that writes advance, and rounds that read it, then
+    /// wait for the test to open the gate, counting themselves.
+    #[derive(Clone)]
     struct Fake {
         commit: Arc<AtomicU64>,
         rounds: Arc<AtomicU64>,
+        gate: tokio::sync::watch::Receiver<bool>,
     }
 
-    async fn round(fake: Fake) -> Result<u64, Error> {
+    async fn round(mut fake: Fake) -> Result<u64, Error> {
         fake.rounds.fetch_add(1, Ordering::SeqCst);
         let index = fake.commit.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        fake.gate.wait_for(|open| *open).await.expect("gate");
         Ok(index)
     }
 
+    /// The first read starts a round that stays open until every other
+    /// read waits; those all share the next round and none joins the first,
+    /// which read the commit index before their writes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_reads_share_rounds_and_never_join_an_earlier_one() {
+        const READS: u64 = 64;
         let batcher = Arc::new(ReadBatcher::default());
-        let fake = Fake::default();
-        let mut readers = Vec::new();
-        for i in 0..64u64 {
-            let (batcher, fake) = (batcher.clone(), fake.clone());
-            readers.push(tokio::spawn(async move {
-                // A write acknowledged before the read starts...
-                let seen = fake.commit.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::time::sleep(Duration::from_millis(i % 7)).await;
-                let index = batcher.read_index(1, fake.clone(), round).await.unwrap();
-                // ...must be covered by the read's index.
-                assert!(index >= seen, "read index {index} misses write {seen}");
-            }));
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let fake = Fake {
+            commit: Default::default(),
+            rounds: Default::default(),
+            gate,
+        };
+        let read = |batcher: Arc<ReadBatcher>, fake: Fake| async move {
+            // A write acknowledged before the read starts...
+            let seen = fake.commit.fetch_add(1, Ordering::SeqCst) + 1;
+            let index = batcher.read_index(1, fake.clone(), round).await.unwrap();
+            // ...must be covered by the read's index.
+            assert!(index >= seen, "read index {index} misses write {seen}");
+        };
+        let mut readers = vec![tokio::spawn(read(batcher.clone(), fake.clone()))];
+        let waiting = |n: usize| {
+            let started = Instant::now();
+            let batcher = batcher.clone();
+            let fake = fake.clone();
+            async move {
+                loop {
+                    let now = batcher
+                        .groups
+                        .lock()
+                        .unwrap()
+                        .get(&1)
+                        .map_or(0, |w| w.next.len());
+                    if now == n && fake.rounds.load(Ordering::SeqCst) == 1 {
+                        return;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "{now} waiting, not {n}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        waiting(0).await;
+        for _ in 1..READS {
+            readers.push(tokio::spawn(read(batcher.clone(), fake.clone())));
         }
+        waiting(READS as usize - 1).await;
+        open.send(true).unwrap();
         for r in readers {
             r.await.unwrap();
         }
-        let rounds = fake.rounds.load(Ordering::SeqCst);
-        assert!(rounds < 64, "{rounds} rounds for 64 reads: none shared");
+        assert_eq!(
+            fake.rounds.load(Ordering::SeqCst),
+            2,
+            "one round, then one shared by the rest"
+        );
         assert!(batcher.groups.lock().unwrap().is_empty());
     }
 }
