@@ -193,18 +193,20 @@ impl ApiService {
             )));
         }
         let group = self.group_of(location).await?;
-        self.query_group(group, query, mode).await
+        self.read_group(group, &query, mode).await
     }
 
-    async fn query_group<T: serde::de::DeserializeOwned>(
+    /// Reads `group` with `query`; the decoded answer and the index it
+    /// reflects.
+    async fn read_group<Q: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         group: GroupId,
-        query: LocationQuery,
+        query: &Q,
         mode: ReadMode,
     ) -> Result<(u64, T), ApiError> {
         let reply = self
             .node
-            .read(group, codec::encode(&query), consistency(mode))
+            .read(group, codec::encode(query), consistency(mode))
             .await
             .map_err(api_error)?;
         Ok((reply.index, decode(&reply.reply)?))
@@ -229,7 +231,7 @@ impl ApiService {
         let group = self.group_of(location).await?;
         let cache = match &self.cache {
             Some(cache) if self.node.hosts(group) => cache,
-            _ => return self.query_group(group, query, mode).await,
+            _ => return self.read_group(group, &query, mode).await,
         };
         let applied = self
             .node
@@ -244,7 +246,7 @@ impl ApiService {
         // The replica has applied `applied` already: no second read index.
         let mode = ReadMode::Stale { min_index: applied };
         let (index, entity): (u64, Result<Option<Entity>, Rejection>) =
-            self.query_group(group, query, mode).await?;
+            self.read_group(group, &query, mode).await?;
         if let Ok(entity) = &entity {
             cache.fill(group, &key, index, entity.clone());
         }
@@ -326,12 +328,7 @@ impl ApiService {
         mode: ReadMode,
     ) -> Result<(u64, T), ApiError> {
         let query = MetaQuery::Extension(codec::encode(query));
-        let reply = self
-            .node
-            .read(META_GROUP, codec::encode(&query), consistency(mode))
-            .await
-            .map_err(api_error)?;
-        Ok((reply.index, decode(&reply.reply)?))
+        self.read_group(META_GROUP, &query, mode).await
     }
 
     /// Ingress: every check that needs no state, then the signature.
