@@ -617,3 +617,36 @@ fn a_committed_write_survives_an_abort_of_every_node() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_routes_to_a_location_created_through_another_node_at_once() {
+    use garrison_raft::ReadConsistency;
+    // Node 3 holds no replica of these groups and learns of them from its
+    // meta replica, which may not have applied the creation yet when node 1
+    // acknowledges it. A write through node 3 straight after must still land.
+    let cluster = Cluster::start(3, test_config()).await;
+    cluster.leader(META_GROUP).await;
+    for n in 0..40 {
+        let record = cluster
+            .node(1)
+            .create_location(&format!("fresh-{n}"), &[1, 2])
+            .await
+            .unwrap();
+        // Even rounds write first, odd rounds read first: both paths look
+        // the group up.
+        if n % 2 == 1 {
+            cluster
+                .node(3)
+                .read(record.group, Vec::new(), ReadConsistency::Linearizable)
+                .await
+                .unwrap_or_else(|e| panic!("read of fresh-{n} through node 3: {e}"));
+        }
+        let written = cluster
+            .node(3)
+            .write(record.group, b"first".to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("write to fresh-{n} through node 3: {e}"));
+        assert!(written.index > 0);
+    }
+    cluster.shutdown().await;
+}

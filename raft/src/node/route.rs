@@ -100,6 +100,23 @@ impl Shared {
         .unwrap_or_default()
     }
 
+    /// The replicas of a group this node does not host. A location created
+    /// through another node may not have reached this node's directory yet:
+    /// before calling the group unknown, the local meta replica catches up to
+    /// the meta leader's commit index and is asked again.
+    async fn remote_replicas(&self, group: GroupId) -> Vec<NodeId> {
+        let replicas = self.replicas_of(group);
+        if !replicas.is_empty() || group == META_GROUP || self.raft(META_GROUP).is_none() {
+            return replicas;
+        }
+        // Boxed: catching up routes the meta read index, which comes back here.
+        let caught_up = Box::pin(self.catch_up(META_GROUP, ReadConsistency::Linearizable));
+        match caught_up.await {
+            Ok(_) => self.replicas_of(group),
+            Err(_) => replicas,
+        }
+    }
+
     /// Waits (bounded by `left`) until the local replica of `group` knows a leader.
     async fn known_leader(
         &self,
@@ -150,7 +167,7 @@ impl Shared {
                 },
                 (None, None) => {
                     if replicas.is_empty() {
-                        replicas = self.replicas_of(group);
+                        replicas = self.remote_replicas(group).await;
                         if replicas.is_empty() {
                             return Err(Error::UnknownGroup(group));
                         }
@@ -327,32 +344,18 @@ impl Shared {
         if self.raft(group).is_some() {
             return self.read_here(group, &query, consistency).await;
         }
-        let replicas = self.replicas_of(group);
-        if replicas.is_empty() {
-            return Err(Error::UnknownGroup(group));
-        }
-        let mut last_error = Error::UnknownGroup(group);
-        for replica in replicas {
-            let Ok(addr) = self.peer_address(group, replica) else {
-                continue;
-            };
-            match self
-                .pool
-                .forward_read(
-                    replica,
-                    &addr,
-                    group,
-                    query.clone(),
-                    consistency,
-                    REQUEST_TIMEOUT,
-                )
-                .await
-            {
-                Ok(reply) => return Ok(reply),
-                Err(e) => last_error = e,
+        // Any replica serves the read; one that has not opened the group yet
+        // (it was just created) or is down is retried like a write's leader.
+        self.route(group, |target, left| {
+            let query = query.clone();
+            async move {
+                let addr = self.peer_address(group, target)?;
+                self.pool
+                    .forward_read(target, &addr, group, query, consistency, left)
+                    .await
             }
-        }
-        Err(last_error)
+        })
+        .await
     }
 }
 
