@@ -12,7 +12,7 @@
 //!   (after a crash mid-push, a leader change, a node that was down);
 //! - [`bootstrap`] proposes the first policy, from the node's configuration.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use garrison_client::tx::PlayerKey;
@@ -23,8 +23,13 @@ use crate::access::Policy;
 use crate::admin::{AdminApp, AdminCommand, AdminReply};
 use crate::location::{LocationApp, LocationCommand};
 
-/// How often a node checks that the locations it leads have the policy.
+/// How often a node checks whether the meta group's policy changed (or its
+/// last sweep left locations behind), and sweeps its locations if so.
 pub const POLICY_SYNC_INTERVAL_MS: u64 = 1_000;
+/// How often a node sweeps the locations it leads regardless: a location
+/// that took over leadership, or one whose push failed unseen, gets the
+/// policy within this.
+pub const POLICY_SWEEP_INTERVAL_MS: u64 = 10_000;
 /// Locations a push proposes to at once.
 pub const MAX_CONCURRENT_POLICY_PUSHES: usize = 16;
 
@@ -91,28 +96,38 @@ pub async fn push(node: &Node, policy: &Policy, groups: Vec<GroupId>) -> Vec<(Gr
 pub async fn sync(node: Node, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(POLICY_SYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The version every led location had at the last sweep (0: sweep).
+    let mut swept = 0;
+    let mut last_sweep = Instant::now();
+    let sweep_every = Duration::from_millis(POLICY_SWEEP_INTERVAL_MS);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Most ticks find nothing behind: copy the policy only to push it.
+        // Most ticks find nothing new: the walk over thousands of locations
+        // runs when the policy moved, after a failed push, or once a sweep
+        // interval; the policy is copied only to push it.
         let version = meta_policy_version(&node);
-        if version == 0 {
+        if version == 0 || (version == swept && last_sweep.elapsed() < sweep_every) {
             continue;
         }
+        last_sweep = Instant::now();
         let behind: Vec<GroupId> = node
             .groups()
             .into_iter()
             .filter(|&g| g != META_GROUP && node.leader(g) == Some(node.id()))
             .filter(|&g| location_policy_version(&node, g) < version)
             .collect();
-        if behind.is_empty() {
-            continue;
-        }
-        for (group, e) in push(&node, &meta_policy(&node), behind).await {
+        let failed = if behind.is_empty() {
+            Vec::new()
+        } else {
+            push(&node, &meta_policy(&node), behind).await
+        };
+        for (group, e) in &failed {
             tracing::debug!(group, "policy sync failed, will retry: {e}");
         }
+        swept = if failed.is_empty() { version } else { 0 };
     }
 }
 
