@@ -71,6 +71,26 @@ fn bad_configurations_say_what_is_wrong() {
         .unwrap_err()
         .to_string()
         .contains("election_timeout_min_ms"));
+    // Location groups' followers stand on pings, not late heartbeats: their
+    // heartbeat may exceed the election timeout; the meta group's may not.
+    let slow_locations = RaftConfig {
+        location_heartbeat_interval_ms: 60_000,
+        ..RaftConfig::default()
+    };
+    slow_locations.validate().unwrap();
+    for raft in [
+        RaftConfig {
+            location_heartbeat_interval_ms: 0,
+            ..RaftConfig::default()
+        },
+        RaftConfig {
+            heartbeat_interval_ms: 400,
+            ..RaftConfig::default()
+        },
+    ] {
+        let err = raft.validate().unwrap_err().to_string();
+        assert!(err.contains("heartbeat_interval_ms"), "{err}");
+    }
     let raft = RaftConfig {
         max_frame_bytes: 1024,
         ..RaftConfig::default()

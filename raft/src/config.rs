@@ -36,8 +36,11 @@ pub struct RaftConfig {
     /// How often the leader of a location group that is not quiet sends
     /// heartbeats. openraft also wakes each location group's timer every
     /// 1.5 × this, even when the group is quiet, so with thousands of
-    /// locations it is most of an idle node's CPU; failover does not wait
-    /// for it (a suspected leader's replicas stand at once).
+    /// locations a short interval is most of an idle node's CPU. Location
+    /// groups do not need it short: their followers learn that the leader is
+    /// alive from the nodes' pings, and stand for election when the pings
+    /// say so, not when a heartbeat is late (`raft/src/node/quiet.rs`). It
+    /// may therefore exceed the election timeouts.
     pub location_heartbeat_interval_ms: u64,
     /// The shortest time a follower waits without hearing from a leader
     /// before it stands for election.
@@ -83,7 +86,7 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: 40,
-            location_heartbeat_interval_ms: 100,
+            location_heartbeat_interval_ms: 1_000,
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             snapshot_logs_since_last: 10_000,
@@ -108,22 +111,17 @@ impl RaftConfig {
     /// Checks that the values make sense together; the error names the field.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |why: String| Err(Error::Config(why));
-        for (name, interval) in [
-            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
-            (
-                "location_heartbeat_interval_ms",
-                self.location_heartbeat_interval_ms,
-            ),
-        ] {
-            if interval == 0 {
-                return bad(format!("{name} must be positive"));
-            }
-            if self.election_timeout_min_ms <= interval {
-                return bad(format!(
-                    "election_timeout_min_ms ({}) must exceed {name} ({interval})",
-                    self.election_timeout_min_ms
-                ));
-            }
+        if self.location_heartbeat_interval_ms == 0 {
+            return bad("location_heartbeat_interval_ms must be positive".into());
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return bad("heartbeat_interval_ms must be positive".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return bad(format!(
+                "election_timeout_min_ms ({}) must exceed heartbeat_interval_ms ({})",
+                self.election_timeout_min_ms, self.heartbeat_interval_ms
+            ));
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return bad(format!(
@@ -177,15 +175,35 @@ impl RaftConfig {
         Ok(())
     }
 
-    /// The openraft configuration these values stand for.
-    /// openraft's configuration for groups that heartbeat every
-    /// `heartbeat_interval_ms`.
-    pub(crate) fn to_openraft(
+    /// openraft's configuration for the meta group.
+    pub(crate) fn meta_openraft(&self, cluster_name: &str) -> Result<Arc<openraft::Config>, Error> {
+        let config = self.openraft(cluster_name, self.heartbeat_interval_ms);
+        Ok(Arc::new(
+            config
+                .validate()
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ))
+    }
+
+    /// openraft's configuration for location groups. openraft's own check
+    /// wants the heartbeat shorter than the election timeout, because its
+    /// followers stand when a heartbeat is late; a location group's
+    /// followers stand when pings say its leader's node is gone instead, so
+    /// that rule does not apply, and the short election timeout (which is
+    /// also the voters' leader lease) keeps failover fast.
+    pub(crate) fn location_openraft(
         &self,
         cluster_name: &str,
-        heartbeat_interval_ms: u64,
     ) -> Result<Arc<openraft::Config>, Error> {
-        let config = openraft::Config {
+        let meta = self.meta_openraft(cluster_name)?;
+        Ok(Arc::new(openraft::Config {
+            heartbeat_interval: self.location_heartbeat_interval_ms,
+            ..(*meta).clone()
+        }))
+    }
+
+    fn openraft(&self, cluster_name: &str, heartbeat_interval_ms: u64) -> openraft::Config {
+        openraft::Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
@@ -196,12 +214,7 @@ impl RaftConfig {
             max_in_snapshot_log_to_keep: self.snapshot_logs_to_keep,
             purge_batch_size: 256,
             ..Default::default()
-        };
-        Ok(Arc::new(
-            config
-                .validate()
-                .map_err(|e| Error::Config(e.to_string()))?,
-        ))
+        }
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::Instant;
 
 use common::{eventually, payloads, record, test_config, Cluster, WAIT};
-use garrison_raft::{Error, GroupId, NodeId, META_GROUP};
+use garrison_raft::{Error, GroupId, NodeId, RaftConfig, META_GROUP};
 
 /// Writes `count` payloads `"{tag}-{i}"` to `group` through `via`, retrying
 /// each one (bounded) across leader changes; returns the acknowledged ones.
@@ -272,6 +272,28 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
     let mut acked = write_all(&cluster, survivor, group, "before", 30).await;
 
     let killed_at = Instant::now();
+    // A follower of the quiet group restarts knowing no leader. Its log is
+    // as long as anyone's, so it could win an election; the leader greets
+    // it first, and it follows.
+    let term_before = cluster.node(old_leader).group_status(group).unwrap().term;
+    cluster.stop(survivor).await;
+    cluster.restart(survivor).await;
+    eventually("the restarted follower to follow the same leader", || {
+        let follows = cluster
+            .node(survivor)
+            .group_status(group)
+            .is_some_and(|s| s.leader == Some(old_leader));
+        async move { follows }
+    })
+    .await;
+    for id in cluster.running() {
+        let status = cluster.node(id).group_status(group).unwrap();
+        assert_eq!(
+            status.term, term_before,
+            "node {id}: the restarted follower stood for election"
+        );
+    }
+
     cluster.stop(old_leader).await;
     let new_leader = cluster.leader(group).await;
     assert_ne!(new_leader, old_leader);
@@ -291,7 +313,15 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
 /// silence to pings, elect a new leader and lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_group_takes_writes_and_fails_over_when_its_leader_dies() {
-    let mut cluster = Cluster::start(3, test_config()).await;
+    // openraft's own timers of location groups wake every 1.5 heartbeat
+    // intervals: with ten minutes, every election here (the group's first,
+    // the failover, and none when the old leader returns) is the quiet
+    // pass's doing.
+    let config = RaftConfig {
+        location_heartbeat_interval_ms: 600_000,
+        ..test_config()
+    };
+    let mut cluster = Cluster::start(3, config).await;
     cluster.leader(META_GROUP).await;
     let group = location_on_all(&cluster, "marsh").await;
     let all_quiet = |cluster: &Cluster| {
@@ -327,6 +357,20 @@ async fn a_quiet_group_takes_writes_and_fails_over_when_its_leader_dies() {
     let new_leader = cluster.leader(group).await;
     assert_ne!(new_leader, old_leader);
     acked.extend(write_all(&cluster, survivor, group, "after", 10).await);
+
+    // The old leader comes back knowing no leader: the new one introduces
+    // itself, so it follows instead of taking the group over.
+    cluster.restart(old_leader).await;
+    eventually("the returning node to follow the new leader", || {
+        let follows = cluster
+            .node(old_leader)
+            .group_status(group)
+            .is_some_and(|s| s.leader == Some(new_leader));
+        async move { follows }
+    })
+    .await;
+    acked.extend(write_all(&cluster, old_leader, group, "back", 10).await);
+    assert_eq!(cluster.leader(group).await, new_leader);
     assert_replicas_hold(&cluster, group, &acked).await;
     cluster.shutdown().await;
 }
@@ -487,7 +531,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         node.write(999, b"x".to_vec()).await,
         Err(Error::UnknownGroup(999))
     ));
-    let limit = garrison_raft::RaftConfig::default().max_proposal_bytes;
+    let limit = RaftConfig::default().max_proposal_bytes;
     let err = node
         .write(META_GROUP, vec![0; limit as usize + 1])
         .await

@@ -187,9 +187,8 @@ impl Node {
         }
         let tls = PeerTls::load(&config.tls, config.node_id)?;
         let limits = Arc::new(config.raft.clone());
-        let raft_config = limits.to_openraft(&config.cluster_name, limits.heartbeat_interval_ms)?;
-        let location_raft_config =
-            limits.to_openraft(&config.cluster_name, limits.location_heartbeat_interval_ms)?;
+        let raft_config = limits.meta_openraft(&config.cluster_name)?;
+        let location_raft_config = limits.location_openraft(&config.cluster_name)?;
         let storage = Storage::open(&config.data_dir, config.raft.storage_cache_bytes)?;
         let shared = Arc::new(Shared {
             id: config.node_id,

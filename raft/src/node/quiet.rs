@@ -5,9 +5,10 @@
 //! every `heartbeat_interval_ms`, and each replica ticks its timers. With
 //! thousands of locations that is most of a node's idle CPU. Instead, nodes
 //! ping each other (one `ping` RPC per peer every [`PING_INTERVAL`]; the
-//! answer is the peer's boot id, given once its groups are open), and a pass over the local location groups
-//! every [`PASS_INTERVAL`] (and at once when a peer's liveness changes)
-//! sets each group's runtime switches:
+//! answer is the peer's boot id, given once its groups are open), and a
+//! pass over the local location groups every [`PASS_INTERVAL`] (at every
+//! ping while a group has no leader it trusts, and at once when a peer's
+//! liveness changes) sets each group's runtime switches:
 //!
 //! - **Leader** whose log and applied index have not moved for
 //!   [`QUIET_AFTER`] and whose followers hold every entry: heartbeats and
@@ -16,21 +17,31 @@
 //!   linearizable read still confirms leadership with its own quorum round.
 //!   When a peer answers again after it was suspected (a restart, a healed
 //!   partition), or with a new boot id, every group this node leads and the
-//!   peer replicates heartbeats for [`QUIET_AFTER`] again, so that the peer's replicas
-//!   learn their leader and catch up instead of standing for election.
+//!   peer replicates sends it a heartbeat at once and stays out of quiet for
+//!   [`QUIET_AFTER`] again, so that the peer's replicas hear from their
+//!   leader and catch up. (A restarted replica knows its leader from the
+//!   committed vote it stored, so it does not stand meanwhile.)
 //! - **Follower** whose known leader is another node that answers pings
-//!   with the same boot id: elections and ticks off. With no known leader:
-//!   elections and ticks on, and openraft's election timeout (measured from
-//!   the last word of the leader) runs as usual. With a leader whose node
-//!   has not answered for [`SUSPECT_AFTER`], or answers with a new boot id
-//!   (it restarted; the log storage makes a restarted leader win a new
-//!   term, so it leads nothing however fast it came back): the
-//!   same, at once on the live voter with the lowest id, which stands
-//!   without waiting for its next tick (the voters' leader leases, 300 ms,
-//!   have run out by then), and [`SECOND_CANDIDATE_AFTER`] later on the
-//!   next, and so on in id order, so that the replicas of an idle group (whose election
-//!   timeouts have long passed) do not all stand at once and split the
-//!   vote.
+//!   with the same boot id: elections and ticks off. With a leader whose
+//!   node has not answered for [`SUSPECT_AFTER`], or answers with a new boot
+//!   id (it restarted; the log storage makes a restarted leader win a new
+//!   term, so it leads nothing however fast it came back), or with no known
+//!   leader for [`SUSPECT_AFTER`] (time for a new group's first election, or
+//!   for a leader that learnt of this node's restart to introduce itself):
+//!   the live voter with the lowest id stands at once (the voters' leader
+//!   leases, 300 ms, have run out by then), the next one
+//!   [`SECOND_CANDIDATE_AFTER`] later, and so on in id order, so that the
+//!   replicas of an idle group (whose election timeouts have long passed)
+//!   do not all stand at once and split the vote; while no leader emerges,
+//!   each stands again one round (voters × [`SECOND_CANDIDATE_AFTER`])
+//!   later. A learner never stands.
+//!
+//! The pass starts every election of a location group (and a returning
+//! peer's heartbeats) itself; only leaders tick. A location group heartbeats
+//! only every `location_heartbeat_interval_ms` (1 s), and openraft wakes its
+//! timer every 1.5 of those, because with thousands of groups those wakeups
+//! are most of an idle node's CPU; a follower's own election timer (150–300
+//! ms) would then fire between two heartbeats.
 //!
 //! The switches change when groups elect, never what they decide: Raft's
 //! safety does not depend on them, only its liveness. The meta group is
@@ -58,7 +69,7 @@ pub(crate) const SECOND_CANDIDATE_AFTER: Duration = Duration::from_millis(400);
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// How often every local location group's switches are set, besides when
 /// a peer's liveness changes.
-pub(crate) const PASS_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const PASS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What this node knows of its peers' liveness.
 #[derive(Clone)]
@@ -141,6 +152,13 @@ const NORMAL: Switches = Switches {
     tick: true,
 };
 
+/// A follower that may stand, but only when the pass says so.
+const WAITING: Switches = Switches {
+    heartbeat: true,
+    elect: true,
+    tick: false,
+};
+
 /// A group this node leads: since when its log and applied index have been
 /// what they are.
 struct Led {
@@ -148,17 +166,47 @@ struct Led {
     at: (Option<u64>, Option<u64>),
 }
 
-/// What the pass remembers between runs.
-#[derive(Default)]
-struct PassState {
-    /// The switches each group was given.
-    set: BTreeMap<GroupId, Switches>,
-    /// The groups this node leads.
-    led: BTreeMap<GroupId, Led>,
-    /// Groups whose leader restarted: the term then, and when it was seen.
-    doubted: BTreeMap<GroupId, (u64, Instant)>,
-    /// Each group's term at the previous pass.
-    terms: BTreeMap<GroupId, u64>,
+/// What the pass remembers of one group between runs.
+struct Seen {
+    /// The switches the group was given.
+    switches: Switches,
+    /// Its term at the previous pass.
+    term: u64,
+    /// Set while this node leads it.
+    led: Option<Led>,
+    /// Its leader restarted: the term then, and when it was seen.
+    doubted: Option<(u64, Instant)>,
+    /// Since when it has known no leader.
+    leaderless: Option<Instant>,
+    /// When this replica last stood for it.
+    stood: Option<Instant>,
+    /// It has no leader this replica trusts: the pass runs at every ping
+    /// until it does, rather than every [`PASS_INTERVAL`].
+    unsettled: bool,
+}
+
+impl Seen {
+    fn new(term: u64) -> Self {
+        Self {
+            switches: NORMAL,
+            term,
+            led: None,
+            doubted: None,
+            leaderless: None,
+            stood: None,
+            unsettled: false,
+        }
+    }
+}
+
+/// What the pass does to a group besides setting its switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Nudge {
+    None,
+    /// Stand for election now.
+    Elect,
+    /// Send every follower a heartbeat now.
+    Heartbeat,
 }
 
 impl Shared {
@@ -198,25 +246,30 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// The switches `raft` should have now, and whether this replica is the
-    /// first to stand for its leader.
-    fn switches(&self, group: GroupId, raft: &Raft, state: &mut PassState) -> (Switches, bool) {
+    /// The switches `raft` should have now, and what to do to it at once.
+    /// Most groups, most of the time, are quiet followers of a live leader:
+    /// that case allocates nothing and walks no membership.
+    fn switches(&self, raft: &Raft, seen: &mut Seen) -> (Switches, Nudge) {
         let (me, now) = (self.me, self.now);
         let metrics = raft.metrics();
         let m = metrics.borrow();
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let membership = m.membership_config.membership();
         // A reboot learnt now concerns the leader of the term seen at the
         // previous pass, not one elected since (after a partition healed).
-        let term_before = state.terms.insert(group, m.current_term);
+        let term_before = std::mem::replace(&mut seen.term, m.current_term);
+        seen.unsettled = false;
         if m.state == ServerState::Leader {
-            state.doubted.remove(&group);
+            seen.doubted = None;
+            seen.leaderless = None;
+            seen.stood = None;
             let at = (m.last_log_index, m.last_applied.map(|l| l.index));
-            let led = state.led.entry(group).or_insert(Led { since: now, at });
+            // Peers rarely return: the membership is walked only then.
             let returned = self
                 .revived
                 .iter()
                 .chain(self.liveness.rebooted.iter())
-                .any(|p| voters.contains(p));
+                .any(|p| membership.voter_ids().any(|v| v == *p));
+            let led = seen.led.get_or_insert(Led { since: now, at });
             if led.at != at || returned {
                 *led = Led { since: now, at };
             }
@@ -231,56 +284,80 @@ impl Pass<'_> {
                 elect: true,
                 tick: !quiet,
             };
-            return (switches, false);
+            // A returning replica hears from its leader (and what it missed)
+            // now, not at the next heartbeat, which may be a second away.
+            let nudge = if returned {
+                Nudge::Heartbeat
+            } else {
+                Nudge::None
+            };
+            return (switches, nudge);
         }
-        state.led.remove(&group);
-        let Some(leader) = m.current_leader.filter(|l| *l != me) else {
-            state.doubted.remove(&group);
-            return (NORMAL, false);
-        };
-        if self.liveness.rebooted.contains(&leader) && term_before == Some(m.current_term) {
-            state.doubted.entry(group).or_insert((m.current_term, now));
-        }
-        if state
-            .doubted
-            .get(&group)
-            .is_some_and(|(term, _)| *term != m.current_term)
-        {
-            state.doubted.remove(&group);
-        }
-        // How long the leader has been in doubt: silent, or restarted.
-        let silent = self.liveness.silent_for(leader, now);
-        let doubt = if silent > SUSPECT_AFTER {
-            Some(silent - SUSPECT_AFTER)
-        } else {
-            state
-                .doubted
-                .get(&group)
-                .map(|(_, at)| now.duration_since(*at))
+        seen.led = None;
+        // How long this replica has had reason to stand: its leader is
+        // silent or restarted, or it knows of no leader at all.
+        let leader = m.current_leader.filter(|l| *l != me);
+        let doubt = match leader {
+            Some(leader) => {
+                seen.leaderless = None;
+                if self.liveness.rebooted.contains(&leader) && term_before == m.current_term {
+                    seen.doubted.get_or_insert((m.current_term, now));
+                }
+                if seen.doubted.is_some_and(|(term, _)| term != m.current_term) {
+                    seen.doubted = None;
+                }
+                let silent = self.liveness.silent_for(leader, now);
+                if silent > SUSPECT_AFTER {
+                    Some(silent - SUSPECT_AFTER)
+                } else {
+                    seen.doubted.map(|(_, at)| now.duration_since(at))
+                }
+            }
+            None => {
+                // Give a leader that is about to introduce itself (a new
+                // group's first election) time to do so.
+                seen.doubted = None;
+                let since = *seen.leaderless.get_or_insert(now);
+                now.duration_since(since).checked_sub(SUSPECT_AFTER)
+            }
         };
         let Some(doubt) = doubt else {
-            let quiet = Switches {
-                heartbeat: true,
-                elect: false,
-                tick: false,
-            };
-            return (quiet, false);
+            seen.stood = None;
+            if leader.is_some() {
+                let quiet = Switches {
+                    heartbeat: true,
+                    elect: false,
+                    tick: false,
+                };
+                return (quiet, Nudge::None);
+            }
+            seen.unsettled = true;
+            return (WAITING, Nudge::None);
         };
         // Live candidates stand in id order, one SECOND_CANDIDATE_AFTER
-        // apart (voters are in id order).
-        let rank = voters
-            .iter()
-            .filter(|id| **id != leader && (**id == me || !self.liveness.suspected(**id, now)))
-            .position(|id| *id == me)
-            .unwrap_or(0);
-        let first = rank == 0;
-        let stand = doubt >= SECOND_CANDIDATE_AFTER * rank as u32;
-        let switches = Switches {
-            heartbeat: true,
-            elect: stand,
-            tick: stand,
+        // apart (voters are in id order), and each again one round later
+        // while no leader has emerged. A learner never stands.
+        let Some(rank) = membership
+            .voter_ids()
+            .filter(|id| Some(*id) != leader && (*id == me || !self.liveness.suspected(*id, now)))
+            .position(|id| id == me)
+        else {
+            return (WAITING, Nudge::None);
         };
-        (switches, first)
+        seen.unsettled = true;
+        let stand = doubt >= SECOND_CANDIDATE_AFTER * rank as u32;
+        let round = SECOND_CANDIDATE_AFTER * membership.voter_ids().count().max(1) as u32;
+        let nudge = if stand && seen.stood.is_none_or(|at| now.duration_since(at) >= round) {
+            seen.stood = Some(now);
+            Nudge::Elect
+        } else {
+            Nudge::None
+        };
+        let switches = Switches {
+            elect: stand,
+            ..WAITING
+        };
+        (switches, nudge)
     }
 }
 
@@ -295,11 +372,12 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         alive: BTreeSet::new(),
         started,
     }));
-    let mut state = PassState::default();
+    let mut state: BTreeMap<GroupId, Seen> = BTreeMap::new();
     let in_flight: Arc<Mutex<BTreeSet<NodeId>>> = Default::default();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pass = started;
+    let mut unsettled = false;
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
@@ -330,51 +408,62 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         let now = Instant::now();
         let ids: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
         let (changed, revived) = liveness.lock().expect("liveness lock").update(&ids, now);
-        if !changed && now.duration_since(last_pass) < PASS_INTERVAL {
+        if !changed && !unsettled && now.duration_since(last_pass) < PASS_INTERVAL {
             continue;
         }
         last_pass = now;
         let rafts = shared.location_rafts();
-        let open: BTreeSet<GroupId> = rafts.iter().map(|(id, _)| *id).collect();
-        state.set.retain(|g, _| open.contains(g));
-        state.led.retain(|g, _| open.contains(g));
-        state.doubted.retain(|g, _| open.contains(g));
-        state.terms.retain(|g, _| open.contains(g));
-        let seen = {
+        let liveness_now = {
             let mut l = liveness.lock().expect("liveness lock");
-            let seen = l.clone();
+            let now = l.clone();
             l.rebooted.clear();
-            seen
+            now
         };
         let pass = Pass {
             me: shared.id,
-            liveness: &seen,
+            liveness: &liveness_now,
             revived: &revived,
             now,
         };
-        for (group, raft) in rafts {
-            let (want, first_candidate) = pass.switches(group, &raft, &mut state);
-            let had = state.set.get(&group).copied().unwrap_or(NORMAL);
+        let mut changed = false;
+        unsettled = false;
+        for (group, raft) in &rafts {
+            let seen = state
+                .entry(*group)
+                .or_insert_with(|| Seen::new(raft.metrics().borrow().current_term));
+            let had = seen.switches;
+            let (want, nudge) = pass.switches(raft, seen);
+            unsettled |= seen.unsettled;
             if had != want {
                 let config = raft.runtime_config();
                 config.heartbeat(want.heartbeat);
                 config.elect(want.elect);
                 config.tick(want.tick);
-                state.set.insert(group, want);
-                // The first candidate stands now rather than at its next
-                // tick: the voters' leases have run out by the time a
-                // leader is suspected.
-                if first_candidate && !had.elect {
-                    let _ = raft.trigger().elect().await;
-                }
+                seen.switches = want;
+                changed = true;
             }
+            // openraft's own timers wake only every 1.5 heartbeat intervals
+            // of a location group: elections and the heartbeats a returning
+            // peer needs are started here instead.
+            let _ = match nudge {
+                Nudge::None => Ok(()),
+                Nudge::Elect => raft.trigger().elect().await,
+                Nudge::Heartbeat => raft.trigger().heartbeat().await,
+            };
         }
-        let quiet = state
-            .set
-            .iter()
-            .filter(|(_, s)| !s.heartbeat || !s.elect)
-            .map(|(g, _)| *g)
-            .collect();
-        *shared.quiet.write().expect("quiet groups lock") = quiet;
+        // Every open group has its record now; more records mean closed groups.
+        if state.len() != rafts.len() {
+            let open: BTreeSet<GroupId> = rafts.iter().map(|(id, _)| *id).collect();
+            state.retain(|g, _| open.contains(g));
+            changed = true;
+        }
+        if changed {
+            let quiet = state
+                .iter()
+                .filter(|(_, s)| !s.switches.heartbeat || !s.switches.elect)
+                .map(|(g, _)| *g)
+                .collect();
+            *shared.quiet.write().expect("quiet groups lock") = quiet;
+        }
     }
 }
