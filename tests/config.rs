@@ -2,7 +2,7 @@
 //! defaults, and bad files get errors that name the problem.
 
 use garrison::server::{ApiLimits, ServerConfig};
-use garrison_raft::RaftConfig;
+use garrison_raft::{RaftConfig, MAX_LOCATION_HEARTBEAT_INTERVAL_MS};
 
 #[test]
 fn the_example_configuration_loads_and_states_the_defaults() {
@@ -74,13 +74,17 @@ fn bad_configurations_say_what_is_wrong() {
     // Location groups' followers stand on pings, not late heartbeats: their
     // heartbeat may exceed the election timeout; the meta group's may not.
     let slow_locations = RaftConfig {
-        location_heartbeat_interval_ms: 60_000,
+        location_heartbeat_interval_ms: MAX_LOCATION_HEARTBEAT_INTERVAL_MS,
         ..RaftConfig::default()
     };
     slow_locations.validate().unwrap();
     for raft in [
         RaftConfig {
             location_heartbeat_interval_ms: 0,
+            ..RaftConfig::default()
+        },
+        RaftConfig {
+            location_heartbeat_interval_ms: MAX_LOCATION_HEARTBEAT_INTERVAL_MS + 1,
             ..RaftConfig::default()
         },
         RaftConfig {

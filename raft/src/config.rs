@@ -27,20 +27,26 @@ use crate::typ::NodeId;
 const ENTRY_OVERHEAD_BYTES: u64 = 128;
 const FRAME_OVERHEAD_BYTES: u64 = 4096;
 
+/// The longest `location_heartbeat_interval_ms` accepted.
+pub const MAX_LOCATION_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+
 /// Raft timing, snapshots and the limits of the peer protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
     /// How often the meta group's leader sends heartbeats to each follower.
     pub heartbeat_interval_ms: u64,
-    /// How often the leader of a location group that is not quiet sends
-    /// heartbeats. openraft also wakes each location group's timer every
-    /// 1.5 × this, even when the group is quiet, so with thousands of
-    /// locations a short interval is most of an idle node's CPU. Location
-    /// groups do not need it short: their followers learn that the leader is
-    /// alive from the nodes' pings, and stand for election when the pings
-    /// say so, not when a heartbeat is late (`raft/src/node/quiet.rs`). It
-    /// may therefore exceed the election timeouts.
+    /// The heartbeat interval of location groups. openraft wakes each
+    /// location group's timer every 1.5 × this, even when the group is
+    /// quiet, and a leader that is not quiet heartbeats at those wakeups; with
+    /// thousands of locations a short interval is most of an idle node's
+    /// CPU. Location groups do not need it short: their followers learn that
+    /// the leader is alive from the nodes' pings, and stand for election when
+    /// the pings say so, not when a heartbeat is late
+    /// (`raft/src/node/quiet.rs`). It may therefore exceed the election
+    /// timeouts, up to [`MAX_LOCATION_HEARTBEAT_INTERVAL_MS`] (openraft also
+    /// uses it as the timeout of a replication request and of a read's
+    /// leadership check).
     pub location_heartbeat_interval_ms: u64,
     /// The shortest time a follower waits without hearing from a leader
     /// before it stands for election.
@@ -111,8 +117,15 @@ impl RaftConfig {
     /// Checks that the values make sense together; the error names the field.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |why: String| Err(Error::Config(why));
-        if self.location_heartbeat_interval_ms == 0 {
-            return bad("location_heartbeat_interval_ms must be positive".into());
+        if self.location_heartbeat_interval_ms == 0
+            || self.location_heartbeat_interval_ms > MAX_LOCATION_HEARTBEAT_INTERVAL_MS
+        {
+            return bad(format!(
+                "location_heartbeat_interval_ms ({}) must be between 1 and \
+                 {MAX_LOCATION_HEARTBEAT_INTERVAL_MS}: openraft also uses it as the \
+                 timeout of a replication request and of a read's leadership check",
+                self.location_heartbeat_interval_ms
+            ));
         }
         if self.heartbeat_interval_ms == 0 {
             return bad("heartbeat_interval_ms must be positive".into());
@@ -198,6 +211,9 @@ impl RaftConfig {
         let meta = self.meta_openraft(cluster_name)?;
         Ok(Arc::new(openraft::Config {
             heartbeat_interval: self.location_heartbeat_interval_ms,
+            // Only leaders tick, once the quiet pass says so: a follower's
+            // timer would fire between heartbeats this far apart.
+            enable_tick: false,
             ..(*meta).clone()
         }))
     }

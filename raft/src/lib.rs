@@ -61,7 +61,7 @@ pub mod storage;
 pub mod typ;
 
 pub use app::{AppFactory, ApplyContext, GroupApp, MetaExtension, NoExtension};
-pub use config::{NodeConfig, RaftConfig};
+pub use config::{NodeConfig, RaftConfig, MAX_LOCATION_HEARTBEAT_INTERVAL_MS};
 pub use error::Error;
 pub use network::{ReadConsistency, ReadReply, WriteReply};
 pub use node::{ConsistencyReport, GroupStatus, Node};

@@ -313,12 +313,12 @@ async fn a_new_leader_is_elected_after_the_leader_dies_and_no_committed_entry_is
 /// silence to pings, elect a new leader and lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_group_takes_writes_and_fails_over_when_its_leader_dies() {
-    // openraft's own timers of location groups wake every 1.5 heartbeat
-    // intervals: with ten minutes, every election here (the group's first,
-    // the failover, and none when the old leader returns) is the quiet
-    // pass's doing.
+    // Location followers never tick, and leaders heartbeat at the longest
+    // interval allowed: every election here (the group's first, the
+    // failover, and none when a follower or the old leader returns) is the
+    // quiet pass's doing.
     let config = RaftConfig {
-        location_heartbeat_interval_ms: 600_000,
+        location_heartbeat_interval_ms: garrison_raft::MAX_LOCATION_HEARTBEAT_INTERVAL_MS,
         ..test_config()
     };
     let mut cluster = Cluster::start(3, config).await;

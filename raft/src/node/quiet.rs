@@ -26,22 +26,29 @@
 //!   node has not answered for [`SUSPECT_AFTER`], or answers with a new boot
 //!   id (it restarted; the log storage makes a restarted leader win a new
 //!   term, so it leads nothing however fast it came back), or with no known
-//!   leader for [`SUSPECT_AFTER`] (time for a new group's first election, or
-//!   for a leader that learnt of this node's restart to introduce itself):
-//!   the live voter with the lowest id stands at once (the voters' leader
-//!   leases, 300 ms, have run out by then), the next one
+//!   leader for [`SUSPECT_AFTER`] (time for a new group's first election to
+//!   settle): the live voter with the lowest id stands at once (the voters'
+//!   leader leases, 300 ms, have run out by then), the next one
 //!   [`SECOND_CANDIDATE_AFTER`] later, and so on in id order, so that the
 //!   replicas of an idle group (whose election timeouts have long passed)
 //!   do not all stand at once and split the vote; while no leader emerges,
-//!   each stands again one round (voters × [`SECOND_CANDIDATE_AFTER`])
-//!   later. A learner never stands.
+//!   they stand again. A learner never stands, nor does a replica whose
+//!   live voters (itself included) are no majority: it could not win, and
+//!   its raised term would depose the leader when the partition heals.
 //!
 //! The pass starts every election of a location group (and a returning
-//! peer's heartbeats) itself; only leaders tick. A location group heartbeats
-//! only every `location_heartbeat_interval_ms` (1 s), and openraft wakes its
-//! timer every 1.5 of those, because with thousands of groups those wakeups
-//! are most of an idle node's CPU; a follower's own election timer (150–300
-//! ms) would then fire between two heartbeats.
+//! peer's heartbeats) itself; only leaders tick (groups open with ticks
+//! off). A location group's leader heartbeats at its ticks, every 1.5 ×
+//! `location_heartbeat_interval_ms` (1 s): openraft wakes each group's timer
+//! that often even when its ticks are off, and with thousands of groups
+//! those wakeups were most of an idle node's CPU. A follower's own election
+//! timer (150–300 ms) would fire between two such heartbeats.
+//!
+//! Silence is measured from the peer's last answer, but not across this
+//! node's own stalls: when the ping loop wakes more than two intervals
+//! late (the process was paused or starved), every live peer gets a fresh
+//! [`SUSPECT_AFTER`], so that a paused node does not stand in every group
+//! it follows the moment it resumes.
 //!
 //! The switches change when groups elect, never what they decide: Raft's
 //! safety does not depend on them, only its liveness. The meta group is
@@ -96,6 +103,15 @@ impl Liveness {
         self.silent_for(node, now) > SUSPECT_AFTER
     }
 
+    /// This node itself was stalled (paused, starved of CPU) until `now`:
+    /// silence across its own stall says nothing about its peers, so each
+    /// peer that was alive gets a full [`SUSPECT_AFTER`] from now to answer.
+    fn forgive(&mut self, now: Instant) {
+        for peer in &self.alive {
+            self.answered.insert(*peer, now);
+        }
+    }
+
     /// Records an answer from `peer`.
     fn answer(&mut self, peer: NodeId, boot: u64, now: Instant) {
         self.answered.insert(peer, now);
@@ -146,12 +162,6 @@ struct Switches {
     tick: bool,
 }
 
-const NORMAL: Switches = Switches {
-    heartbeat: true,
-    elect: true,
-    tick: true,
-};
-
 /// A follower that may stand, but only when the pass says so.
 const WAITING: Switches = Switches {
     heartbeat: true,
@@ -188,7 +198,8 @@ struct Seen {
 impl Seen {
     fn new(term: u64) -> Self {
         Self {
-            switches: NORMAL,
+            // What `RaftConfig::location_openraft` opens a group with.
+            switches: WAITING,
             term,
             led: None,
             doubted: None,
@@ -334,19 +345,18 @@ impl Pass<'_> {
             seen.unsettled = true;
             return (WAITING, Nudge::None);
         };
-        // Live candidates stand in id order, one SECOND_CANDIDATE_AFTER
-        // apart (voters are in id order), and each again one round later
-        // while no leader has emerged. A learner never stands.
-        let Some(rank) = membership
-            .voter_ids()
-            .filter(|id| Some(*id) != leader && (*id == me || !self.liveness.suspected(*id, now)))
-            .position(|id| id == me)
-        else {
+        let live = |id: NodeId| id == me || !self.liveness.suspected(id, now);
+        // Only a group in doubt gets here: the allocation is rare.
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let Some(rank) = standing_rank(&voters, me, leader, live) else {
+            // Nothing changes for it until a peer's liveness does, which
+            // runs a pass anyway.
+            seen.unsettled = false;
             return (WAITING, Nudge::None);
         };
         seen.unsettled = true;
         let stand = doubt >= SECOND_CANDIDATE_AFTER * rank as u32;
-        let round = SECOND_CANDIDATE_AFTER * membership.voter_ids().count().max(1) as u32;
+        let round = SECOND_CANDIDATE_AFTER * voters.len().max(1) as u32;
         let nudge = if stand && seen.stood.is_none_or(|at| now.duration_since(at) >= round) {
             seen.stood = Some(now);
             Nudge::Elect
@@ -359,6 +369,27 @@ impl Pass<'_> {
         };
         (switches, nudge)
     }
+}
+
+/// This replica's place in the order in which live voters stand when
+/// `leader` (if any) is in doubt, or `None` if it must not stand: it is a
+/// learner, or the voters it can reach (itself included) are no majority, so
+/// it could not win, and standing anyway would only raise its term, which
+/// deposes the leader when a partition heals. Candidates stand in id order
+/// (`voters` come in id order), one [`SECOND_CANDIDATE_AFTER`] apart.
+fn standing_rank(
+    voters: &[NodeId],
+    me: NodeId,
+    leader: Option<NodeId>,
+    live: impl Fn(NodeId) -> bool,
+) -> Option<usize> {
+    if voters.iter().filter(|id| live(**id)).count() * 2 <= voters.len() {
+        return None;
+    }
+    voters
+        .iter()
+        .filter(|id| Some(**id) != leader && live(**id))
+        .position(|id| *id == me)
 }
 
 /// Pings the peers and sets every local location group's switches, until
@@ -378,11 +409,17 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pass = started;
     let mut unsettled = false;
+    let mut woke = started;
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
             _ = ping.tick() => {}
         }
+        let now = Instant::now();
+        if now.duration_since(woke) > 2 * PING_INTERVAL {
+            liveness.lock().expect("liveness lock").forgive(now);
+        }
+        woke = now;
         let peers = shared.peers();
         for (peer, addr) in &peers {
             // One ping in flight per peer, so that pings to a dead peer do
@@ -465,5 +502,59 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
                 .collect();
             *shared.quiet.write().expect("quiet groups lock") = quiet;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_voters_stand_in_id_order_and_only_with_a_majority() {
+        let three = || &[1, 2, 3][..];
+        let all_live = |_| true;
+        // Leader 1 in doubt: 2 stands first, then 3.
+        assert_eq!(standing_rank(three(), 2, Some(1), all_live), Some(0));
+        assert_eq!(standing_rank(three(), 3, Some(1), all_live), Some(1));
+        // No leader at all: the lowest id first.
+        assert_eq!(standing_rank(three(), 1, None, all_live), Some(0));
+        // A suspected voter does not hold a place.
+        let two_down = |id| id != 2;
+        assert_eq!(standing_rank(three(), 3, Some(1), two_down), Some(0));
+        // Alone (the leader and the other voter silent): no majority.
+        let alone = |id| id == 3;
+        assert_eq!(standing_rank(three(), 3, Some(1), alone), None);
+        // Five voters, two down: three reach a majority.
+        let five = || &[1, 2, 3, 4, 5][..];
+        let two_of_five_down = |id| id > 2;
+        assert_eq!(standing_rank(five(), 4, Some(1), two_of_five_down), Some(1));
+        let three_of_five_down = |id| id > 3;
+        assert_eq!(standing_rank(five(), 4, Some(1), three_of_five_down), None);
+        // A learner never stands.
+        assert_eq!(standing_rank(three(), 7, Some(1), all_live), None);
+    }
+
+    #[test]
+    fn a_node_that_was_stalled_does_not_suspect_its_peers_for_it() {
+        let t0 = Instant::now();
+        let mut liveness = Liveness {
+            answered: BTreeMap::new(),
+            boots: BTreeMap::new(),
+            rebooted: BTreeSet::new(),
+            alive: BTreeSet::new(),
+            started: t0,
+        };
+        liveness.answer(2, 7, t0);
+        assert_eq!(liveness.update(&[2], t0), (true, vec![2]));
+        // The node was paused for a second: silence alone says 2 is dead.
+        let resumed = t0 + Duration::from_secs(1);
+        assert!(liveness.suspected(2, resumed));
+        liveness.forgive(resumed);
+        assert!(!liveness.suspected(2, resumed));
+        assert_eq!(liveness.update(&[2], resumed), (false, vec![]));
+        // But a peer that stays silent after the stall is suspected in time.
+        let later = resumed + SUSPECT_AFTER + Duration::from_millis(1);
+        assert!(liveness.suspected(2, later));
+        assert_eq!(liveness.update(&[2], later), (true, vec![]));
     }
 }
