@@ -7,8 +7,8 @@
 //! ping each other (one `ping` RPC per peer every [`PING_INTERVAL`]; the
 //! answer is the peer's boot id, given once its groups are open), and a
 //! pass over the local location groups every [`PASS_INTERVAL`] (at every
-//! ping while a group has no leader it trusts, and at once when a peer's
-//! liveness changes) sets each group's runtime switches (skipping, unless a
+//! ping while a group has no leader it trusts or a group was opened, and at
+//! once when a peer's liveness changes) sets each group's runtime switches (skipping, unless a
 //! peer's liveness changed, the groups that were quiet at the last look and
 //! whose metrics have not moved since):
 //!
@@ -474,7 +474,13 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
         let now = Instant::now();
         let ids: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
         let (changed, revived) = liveness.lock().expect("liveness lock").update(&ids, now);
-        if !changed && !unsettled && now.duration_since(last_pass) < PASS_INTERVAL {
+        // A group opened or closed since the last pass (a new location
+        // has its first election to settle) is looked at now.
+        let opened = {
+            let groups = shared.groups.read().expect("group table lock");
+            groups.len() - usize::from(groups.contains_key(&META_GROUP)) != state.len()
+        };
+        if !changed && !unsettled && !opened && now.duration_since(last_pass) < PASS_INTERVAL {
             continue;
         }
         last_pass = now;
