@@ -7,9 +7,11 @@
 //! - an administrative transaction's submitter pushes the new policy to
 //!   every location (or the current one to the locations it created) and
 //!   answers the client only then;
-//! - every node's [`sync`] task checks, a few times a second, the locations
-//!   it leads and proposes the meta group's policy to any that is behind
-//!   (after a crash mid-push, a leader change, a node that was down);
+//! - every node's [`sync`] task checks the locations it leads and proposes
+//!   the meta group's policy to any that is behind (after a crash
+//!   mid-push, a leader change, a node that was down): within a second of
+//!   the policy changing or of one of its own pushes failing, and otherwise
+//!   in a sweep every 10 s;
 //! - [`bootstrap`] proposes the first policy, from the node's configuration.
 
 use std::time::{Duration, Instant};

@@ -78,22 +78,31 @@ fn bad_configurations_say_what_is_wrong() {
         ..RaftConfig::default()
     };
     slow_locations.validate().unwrap();
-    for raft in [
-        RaftConfig {
-            location_heartbeat_interval_ms: 0,
-            ..RaftConfig::default()
-        },
-        RaftConfig {
-            location_heartbeat_interval_ms: MAX_LOCATION_HEARTBEAT_INTERVAL_MS + 1,
-            ..RaftConfig::default()
-        },
-        RaftConfig {
-            heartbeat_interval_ms: 400,
-            ..RaftConfig::default()
-        },
+    for (raft, words) in [
+        (
+            RaftConfig {
+                location_heartbeat_interval_ms: 0,
+                ..RaftConfig::default()
+            },
+            "location_heartbeat_interval_ms (0) must be between 1 and",
+        ),
+        (
+            RaftConfig {
+                location_heartbeat_interval_ms: MAX_LOCATION_HEARTBEAT_INTERVAL_MS + 1,
+                ..RaftConfig::default()
+            },
+            "location_heartbeat_interval_ms (5001) must be between 1 and",
+        ),
+        (
+            RaftConfig {
+                heartbeat_interval_ms: 400,
+                ..RaftConfig::default()
+            },
+            "must exceed heartbeat_interval_ms (400)",
+        ),
     ] {
         let err = raft.validate().unwrap_err().to_string();
-        assert!(err.contains("heartbeat_interval_ms"), "{err}");
+        assert!(err.contains(words), "{err:?} should mention {words:?}");
     }
     let raft = RaftConfig {
         max_frame_bytes: 1024,

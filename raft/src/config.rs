@@ -48,10 +48,13 @@ pub struct RaftConfig {
     /// uses it as the timeout of a replication request and of a read's
     /// leadership check).
     pub location_heartbeat_interval_ms: u64,
-    /// The shortest time a follower waits without hearing from a leader
-    /// before it stands for election.
+    /// The shortest time a follower of the meta group waits without
+    /// hearing from a leader before it stands for election. (Location
+    /// followers stand when the nodes' pings say so.)
     pub election_timeout_min_ms: u64,
     /// The longest such wait; each follower picks at random in the range.
+    /// It is also every group's leader lease: a voter that heard from its
+    /// leader this recently refuses to vote for another.
     pub election_timeout_max_ms: u64,
     /// A group builds a snapshot after this many entries since the last one.
     pub snapshot_logs_since_last: u64,

@@ -8,9 +8,9 @@
 //! answer is the peer's boot id, given once its groups are open), and a
 //! pass over the local location groups every [`PASS_INTERVAL`] (at every
 //! ping while a group has no leader it trusts or a group was opened, and at
-//! once when a peer's liveness changes) sets each group's runtime switches (skipping, unless a
-//! peer's liveness changed, the groups that were quiet at the last look and
-//! whose metrics have not moved since):
+//! once when a peer's liveness changes) sets each group's runtime switches,
+//! skipping (unless a peer's liveness changed) the groups that were quiet
+//! at the last look and whose metrics have not moved since:
 //!
 //! - **Leader** whose log and applied index have not moved for
 //!   [`QUIET_AFTER`] and whose followers hold every entry: heartbeats and
@@ -48,9 +48,10 @@
 //!
 //! Silence is measured from the peer's last answer, but not across this
 //! node's own stalls: when the ping loop wakes more than two intervals
-//! late (the process was paused or starved), every live peer gets a fresh
-//! [`SUSPECT_AFTER`], so that a paused node does not stand in every group
-//! it follows the moment it resumes.
+//! after it started waiting (the process was paused or starved), every live
+//! peer gets a fresh [`SUSPECT_AFTER`], once per run of late wakeups, so
+//! that a paused node does not stand in every group it follows the moment
+//! it resumes, and a node that stays starved still suspects a dead peer.
 //!
 //! The switches change when groups elect, never what they decide: Raft's
 //! safety does not depend on them, only its liveness. The meta group is
@@ -95,6 +96,16 @@ struct Liveness {
 }
 
 impl Liveness {
+    fn new(started: Instant) -> Self {
+        Self {
+            answered: BTreeMap::new(),
+            boots: BTreeMap::new(),
+            rebooted: BTreeSet::new(),
+            alive: BTreeSet::new(),
+            started,
+        }
+    }
+
     /// How long `node` has not answered.
     fn silent_for(&self, node: NodeId, now: Instant) -> Duration {
         let last = self.answered.get(&node).copied().unwrap_or(self.started);
@@ -367,10 +378,13 @@ impl Pass<'_> {
             }
         };
         let Some(doubt) = doubt else {
-            seen.stood = None;
             if leader.is_some() {
+                seen.stood = None;
                 return (QUIET_FOLLOWER, Nudge::None);
             }
+            // Leaderless for less than SUSPECT_AFTER, perhaps because this
+            // replica just stood: `stood` keeps it from standing again
+            // before its round is up.
             seen.unsettled = true;
             return (WAITING, Nudge::None);
         };
@@ -378,9 +392,8 @@ impl Pass<'_> {
         // Only a group in doubt gets here: the allocation is rare.
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let Some(rank) = standing_rank(&voters, me, leader, live) else {
-            // Nothing changes for it until a peer's liveness does, which
-            // runs a pass anyway.
-            seen.unsettled = false;
+            // Not unsettled: nothing changes for it until a peer's liveness
+            // does, which runs a pass anyway.
             return (WAITING, Nudge::None);
         };
         seen.unsettled = true;
@@ -392,11 +405,9 @@ impl Pass<'_> {
         } else {
             Nudge::None
         };
-        let switches = Switches {
-            elect: stand,
-            ..WAITING
-        };
-        (switches, nudge)
+        // Elections on (not quiet) even before its turn: the switch is
+        // what status reports; with ticks off, only the nudge starts one.
+        (WAITING, nudge)
     }
 }
 
@@ -425,30 +436,28 @@ fn standing_rank(
 /// the node stops.
 pub(super) async fn quiet_loop(shared: Arc<Shared>) {
     let started = Instant::now();
-    let liveness = Arc::new(Mutex::new(Liveness {
-        answered: BTreeMap::new(),
-        boots: BTreeMap::new(),
-        rebooted: BTreeSet::new(),
-        alive: BTreeSet::new(),
-        started,
-    }));
+    let liveness = Arc::new(Mutex::new(Liveness::new(started)));
     let mut state: BTreeMap<GroupId, Seen> = BTreeMap::new();
     let in_flight: Arc<Mutex<BTreeSet<NodeId>>> = Default::default();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pass = started;
     let mut unsettled = false;
-    let mut woke = started;
+    let mut was_late = false;
     loop {
+        let waiting_since = Instant::now();
         tokio::select! {
             _ = shared.stop.cancelled() => return,
             _ = ping.tick() => {}
         }
+        // Woken late: this node was stalled. Forgive once per stall, so that
+        // a node that stays starved still suspects a peer that died.
         let now = Instant::now();
-        if now.duration_since(woke) > 2 * PING_INTERVAL {
+        let late = now.duration_since(waiting_since) > 2 * PING_INTERVAL;
+        if late && !was_late {
             liveness.lock().expect("liveness lock").forgive(now);
         }
-        woke = now;
+        was_late = late;
         let peers = shared.peers();
         for (peer, addr) in &peers {
             // One ping in flight per peer, so that pings to a dead peer do
@@ -574,13 +583,7 @@ mod tests {
     #[test]
     fn a_node_that_was_stalled_does_not_suspect_its_peers_for_it() {
         let t0 = Instant::now();
-        let mut liveness = Liveness {
-            answered: BTreeMap::new(),
-            boots: BTreeMap::new(),
-            rebooted: BTreeSet::new(),
-            alive: BTreeSet::new(),
-            started: t0,
-        };
+        let mut liveness = Liveness::new(t0);
         liveness.answer(2, 7, t0);
         assert_eq!(liveness.update(&[2], t0), (true, vec![2]));
         // The node was paused for a second: silence alone says 2 is dead.

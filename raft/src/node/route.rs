@@ -103,17 +103,20 @@ impl Shared {
     /// The replicas of a group this node does not host. A location created
     /// through another node may not have reached this node's directory yet:
     /// before calling the group unknown, the local meta replica catches up to
-    /// the meta leader's commit index and is asked again.
-    async fn remote_replicas(&self, group: GroupId) -> Vec<NodeId> {
+    /// the meta leader's commit index (within `left`) and is asked again. A
+    /// group that is still not there is unknown; a catch-up that failed
+    /// says why.
+    async fn remote_replicas(&self, group: GroupId, left: Duration) -> Result<Vec<NodeId>, Error> {
         let replicas = self.replicas_of(group);
         if !replicas.is_empty() || group == META_GROUP || self.raft(META_GROUP).is_none() {
-            return replicas;
+            return Ok(replicas);
         }
         // Boxed: catching up routes the meta read index, which comes back here.
         let caught_up = Box::pin(self.catch_up(META_GROUP, ReadConsistency::Linearizable));
-        match caught_up.await {
-            Ok(_) => self.replicas_of(group),
-            Err(_) => replicas,
+        match tokio::time::timeout(left, caught_up).await {
+            Ok(Ok(_)) => Ok(self.replicas_of(group)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout("the meta group's read index".into())),
         }
     }
 
@@ -138,7 +141,12 @@ impl Shared {
     /// `NotLeader` hints, for at most [`MAX_ROUTING_ATTEMPTS`] tries within
     /// [`REQUEST_TIMEOUT`]. `None` as target means "this node's idea of the
     /// leader" for a hosted group, or the next replica for a remote one.
-    async fn route<T, F, Fut>(&self, group: GroupId, mut attempt: F) -> Result<T, Error>
+    async fn route<T, F, Fut>(
+        &self,
+        group: GroupId,
+        transient: fn(&Error) -> bool,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(NodeId, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
@@ -167,7 +175,7 @@ impl Shared {
                 },
                 (None, None) => {
                     if replicas.is_empty() {
-                        replicas = self.remote_replicas(group).await;
+                        replicas = self.remote_replicas(group, left).await?;
                         if replicas.is_empty() {
                             return Err(Error::UnknownGroup(group));
                         }
@@ -175,6 +183,10 @@ impl Shared {
                     replicas[round % replicas.len()]
                 }
             };
+            let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
             // One try may not use the whole budget: a stale leader behind a
             // partition would otherwise hold the request until it runs out.
             let per_try = left.min(
@@ -204,29 +216,45 @@ impl Shared {
                         return Err(e);
                     }
                     last_error = e;
-                    // Give the group time to settle (an election, a restart).
-                    // A hosted group says when its leader changes: go on at
-                    // once then, instead of sleeping out the backoff.
-                    match self.raft(group) {
-                        Some(raft) => {
-                            let wait = raft.wait(Some(ROUTING_BACKOFF_MAX.min(left)));
-                            let moved = wait
-                                .metrics(|m| m.current_leader != Some(target), "a new leader")
-                                .await;
-                            if moved.is_err() {
-                                backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
-                            }
-                        }
-                        None => {
-                            tokio::time::sleep(backoff.min(left)).await;
-                            backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
-                        }
-                    }
+                    backoff = self.settle(group, target, left, backoff).await;
+                }
+                Err(e) if transient(&e) => {
+                    last_error = e;
+                    backoff = self.settle(group, target, left, backoff).await;
                 }
                 Err(e) => return Err(e),
             }
         }
         Err(last_error)
+    }
+
+    /// Gives `group` time to settle (an election, a restart) after a failed
+    /// try at `target`; the next backoff. A hosted group says when its
+    /// leader changes: go on at once then, instead of sleeping out the
+    /// backoff.
+    async fn settle(
+        &self,
+        group: GroupId,
+        target: NodeId,
+        left: Duration,
+        backoff: Duration,
+    ) -> Duration {
+        match self.raft(group) {
+            Some(raft) => {
+                let wait = raft.wait(Some(ROUTING_BACKOFF_MAX.min(left)));
+                let moved = wait
+                    .metrics(|m| m.current_leader != Some(target), "a new leader")
+                    .await;
+                if moved.is_err() {
+                    return (backoff * 2).min(ROUTING_BACKOFF_MAX);
+                }
+                backoff
+            }
+            None => {
+                tokio::time::sleep(backoff.min(left)).await;
+                (backoff * 2).min(ROUTING_BACKOFF_MAX)
+            }
+        }
     }
 
     fn peer_address(&self, group: GroupId, node: NodeId) -> Result<String, Error> {
@@ -249,32 +277,40 @@ impl Shared {
                 max: self.limits.max_proposal_bytes,
             });
         }
-        self.route(group, |target, left| {
-            let payload = payload.clone();
-            async move {
-                if target == self.id {
-                    self.write_as_leader(group, payload).await
-                } else {
-                    let addr = self.peer_address(group, target)?;
-                    self.pool
-                        .forward_write(target, &addr, group, payload, left)
-                        .await
+        self.route(
+            group,
+            |_| false,
+            |target, left| {
+                let payload = payload.clone();
+                async move {
+                    if target == self.id {
+                        self.write_as_leader(group, payload).await
+                    } else {
+                        let addr = self.peer_address(group, target)?;
+                        self.pool
+                            .forward_write(target, &addr, group, payload, left)
+                            .await
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
     /// The leader's read index for `group`, asked of the leader wherever it is.
     async fn read_index(&self, group: GroupId) -> Result<u64, Error> {
-        self.route(group, |target, left| async move {
-            if target == self.id {
-                self.read_index_as_leader(group).await
-            } else {
-                let addr = self.peer_address(group, target)?;
-                self.pool.read_index(target, &addr, group, left).await
-            }
-        })
+        self.route(
+            group,
+            |_| false,
+            |target, left| async move {
+                if target == self.id {
+                    self.read_index_as_leader(group).await
+                } else {
+                    let addr = self.peer_address(group, target)?;
+                    self.pool.read_index(target, &addr, group, left).await
+                }
+            },
+        )
         .await
     }
 
@@ -344,9 +380,10 @@ impl Shared {
         if self.raft(group).is_some() {
             return self.read_here(group, &query, consistency).await;
         }
-        // Any replica serves the read; one that has not opened the group yet
-        // (it was just created) or is down is retried like a write's leader.
-        self.route(group, |target, left| {
+        // Any replica serves the read. One that is down, has not opened the
+        // group yet (it was just created), is behind, starting or stopping
+        // is retried, the next replica in turn, like a write's leader.
+        self.route(group, elsewhere_or_later, |target, left| {
             let query = query.clone();
             async move {
                 let addr = self.peer_address(group, target)?;
@@ -356,6 +393,20 @@ impl Shared {
             }
         })
         .await
+    }
+}
+
+/// Whether a replica's refusal of a forwarded read may not recur at
+/// another replica or a moment later: it is behind, starting or stopping,
+/// or its group's Raft failed. A refusal of the query itself would recur.
+fn elsewhere_or_later(e: &Error) -> bool {
+    match e {
+        Error::Behind { .. } => true,
+        Error::Remote { error, .. } => matches!(
+            **error,
+            PeerError::ShuttingDown | PeerError::Starting | PeerError::Raft(_)
+        ),
+        _ => false,
     }
 }
 
