@@ -480,7 +480,6 @@ pub(super) async fn quiet_loop(shared: Arc<Shared>) {
                 in_flight.lock().expect("ping lock").remove(&peer);
             });
         }
-        let now = Instant::now();
         let ids: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
         let (changed, revived) = liveness.lock().expect("liveness lock").update(&ids, now);
         // A group opened or closed since the last pass (a new location

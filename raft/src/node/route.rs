@@ -141,6 +141,8 @@ impl Shared {
     /// `NotLeader` hints, for at most [`MAX_ROUTING_ATTEMPTS`] tries within
     /// [`REQUEST_TIMEOUT`]. `None` as target means "this node's idea of the
     /// leader" for a hosted group, or the next replica for a remote one.
+    /// Besides unreachable targets, lost leaders and timeouts, the errors
+    /// `transient` accepts are retried too.
     async fn route<T, F, Fut>(
         &self,
         group: GroupId,
@@ -205,56 +207,44 @@ impl Shared {
                         leader: Some(leader),
                     };
                 }
-                Err(
-                    e @ (Error::NotLeader { .. }
-                    | Error::Unreachable { .. }
-                    | Error::NoLeader { .. }
-                    | Error::UnknownGroup(_)
-                    | Error::Timeout(_)),
-                ) => {
+                Err(e)
+                    if transient(&e)
+                        || matches!(
+                            e,
+                            Error::NotLeader { .. }
+                                | Error::Unreachable { .. }
+                                | Error::NoLeader { .. }
+                                | Error::UnknownGroup(_)
+                                | Error::Timeout(_)
+                        ) =>
+                {
                     if self.raft(group).is_none() && replicas.is_empty() {
                         return Err(e);
                     }
                     last_error = e;
-                    backoff = self.settle(group, target, left, backoff).await;
-                }
-                Err(e) if transient(&e) => {
-                    last_error = e;
-                    backoff = self.settle(group, target, left, backoff).await;
+                    // Give the group time to settle (an election, a restart).
+                    // A hosted group says when its leader changes: go on at
+                    // once then, instead of sleeping out the backoff.
+                    match self.raft(group) {
+                        Some(raft) => {
+                            let wait = raft.wait(Some(ROUTING_BACKOFF_MAX.min(left)));
+                            let moved = wait
+                                .metrics(|m| m.current_leader != Some(target), "a new leader")
+                                .await;
+                            if moved.is_err() {
+                                backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
+                            }
+                        }
+                        None => {
+                            tokio::time::sleep(backoff.min(left)).await;
+                            backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
         Err(last_error)
-    }
-
-    /// Gives `group` time to settle (an election, a restart) after a failed
-    /// try at `target`; the next backoff. A hosted group says when its
-    /// leader changes: go on at once then, instead of sleeping out the
-    /// backoff.
-    async fn settle(
-        &self,
-        group: GroupId,
-        target: NodeId,
-        left: Duration,
-        backoff: Duration,
-    ) -> Duration {
-        match self.raft(group) {
-            Some(raft) => {
-                let wait = raft.wait(Some(ROUTING_BACKOFF_MAX.min(left)));
-                let moved = wait
-                    .metrics(|m| m.current_leader != Some(target), "a new leader")
-                    .await;
-                if moved.is_err() {
-                    return (backoff * 2).min(ROUTING_BACKOFF_MAX);
-                }
-                backoff
-            }
-            None => {
-                tokio::time::sleep(backoff.min(left)).await;
-                (backoff * 2).min(ROUTING_BACKOFF_MAX)
-            }
-        }
     }
 
     fn peer_address(&self, group: GroupId, node: NodeId) -> Result<String, Error> {
