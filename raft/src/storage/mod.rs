@@ -216,11 +216,14 @@ impl Flusher {
             while rx.recv_many(&mut batch, MAX_WAITERS_PER_FLUSH).await > 0 {
                 // Every waiter in `batch` wrote before it was queued, so this
                 // flush covers its data.
-                let result = db
-                    .flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                // sled's own `flush_async` hands the flush to sled's thread
+                // pool, whose every job wakes all of its idle threads (seven
+                // or more); tokio's blocking pool wakes one.
+                let db = db.clone();
+                let result = match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(flushed) => flushed.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("the flush thread failed: {e}")),
+                };
                 flush_count.fetch_add(1, Ordering::Relaxed);
                 waiter_count.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for done in batch.drain(..) {
