@@ -269,7 +269,7 @@ impl Client {
                     last = why;
                     // After a full round without an answer, wait a little:
                     // an election or a restart is under way.
-                    if (attempt as usize + 1) % self.endpoints.len() == 0 {
+                    if (attempt as usize + 1).is_multiple_of(self.endpoints.len()) {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }

@@ -537,7 +537,7 @@ impl Node {
                 tracing::warn!(group = id, error = %e, "raft shutdown failed");
             }
         }
-        let _ = self.shared.storage.flusher().flush().await;
+        let _ = self.shared.storage.flush().await;
     }
 }
 

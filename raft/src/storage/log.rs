@@ -1,10 +1,10 @@
-//! openraft's log storage for one group, on the node's shared sled trees.
+//! openraft's log storage for one group, on the node's shared
+//! [`LogEngine`](super::engine::LogEngine).
 //!
-//! Writes are applied to sled in call order (openraft requires log and vote
-//! I/O to be serialized) and are readable at once; they are durable only
-//! after the node's [`Flusher`](super::Flusher) reports the flush that covers
-//! them. Votes wait for that flush before returning; appends return at once
-//! and let the flusher call openraft back.
+//! Writes are applied in call order (openraft requires log and vote I/O to
+//! be serialized) and are readable at once; they are durable only after the
+//! engine's flush thread has synced them. Votes and appends wait for that
+//! before returning.
 
 // openraft's trait methods return its StorageError by value; the helpers here
 // return the same type rather than box it and unbox it again.
@@ -16,7 +16,8 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, StorageIOError};
 
-use super::{log_key, raft_key, Flusher, RaftVar};
+use super::engine::{LogEngine, Write};
+use super::RaftVar;
 use crate::codec;
 use crate::typ::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, Vote};
 
@@ -24,20 +25,16 @@ use crate::typ::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     group: GroupId,
-    log: sled::Tree,
-    raft: sled::Tree,
-    flusher: Flusher,
+    engine: LogEngine,
     /// The node this store belongs to, when known (see [`Self::read_vote`]).
     local_node: Option<NodeId>,
 }
 
 impl LogStore {
-    pub(crate) fn new(group: GroupId, log: sled::Tree, raft: sled::Tree, flusher: Flusher) -> Self {
+    pub(crate) fn new(group: GroupId, engine: LogEngine) -> Self {
         Self {
             group,
-            log,
-            raft,
-            flusher,
+            engine,
             local_node: None,
         }
     }
@@ -53,51 +50,47 @@ impl LogStore {
         &self,
         var: RaftVar,
     ) -> Result<Option<T>, StorageError> {
-        let read_err =
-            |e: &dyn std::fmt::Display| StorageIOError::read(openraft::AnyError::error(e)).into();
-        match self
-            .raft
-            .get(raft_key(self.group, var))
-            .map_err(|e| read_err(&e))?
-        {
+        match self.engine.var(self.group, var as u8) {
             None => Ok(None),
-            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| read_err(&e)),
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StorageIOError::read(openraft::AnyError::error(e)).into()),
         }
     }
 
-    fn write_var<T: serde::Serialize>(&self, var: RaftVar, value: &T) -> Result<(), StorageError> {
-        self.raft
-            .insert(raft_key(self.group, var), codec::encode(value))
-            .map(|_| ())
-            .map_err(|e| StorageIOError::write(&e).into())
+    fn write_var<T: serde::Serialize>(&self, var: RaftVar, value: &T) -> Result<u64, StorageError> {
+        let value = codec::encode(value);
+        let write = Write::Var(var as u8, &value);
+        match var {
+            // Rides on the next sync (see `save_committed`).
+            RaftVar::Committed => self.engine.write_lazily(self.group, write),
+            RaftVar::Vote | RaftVar::LastPurged => self.engine.write(self.group, write),
+        }
+        .map_err(|e| StorageIOError::write(openraft::AnyError::error(e)).into())
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        let range = log_key(self.group, 0)..=log_key(self.group, u64::MAX);
-        match self.log.range(range).next_back() {
+        let Some((_, last)) = self.engine.bounds(self.group) else {
+            return Ok(None);
+        };
+        let entries = self
+            .engine
+            .entries(self.group, last..=last)
+            .map_err(|e| StorageIOError::read_logs(openraft::AnyError::error(e)))?;
+        match entries.first() {
             None => Ok(None),
-            Some(item) => {
-                let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            Some((_, bytes)) => {
                 let entry: Entry =
-                    codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+                    codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e))?;
                 Ok(Some(entry.log_id))
             }
         }
     }
 
-    /// Removes the log keys in `[from, to)` of this group in one batch.
-    fn remove_range(&self, from: u64, to_inclusive: u64) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self
-            .log
-            .range(log_key(self.group, from)..=log_key(self.group, to_inclusive))
-            .keys()
-        {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+    fn write_logs(&self, write: Write<'_>) -> Result<u64, StorageError> {
+        self.engine
+            .write(self.group, write)
+            .map_err(|e| StorageIOError::write_logs(openraft::AnyError::error(e)).into())
     }
 }
 
@@ -122,11 +115,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         }
         let mut entries = Vec::new();
-        for item in self
-            .log
-            .range(log_key(self.group, start)..=log_key(self.group, end))
+        for (_, bytes) in self
+            .engine
+            .entries(self.group, start..=end)
+            .map_err(|e| StorageIOError::read_logs(openraft::AnyError::error(e)))?
         {
-            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             entries
                 .push(codec::decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
         }
@@ -151,11 +144,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_var(RaftVar::Vote, vote)?;
+        let ticket = self.write_var(RaftVar::Vote, vote)?;
         // A vote counts only once it is on disk: a node that forgot its vote
         // after a crash could vote twice in one term.
-        self.flusher
-            .flush()
+        self.engine
+            .durable(ticket)
             .await
             .map_err(|e| StorageIOError::write_vote(openraft::AnyError::error(e)).into())
     }
@@ -179,7 +172,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed on its own: it rides on the next flush. A stale value
         // after a crash only means re-applying fewer entries at start-up.
-        self.write_var(RaftVar::Committed, &committed)
+        self.write_var(RaftVar::Committed, &committed).map(|_| ())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -197,16 +190,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(
-                &log_key(self.group, entry.log_id.index),
-                codec::encode(&entry),
-            );
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let entries: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|entry| (entry.log_id.index, codec::encode(&entry)))
+            .collect();
+        let ticket = self.write_logs(Write::Entries(&entries))?;
         if cfg!(garrison_unsafe_early_ack) {
             // The deliberately broken build: report entries durable before
             // they are flushed, so a crash can lose acknowledged writes.
@@ -218,20 +206,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // toward a commit with the entries still in memory, and a crash of
         // every node could then lose an acknowledged write. So the entries
         // are on disk before this returns. Appends of other groups that
-        // arrive meanwhile share the same flush.
-        let flushed = self.flusher.flush().await;
+        // arrive meanwhile share the same sync.
+        let flushed = self.engine.durable(ticket).await;
         callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
         flushed.map_err(|e| StorageIOError::write_logs(openraft::AnyError::error(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range(log_id.index, u64::MAX)
+        // Durable before openraft goes on: installing a snapshot truncates
+        // the conflicting entries and then saves the snapshot (in sled); a
+        // crash between the two must not bring back entries from an older
+        // term behind the snapshot.
+        let ticket = self.write_logs(Write::Truncate(log_id.index))?;
+        self.engine
+            .durable(ticket)
+            .await
+            .map_err(|e| StorageIOError::write_logs(openraft::AnyError::error(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the mark before deleting, so a crash in between never leaves a
         // log that starts later than its purge mark says.
         self.write_var(RaftVar::LastPurged, &log_id)?;
-        self.remove_range(0, log_id.index)
+        self.write_logs(Write::Purge(log_id.index)).map(|_| ())
     }
 }

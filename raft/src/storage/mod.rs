@@ -1,33 +1,41 @@
-//! Durable storage of every group on a node, in one sled database.
+//! Durable storage of every group on a node: the Raft log in the node's
+//! [`engine::LogEngine`], everything else in one sled database.
 //!
 //! # Layout
 //!
-//! One sled database per node; every group's data lives under its group id as
-//! an 8-byte big-endian key prefix, so that a node's thousands of groups share
-//! a handful of trees and one write-ahead log (and therefore one flush):
+//! Every group's Raft log entries and Raft variables (vote, committed, last
+//! purged) are in the log engine's segment files under `<data dir>/raftlog/`
+//! (see [`engine`]), shared by all the node's groups so that they share one
+//! sync. sled holds what changes rarely; every group's data lives under its
+//! group id as an 8-byte big-endian key prefix:
 //!
 //! | tree       | key                          | value                        |
 //! |------------|------------------------------|------------------------------|
 //! | `groups`   | group                        | [`GroupRecord`]              |
-//! | `log`      | group ‖ index (big-endian)   | a Raft [`Entry`](crate::typ::Entry) |
-//! | `raft`     | group ‖ tag byte             | vote, committed, last purged |
 //! | `snapshot` | group                        | [`state::SnapshotRecord`]    |
+//!
+//! A data directory written before the engine kept the log in the sled trees
+//! `log` (group ‖ index) and `raft` (group ‖ tag byte); opening it moves both
+//! into the engine once.
 //!
 //! # Durability and group commit
 //!
-//! sled flushes on its own only every 500 ms, so nothing here is durable until
-//! [`Flusher`] has flushed it. A vote, and a log append, is written and then
-//! waits for a flush that began after the write; only then does the call
-//! return (openraft 0.9 answers a leader's append-entries as soon as `append`
-//! returns, so waiting for the callback alone would not do). Writes from
-//! every group that arrive while a flush runs share the following one: one
-//! `fsync` for many entries, across groups.
+//! A vote, and a log append, is written and then waits until the engine's
+//! flush thread has synced it; only then does the call return (openraft 0.9
+//! answers a leader's append-entries as soon as `append` returns, so waiting
+//! for the callback alone would not do). Writes from every group that arrive
+//! while a sync runs share the following one.
+//!
+//! sled flushes on its own only every 500 ms, so a snapshot or a group record
+//! is durable only once [`Flusher`] has flushed sled; calls that overlap share
+//! one flush.
 //!
 //! The state machine is kept in memory and persisted as a snapshot record that
 //! holds the applied log id and the state it produced in one value, so a crash
 //! can never separate them; after a restart the entries after the snapshot are
 //! applied again from the log (see [`state`]).
 
+pub mod engine;
 pub mod log;
 pub mod state;
 
@@ -41,6 +49,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::typ::GroupId;
 
+use self::engine::{LogEngine, Write};
 pub use self::log::LogStore;
 pub use self::state::StateMachineStore;
 
@@ -64,48 +73,41 @@ pub enum GroupRecord {
     },
 }
 
-/// The node's sled database and the trees every group shares.
+/// The node's Raft log engine, its sled database and the trees every group
+/// shares.
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
     groups: sled::Tree,
-    log: sled::Tree,
-    raft: sled::Tree,
     snapshot: sled::Tree,
     flusher: Flusher,
+    engine: LogEngine,
 }
 
 impl Storage {
     /// Opens (or creates) the database in `dir`, with a page cache of
-    /// `cache_bytes`, and starts its flusher on the current tokio runtime.
+    /// `cache_bytes`, and the Raft log in `dir/raftlog`; starts the sled
+    /// flusher on the current tokio runtime.
     pub fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<Self, Error> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .open()?;
-        Self::from_db(db)
-    }
-
-    /// Uses an already open database (for tests on temporary databases).
-    pub fn from_db(db: sled::Db) -> Result<Self, Error> {
+        // After sled's: sled's lock on `dir` keeps a second process out.
+        let engine = LogEngine::open(&dir.join("raftlog")).map_err(Error::Storage)?;
+        import_sled_log(&db, &engine)?;
         Ok(Self {
             groups: db.open_tree("groups")?,
-            log: db.open_tree("log")?,
-            raft: db.open_tree("raft")?,
             snapshot: db.open_tree("snapshot")?,
             flusher: Flusher::start(db.clone()),
+            engine,
             db,
         })
     }
 
     /// The log store of one group.
     pub fn log_store(&self, group: GroupId) -> LogStore {
-        LogStore::new(
-            group,
-            self.log.clone(),
-            self.raft.clone(),
-            self.flusher.clone(),
-        )
+        LogStore::new(group, self.engine.clone())
     }
 
     /// Every group this node holds, in id order.
@@ -132,19 +134,18 @@ impl Storage {
         // next removal or an idle scan can sweep, never a group without its log.
         self.groups.remove(group.to_be_bytes())?;
         self.snapshot.remove(group.to_be_bytes())?;
-        for tree in [&self.log, &self.raft] {
-            let mut batch = sled::Batch::default();
-            for key in tree.scan_prefix(group.to_be_bytes()).keys() {
-                batch.remove(key?);
-            }
-            tree.apply_batch(batch)?;
-        }
-        self.flusher.flush().await.map_err(Error::Storage)
+        self.flusher.flush().await.map_err(Error::Storage)?;
+        self.engine
+            .write_durably(group, Write::Drop)
+            .await
+            .map_err(Error::Storage)
     }
 
-    /// Waits until everything written before the call is on disk. Calls that
-    /// overlap share flushes with each other and with log appends.
+    /// Waits until everything written before the call is on disk, the Raft
+    /// log's and sled's. Calls that overlap share flushes with each other and
+    /// with snapshot writes.
     pub async fn flush(&self) -> Result<(), Error> {
+        self.engine.settle().await.map_err(Error::Storage)?;
         self.flusher.flush().await.map_err(Error::Storage)
     }
 
@@ -167,6 +168,52 @@ impl Storage {
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
+
+    /// The Raft log engine, for tests that inspect it.
+    pub fn engine(&self) -> &LogEngine {
+        &self.engine
+    }
+}
+
+/// Moves a log kept in sled's `log` and `raft` trees (data directories
+/// written before the log engine) into the engine, then empties the trees.
+/// A crash midway repeats the move at the next start; writing the same
+/// entries and variables again changes nothing.
+fn import_sled_log(db: &sled::Db, engine: &LogEngine) -> Result<(), Error> {
+    let log = db.open_tree("log")?;
+    let raft = db.open_tree("raft")?;
+    if log.is_empty() && raft.is_empty() {
+        return Ok(());
+    }
+    for item in raft.iter() {
+        let (key, value) = item?;
+        let group = group_from_key(&key)?;
+        let tag = *key
+            .get(8)
+            .ok_or_else(|| Error::Storage("a stored Raft variable's key has no tag".into()))?;
+        engine
+            .write(group, Write::Var(tag, &value))
+            .map_err(Error::Storage)?;
+    }
+    for item in log.iter() {
+        let (key, value) = item?;
+        let group = group_from_key(&key)?;
+        let index: [u8; 8] = key
+            .get(8..16)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| Error::Storage("a stored log entry's key has no index".into()))?;
+        engine
+            .write(
+                group,
+                Write::Entries(&[(u64::from_be_bytes(index), value.to_vec())]),
+            )
+            .map_err(Error::Storage)?;
+    }
+    engine.sync().map_err(Error::Storage)?;
+    log.clear()?;
+    raft.clear()?;
+    db.flush()?;
+    Ok(())
 }
 
 fn group_from_key(key: &[u8]) -> Result<GroupId, Error> {
@@ -256,23 +303,7 @@ impl Flusher {
     }
 }
 
-/// Key of `index` in `group`'s log.
-pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&group.to_be_bytes());
-    key[8..].copy_from_slice(&index.to_be_bytes());
-    key
-}
-
-/// Key of one of `group`'s Raft variables.
-pub(crate) fn raft_key(group: GroupId, tag: RaftVar) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[..8].copy_from_slice(&group.to_be_bytes());
-    key[8] = tag as u8;
-    key
-}
-
-/// The Raft variables stored per group in the `raft` tree.
+/// The tags of the Raft variables each group keeps in the log engine.
 #[derive(Clone, Copy)]
 #[repr(u8)]
 pub(crate) enum RaftVar {
