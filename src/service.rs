@@ -19,7 +19,7 @@ use garrison_client::api::{
 };
 use garrison_client::policy::ADMIN_LOCATION;
 use garrison_client::token::{Challenge, SessionToken, TokenClaims};
-use garrison_client::tx::Op;
+use garrison_client::tx::{KeyCache, Op};
 use garrison_client::tx::{
     PlayerKey, SignedTransaction, Transaction, TxError, MAX_TRANSACTION_BYTES, SIGNATURE_BYTES,
 };
@@ -56,6 +56,8 @@ pub struct ApiService {
     connection: Arc<Connection>,
     sessions: Arc<Sessions>,
     cache: Option<Arc<EntityCache>>,
+    /// Player keys already checked at ingress (shared by every connection).
+    keys: Arc<KeyCache>,
 }
 
 /// Maps the consensus layer's errors to what a client can act on.
@@ -131,6 +133,7 @@ impl ApiService {
             connection: Arc::new(Connection::new(0, 0, Duration::ZERO, Duration::ZERO)),
             sessions,
             cache,
+            keys: Arc::new(KeyCache::new()),
         };
         service.for_connection(limits)
     }
@@ -353,7 +356,7 @@ impl ApiService {
             });
         }
         let group = self.group_of(&tx.location).await?;
-        signed.verify()?;
+        signed.verify_cached(&self.keys)?;
         self.players.admit(&tx.player)?;
         Ok((group, tx))
     }

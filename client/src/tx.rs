@@ -23,7 +23,8 @@
 //! non-weak public key, then `verify_strict`. Each failure is a distinct
 //! [`TxError`] that says what was wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -410,6 +411,66 @@ fn checked_key(public: &PlayerKey) -> Result<VerifyingKey, TxError> {
     Ok(key)
 }
 
+/// How many checked player keys a [`KeyCache`] holds; a full cache is
+/// emptied at once and fills again.
+pub const KEY_CACHE_CAPACITY: usize = 65_536;
+
+/// Player keys that passed [`check_public_key`], decompressed. A player's
+/// later signatures then skip decoding the point and the checks of its
+/// encoding and order: two of the four field inversions a verification
+/// costs. The result is the same as without the cache (the cached key is
+/// what the checks would return for the same bytes); a key that fails them
+/// is never cached.
+pub struct KeyCache {
+    keys: Mutex<HashMap<PlayerKey, VerifyingKey>>,
+    capacity: usize,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::with_capacity(KEY_CACHE_CAPACITY)
+    }
+}
+
+impl KeyCache {
+    /// An empty cache of [`KEY_CACHE_CAPACITY`] keys.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty cache of `capacity` keys.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            keys: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn checked(&self, public: &PlayerKey) -> Result<VerifyingKey, TxError> {
+        let lock = || self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = lock().get(public) {
+            return Ok(*key);
+        }
+        let key = checked_key(public)?;
+        let mut keys = lock();
+        if keys.len() >= self.capacity {
+            keys.clear();
+        }
+        keys.insert(*public, key);
+        Ok(key)
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Signs `domain ‖ bytes` (for the other signed formats: session tokens and
 /// their challenges).
 pub fn sign_with_domain(key: &SigningKey, domain: &[u8], bytes: &[u8]) -> Vec<u8> {
@@ -425,7 +486,15 @@ pub fn verify_signed(
     bytes: &[u8],
     signature: &[u8],
 ) -> Result<(), TxError> {
-    let key = checked_key(public)?;
+    verify_with_key(&checked_key(public)?, domain, bytes, signature)
+}
+
+fn verify_with_key(
+    key: &VerifyingKey,
+    domain: &[u8],
+    bytes: &[u8],
+    signature: &[u8],
+) -> Result<(), TxError> {
     let signature: [u8; SIGNATURE_BYTES] =
         signature.try_into().map_err(|_| TxError::BadSignature)?;
     key.verify_strict(
@@ -447,10 +516,23 @@ pub struct VerifiedTransaction {
 impl SignedTransaction {
     /// Runs every ingress check, cheapest first, and `verify_strict` last.
     pub fn verify(&self) -> Result<VerifiedTransaction, TxError> {
+        self.verify_checking(checked_key)
+    }
+
+    /// [`Self::verify`], taking the player's checked key from `keys` (what
+    /// a node does at ingress: players sign many transactions).
+    pub fn verify_cached(&self, keys: &KeyCache) -> Result<VerifiedTransaction, TxError> {
+        self.verify_checking(|player| keys.checked(player))
+    }
+
+    fn verify_checking(
+        &self,
+        key_of: impl FnOnce(&PlayerKey) -> Result<VerifyingKey, TxError>,
+    ) -> Result<VerifiedTransaction, TxError> {
         let transaction = Transaction::from_canonical_bytes(&self.transaction)?;
         transaction.check_limits()?;
-        verify_signed(
-            &transaction.player,
+        verify_with_key(
+            &key_of(&transaction.player)?,
             SIGNING_DOMAIN,
             &self.transaction,
             &self.signature,
@@ -565,6 +647,41 @@ mod tests {
 
     fn key_of(seed: u8) -> SigningKey {
         key(seed)
+    }
+
+    #[test]
+    fn the_key_cache_changes_no_verdict_and_keeps_only_good_keys() {
+        let cache = KeyCache::with_capacity(2);
+        let (k1, k2, k3) = (key(1), key(2), key(3));
+        let good = tx(&k1).sign(&k1);
+        assert_eq!(good.verify_cached(&cache), good.verify());
+        assert_eq!(good.verify_cached(&cache), good.verify(), "from the cache");
+        assert_eq!(cache.len(), 1);
+        // A bad signature under a cached key is still refused.
+        let forged = tx(&k1).sign(&k2);
+        assert_eq!(forged.verify_cached(&cache), Err(TxError::BadSignature));
+        // Refused keys are not cached: the identity point, a non-point.
+        for first in [1u8, 2] {
+            // y = 1: the identity point (weak); y = 2: no point at all.
+            let mut t = tx(&k1);
+            t.player = [0u8; 32];
+            t.player[0] = first;
+            let signed = SignedTransaction {
+                transaction: t.canonical_bytes(),
+                signature: [0u8; 64].to_vec(),
+            };
+            assert_eq!(signed.verify_cached(&cache), signed.verify());
+            assert!(signed.verify_cached(&cache).is_err());
+        }
+        assert_eq!(cache.len(), 1);
+        // At capacity the cache starts again rather than growing.
+        for k in [&k2, &k3] {
+            let signed = tx(k).sign(k);
+            assert!(signed.verify_cached(&cache).is_ok());
+        }
+        assert_eq!(cache.len(), 1, "emptied when full, then k3 cached");
+        assert_eq!(good.verify_cached(&cache), good.verify());
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

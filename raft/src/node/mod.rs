@@ -237,6 +237,12 @@ impl Node {
                 .add_group(META_GROUP, &GroupRecord::Meta)
                 .await?;
         }
+        for group in shared.storage.forget_unrecorded().await? {
+            tracing::info!(
+                group,
+                "forgot the Raft log of a group removed before a crash"
+            );
+        }
         shared.open_group(META_GROUP, GroupRecord::Meta).await?;
         for (group, record) in stored {
             if group != META_GROUP {

@@ -141,6 +141,25 @@ impl Storage {
             .map_err(Error::Storage)
     }
 
+    /// Forgets the Raft log of every group that has no record, except the
+    /// meta group's: what a crash inside [`Self::remove_group`] (the record
+    /// goes first) leaves behind. Returns the groups forgotten.
+    pub async fn forget_unrecorded(&self) -> Result<Vec<GroupId>, Error> {
+        let recorded: std::collections::BTreeSet<GroupId> =
+            self.groups()?.into_iter().map(|(g, _)| g).collect();
+        let mut forgotten = Vec::new();
+        for group in self.engine.groups() {
+            if group != crate::META_GROUP && !recorded.contains(&group) {
+                self.engine
+                    .write_durably(group, Write::Drop)
+                    .await
+                    .map_err(Error::Storage)?;
+                forgotten.push(group);
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Waits until everything written before the call is on disk, the Raft
     /// log's and sled's. Calls that overlap share flushes with each other and
     /// with snapshot writes.
