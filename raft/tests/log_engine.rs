@@ -581,6 +581,30 @@ async fn a_short_older_file_is_refused() {
     assert!(err.contains(&file_name(1)), "{err:?} names file 1");
 }
 
+/// A byte that changes in a file while the node runs (after the open that
+/// checked every frame) makes reading that entry an error that says where,
+/// never a read of other bytes; the entries around it still read.
+#[tokio::test]
+async fn an_entry_damaged_on_disk_is_an_error_when_read() {
+    let (_tmp, dir) = log_dir();
+    let engine = LogEngine::open(&dir).unwrap();
+    let written = entries_of(4, 1..=3, 0, 50);
+    put(&engine, 4, &written).await;
+    let path = dir.join(file_name(1));
+    // The second entry's data: past the magic, one whole frame and a header.
+    let second = MAGIC.len() + (FRAME_OVERHEAD as usize + 50) + FRAME_OVERHEAD as usize + 7;
+    flip_byte(&path, second);
+    let err = engine.entries(4, 1..=3).unwrap_err();
+    assert!(
+        err.contains("damaged") && err.contains(&file_name(1)),
+        "{err}"
+    );
+    assert_eq!(engine.entries(4, 1..=1).unwrap(), written[..1].to_vec());
+    assert_eq!(engine.entries(4, 3..=3).unwrap(), written[2..].to_vec());
+    flip_byte(&path, second);
+    assert_eq!(engine.entries(4, 1..=3).unwrap(), written);
+}
+
 // ------------------------------------------------------- 5. foreign files
 
 /// A file that does not start with `MAGIC` is refused, newest or not, with

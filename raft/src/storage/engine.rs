@@ -28,6 +28,9 @@
 //!
 //! Replaying the frames of every file in order rebuilds the log. Only the
 //! newest file may end in a torn frame (a crash mid-write); it is cut there.
+//! Every entry read back from a file (by openraft, or to move it during
+//! compaction) has its frame checked again, so damage on disk while the
+//! node runs is an error, never other bytes.
 //! A file is created under a temporary name and renamed once its magic is on
 //! disk. A lock on `raftlog/LOCK` keeps a second engine out of the directory
 //! until the first one's flush thread has finished.
@@ -345,6 +348,27 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err("syncing directory", dir, e))
+}
+
+/// The entry in `frame` (header and body, as read back from `loc`), after
+/// checking that the frame is still the one written there.
+fn checked_entry(frame: &[u8], group: GroupId, index: u64, loc: Loc) -> Result<Vec<u8>, String> {
+    let body = &frame[FRAME_HEADER as usize..];
+    let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
+    let intact = len as usize == body.len()
+        && crc32fast::hash(body) == crc
+        && body[0] == Kind::Entry as u8
+        && body[1..9] == group.to_be_bytes()
+        && body[9..17] == index.to_be_bytes();
+    if !intact {
+        return Err(format!(
+            "raft log: entry {index} of group {group} in {} at byte {} is damaged (its frame no longer checks out)",
+            file_name(loc.file),
+            loc.offset - FRAME_HEADER - BODY_PREFIX
+        ));
+    }
+    Ok(body[BODY_PREFIX as usize..].to_vec())
 }
 
 /// Parses the frames of one file; returns the length of its valid prefix.
@@ -728,13 +752,19 @@ impl LogEngine {
                 run.push((*next, *loc));
                 rest.next();
             }
-            let mut span = vec![0; (end - first.offset) as usize];
-            file.read_exact_at(&mut span, first.offset).map_err(|e| {
+            // From the first frame's header, so every frame's checksum is
+            // checked again: a file damaged while the node runs gives an
+            // error, never other bytes.
+            let start = first.offset - FRAME_HEADER - BODY_PREFIX;
+            let mut span = vec![0; (end - start) as usize];
+            file.read_exact_at(&mut span, start).map_err(|e| {
                 format!("raft log: reading entries from {index} of group {group}: {e}")
             })?;
             for (index, loc) in run {
-                let at = (loc.offset - first.offset) as usize;
-                out.push((index, span[at..at + loc.len as usize].to_vec()));
+                let at = (loc.offset - start) as usize;
+                let frame =
+                    &span[at - (FRAME_HEADER + BODY_PREFIX) as usize..at + loc.len as usize];
+                out.push((index, checked_entry(frame, group, index, loc)?));
             }
         }
         Ok(out)
@@ -904,10 +934,12 @@ fn compact(shared: &Shared, state: &mut State) -> Result<(), String> {
         // only if their rotation finished before a crash.
         queue_vars(state);
         for (group, index, loc) in moving {
-            let mut bytes = vec![0; loc.len as usize];
-            file.read_exact_at(&mut bytes, loc.offset).map_err(|e| {
-                format!("raft log: reading entry {index} of group {group} to move it: {e}")
-            })?;
+            let mut frame = vec![0; loc.frame_bytes() as usize];
+            file.read_exact_at(&mut frame, loc.offset - FRAME_HEADER - BODY_PREFIX)
+                .map_err(|e| {
+                    format!("raft log: reading entry {index} of group {group} to move it: {e}")
+                })?;
+            let bytes = checked_entry(&frame, group, index, loc)?;
             state.queue(Kind::Entry, group, index, &bytes);
         }
         write_pending(state)?;
