@@ -415,12 +415,13 @@ fn checked_key(public: &PlayerKey) -> Result<VerifyingKey, TxError> {
 /// emptied at once and fills again.
 pub const KEY_CACHE_CAPACITY: usize = 65_536;
 
-/// Player keys that passed [`check_public_key`], decompressed. A player's
-/// later signatures then skip decoding the point and the checks of its
-/// encoding and order: two of the four field inversions a verification
-/// costs. The result is the same as without the cache (the cached key is
-/// what the checks would return for the same bytes); a key that fails them
-/// is never cached.
+/// Player keys that passed [`check_public_key`] and then signed a
+/// transaction that verified, decompressed. A player's later signatures
+/// skip decoding the point and the checks of its encoding and order: two
+/// of the four field inversions a verification costs. The result is the
+/// same as without the cache (the cached key is what the checks would
+/// return for the same bytes). A key is kept only once a signature under
+/// it verified, so made-up keys with bad signatures cannot fill it.
 pub struct KeyCache {
     keys: Mutex<HashMap<PlayerKey, VerifyingKey>>,
     capacity: usize,
@@ -446,23 +447,25 @@ impl KeyCache {
         }
     }
 
-    fn checked(&self, public: &PlayerKey) -> Result<VerifyingKey, TxError> {
-        let lock = || self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(key) = lock().get(public) {
-            return Ok(*key);
-        }
-        let key = checked_key(public)?;
-        let mut keys = lock();
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlayerKey, VerifyingKey>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, public: &PlayerKey) -> Option<VerifyingKey> {
+        self.lock().get(public).copied()
+    }
+
+    fn remember(&self, public: PlayerKey, key: VerifyingKey) {
+        let mut keys = self.lock();
         if keys.len() >= self.capacity {
             keys.clear();
         }
-        keys.insert(*public, key);
-        Ok(key)
+        keys.insert(public, key);
     }
 
     /// How many keys it holds.
     pub fn len(&self) -> usize {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().len()
     }
 
     /// Whether it holds no key.
@@ -522,7 +525,19 @@ impl SignedTransaction {
     /// [`Self::verify`], taking the player's checked key from `keys` (what
     /// a node does at ingress: players sign many transactions).
     pub fn verify_cached(&self, keys: &KeyCache) -> Result<VerifiedTransaction, TxError> {
-        self.verify_checking(|player| keys.checked(player))
+        let mut fresh = None;
+        let verified = self.verify_checking(|player| match keys.get(player) {
+            Some(key) => Ok(key),
+            None => {
+                let key = checked_key(player)?;
+                fresh = Some((*player, key));
+                Ok(key)
+            }
+        })?;
+        if let Some((player, key)) = fresh {
+            keys.remember(player, key);
+        }
+        Ok(verified)
     }
 
     fn verify_checking(
@@ -650,7 +665,7 @@ mod tests {
     }
 
     #[test]
-    fn the_key_cache_changes_no_verdict_and_keeps_only_good_keys() {
+    fn the_key_cache_changes_no_verdict_and_keeps_only_keys_that_signed() {
         let cache = KeyCache::with_capacity(2);
         let (k1, k2, k3) = (key(1), key(2), key(3));
         let good = tx(&k1).sign(&k1);
@@ -660,6 +675,10 @@ mod tests {
         // A bad signature under a cached key is still refused.
         let forged = tx(&k1).sign(&k2);
         assert_eq!(forged.verify_cached(&cache), Err(TxError::BadSignature));
+        // A good key with a bad signature is not kept.
+        let unsigned = tx(&k3).sign(&k2);
+        assert_eq!(unsigned.verify_cached(&cache), Err(TxError::BadSignature));
+        assert_eq!(cache.len(), 1);
         // Refused keys are not cached: the identity point, a non-point.
         for first in [1u8, 2] {
             // y = 1: the identity point (weak); y = 2: no point at all.

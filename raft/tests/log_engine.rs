@@ -607,6 +607,26 @@ async fn an_entry_damaged_on_disk_is_an_error_when_read() {
 
 // ------------------------------------------------------- 5. foreign files
 
+/// A whole frame whose checksum holds but whose kind this version does not
+/// know was written so (by another version, or it is not our file): it is
+/// refused, even at the end of the newest file, never cut as a torn write.
+#[tokio::test]
+async fn a_whole_frame_of_an_unknown_kind_is_refused() {
+    let (_tmp, dir) = log_dir();
+    let engine = LogEngine::open(&dir).unwrap();
+    put(&engine, 1, &entries_of(1, 1..=2, 0, 10)).await;
+    drop(engine);
+    let path = dir.join(file_name(1));
+    let before = file_len(&path);
+    append_bytes(&path, &frame(9, 1, 0, b"from the future"));
+    let err = open_error(&dir);
+    assert!(
+        err.contains(&file_name(1)) && err.contains("unknown"),
+        "{err}"
+    );
+    assert!(file_len(&path) > before, "nothing was cut");
+}
+
 /// A file that does not start with `MAGIC` is refused, newest or not, with
 /// an error that names it and says what is wrong.
 #[tokio::test]

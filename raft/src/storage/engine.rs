@@ -47,7 +47,9 @@
 //! in a deleted file, even if a rotation was cut short, and replay stays
 //! correct: every frame that removed or replaced something is newer than
 //! what it removed. Rotation and compaction run on the flush thread under
-//! the engine's lock: writers wait for them (a few syncs) when they run.
+//! the engine's lock: every write and read of every group on the node waits
+//! for them when they run (a few syncs, and for compaction the reading and
+//! rewriting of the oldest file's live entries, up to half a segment).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -388,7 +390,7 @@ fn replay_file(state: &mut State, seq: u64, bytes: &[u8], path: &Path) -> Result
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         let start = at + FRAME_HEADER as usize;
-        if len > MAX_FRAME_BYTES || (len as u64) < BODY_PREFIX {
+        if len > MAX_FRAME_BYTES {
             return Ok(at as u64);
         }
         let Some(body) = bytes.get(start..start + len as usize) else {
@@ -397,8 +399,14 @@ fn replay_file(state: &mut State, seq: u64, bytes: &[u8], path: &Path) -> Result
         if crc32fast::hash(body) != crc {
             return Ok(at as u64);
         }
-        let Some(kind) = Kind::from_byte(body[0]) else {
-            return Ok(at as u64);
+        // A whole frame whose checksum holds was written so: if it is not
+        // one this version knows, the file is not ours to cut.
+        let kind = body.first().copied().and_then(Kind::from_byte);
+        let Some(kind) = kind.filter(|_| len as u64 >= BODY_PREFIX) else {
+            return Err(format!(
+                "raft log: {} holds at byte {at} a frame of an unknown kind or shape (written by another version?)",
+                path.display()
+            ));
         };
         let group = GroupId::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
         let arg = u64::from_be_bytes(body[9..17].try_into().expect("8 bytes"));
@@ -541,6 +549,12 @@ impl LogEngine {
                     ));
                 }
                 // A crash cut the last write short: drop the torn frame.
+                tracing::warn!(
+                    file = %path.display(),
+                    at = valid,
+                    bytes = bytes.len() as u64 - valid,
+                    "raft log: cutting a torn or damaged end of the newest file"
+                );
                 file.set_len(valid)
                     .and_then(|_| file.sync_all())
                     .map_err(|e| io_err("cutting the torn end of", &path, e))?;

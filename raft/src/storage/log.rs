@@ -3,7 +3,7 @@
 //!
 //! Writes are applied in call order (openraft requires log and vote I/O to
 //! be serialized) and are readable at once; they are durable only after the
-//! engine's flush thread has synced them. Votes and appends wait for that
+//! engine's flush thread has synced them. Votes, appends and truncations wait for that
 //! before returning.
 
 // openraft's trait methods return its StorageError by value; the helpers here

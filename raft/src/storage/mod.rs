@@ -131,7 +131,7 @@ impl Storage {
     /// have been shut down first.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), Error> {
         // The record goes first: a crash midway leaves orphan data that the
-        // next removal or an idle scan can sweep, never a group without its log.
+        // next start forgets (`forget_unrecorded`), never a group without its log.
         self.groups.remove(group.to_be_bytes())?;
         self.snapshot.remove(group.to_be_bytes())?;
         self.flusher.flush().await.map_err(Error::Storage)?;
