@@ -971,6 +971,18 @@ async fn reads_stay_right_while_files_are_compacted() {
     );
 }
 
+/// Group `group` writes one 300-byte entry a round and purges it at once:
+/// every file it fills is dead by the time the next one starts.
+async fn churn(engine: &LogEngine, group: GroupId, rounds: u64) {
+    for round in 1..=rounds {
+        put(engine, group, &entries_of(group, round..=round, 0, 300)).await;
+        engine
+            .write_durably(group, Write::Purge(round))
+            .await
+            .unwrap();
+    }
+}
+
 /// An emptied group (every entry truncated, no variables) reads the same
 /// after old files were compacted away and the log reopened; `groups()`
 /// promises only groups that have anything in the log.
@@ -980,10 +992,7 @@ async fn an_emptied_group_is_listed_the_same_after_compaction() {
     let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     put(&engine, 5, &entries_of(5, 1..=2, 0, 10)).await;
     engine.write_durably(5, Write::Truncate(1)).await.unwrap();
-    for round in 1..=60u64 {
-        put(&engine, 1, &entries_of(1, round..=round, 0, 300)).await;
-        engine.write_durably(1, Write::Purge(round)).await.unwrap();
-    }
+    churn(&engine, 1, 60).await;
     assert!(engine.files()[0].0 > 1, "file 1 was compacted away");
     let before = dump(&engine);
     let engine = reopen(engine, &dir, SMALL);
@@ -1008,10 +1017,7 @@ async fn a_large_idle_log_does_not_stop_compaction() {
     let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     // About 3 KiB of live entries, all in file 1.
     put(&engine, 100, &entries_of(100, 1..=6, 0, 500)).await;
-    for round in 1..=300u64 {
-        put(&engine, 1, &entries_of(1, round..=round, 0, 300)).await;
-        engine.write_durably(1, Write::Purge(round)).await.unwrap();
-    }
+    churn(&engine, 1, 300).await;
     let files = engine.files();
     let total: u64 = files.iter().map(|&(_, size, _)| size).sum();
     let live: u64 = files.iter().map(|&(_, _, live)| live).sum();

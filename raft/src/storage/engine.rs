@@ -257,6 +257,31 @@ impl State {
         self.apply(kind, group, arg, data, loc);
     }
 
+    /// Counts `len` more bytes of the active file as handed to the OS.
+    fn wrote(&mut self, len: u64) {
+        self.written += len;
+        let (active, written) = (self.active, self.written);
+        if let Some(seg) = self.files.get_mut(&active) {
+            seg.size = written;
+        }
+    }
+
+    /// Makes the new file `seq` (holding only the magic) the active one.
+    fn start_file(&mut self, seq: u64, file: File) {
+        let size = MAGIC.len() as u64;
+        let file = Arc::new(file);
+        self.files.insert(
+            seq,
+            Segment {
+                file,
+                size,
+                live: 0,
+            },
+        );
+        self.active = seq;
+        self.written = size;
+    }
+
     /// The bytes at `loc` if they have not reached the file yet.
     fn unwritten(&self, loc: Loc) -> Option<Vec<u8>> {
         if loc.file != self.active || loc.offset < self.written {
@@ -566,17 +591,7 @@ impl LogEngine {
             state.written = valid;
         }
         if state.files.is_empty() {
-            let file = create_file(dir, 1)?;
-            state.files.insert(
-                1,
-                Segment {
-                    file: Arc::new(file),
-                    size: MAGIC.len() as u64,
-                    live: 0,
-                },
-            );
-            state.active = 1;
-            state.written = MAGIC.len() as u64;
+            state.start_file(1, create_file(dir, 1)?);
         }
         let (durable, _) = watch::channel(Ok(0));
         let shared = Arc::new(Shared {
@@ -829,21 +844,14 @@ fn flush_loop(shared: &Shared) {
         let ticket = state.queued;
         let file = state.files[&state.active].file.clone();
         drop(state);
-        let result = (&*file)
-            .write_all(&batch)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| format!("raft log: writing: {e}"));
+        let result = write_synced(&file, &batch);
         let mut state = shared.lock();
         state.inflight = None;
         if let Err(e) = &result {
             // What reached the file is unknown: refuse everything from now on.
             state.failed = Some(e.clone());
         }
-        state.written += batch.len() as u64;
-        let (active, written) = (state.active, state.written);
-        if let Some(seg) = state.files.get_mut(&active) {
-            seg.size = written;
-        }
+        state.wrote(batch.len() as u64);
         let result = result.and_then(|_| {
             if state.written >= shared.segment_bytes {
                 rotate(shared, &mut state)?;
@@ -872,6 +880,15 @@ fn flush_loop(shared: &Shared) {
     }
 }
 
+/// Appends `bytes` to `file` and syncs them.
+fn write_synced(file: &File, bytes: &[u8]) -> Result<(), String> {
+    let mut writer = file;
+    writer
+        .write_all(bytes)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| format!("raft log: writing: {e}"))
+}
+
 /// Writes `state.pending` to the active file and syncs it (under the lock).
 fn write_pending(state: &mut State) -> Result<(), String> {
     if let Some(e) = &state.failed {
@@ -882,17 +899,12 @@ fn write_pending(state: &mut State) -> Result<(), String> {
     }
     let pending = std::mem::take(&mut state.pending);
     let file = state.files[&state.active].file.clone();
-    if let Err(e) = (&*file).write_all(&pending).and_then(|_| file.sync_data()) {
-        let e = format!("raft log: writing: {e}");
+    if let Err(e) = write_synced(&file, &pending) {
         state.pending = pending;
         state.failed = Some(e.clone());
         return Err(e);
     }
-    state.written += pending.len() as u64;
-    let (active, written) = (state.active, state.written);
-    if let Some(seg) = state.files.get_mut(&active) {
-        seg.size = written;
-    }
+    state.wrote(pending.len() as u64);
     Ok(())
 }
 
@@ -900,17 +912,7 @@ fn write_pending(state: &mut State) -> Result<(), String> {
 fn rotate(shared: &Shared, state: &mut State) -> Result<(), String> {
     write_pending(state)?;
     let seq = state.active + 1;
-    let file = create_file(&shared.dir, seq)?;
-    state.files.insert(
-        seq,
-        Segment {
-            file: Arc::new(file),
-            size: MAGIC.len() as u64,
-            live: 0,
-        },
-    );
-    state.active = seq;
-    state.written = MAGIC.len() as u64;
+    state.start_file(seq, create_file(&shared.dir, seq)?);
     queue_vars(state);
     write_pending(state)
 }

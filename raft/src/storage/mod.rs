@@ -253,7 +253,8 @@ fn group_from_key(key: &[u8]) -> Result<GroupId, Error> {
 pub struct FlushStats {
     /// Flushes performed.
     pub flushes: u64,
-    /// Appends and votes acknowledged by those flushes.
+    /// Callers (snapshot and group writes, `Storage::flush`) acknowledged by
+    /// those flushes.
     pub waiters: u64,
 }
 
@@ -281,8 +282,7 @@ impl Flusher {
             // also releases this task's handle on the database.
             while rx.recv_many(&mut batch, MAX_WAITERS_PER_FLUSH).await > 0 {
                 // Every waiter in `batch` wrote before it was queued, so this
-                // flush covers its data.
-                // sled's own `flush_async` hands the flush to sled's thread
+                // flush covers its data. sled's own `flush_async` hands the flush to sled's thread
                 // pool, whose every job wakes all of its idle threads (seven
                 // or more); tokio's blocking pool wakes one.
                 let db = db.clone();
