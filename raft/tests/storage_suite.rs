@@ -18,6 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("temporary directory");
         let storage = Storage::open(dir.path(), 64 << 20).expect("sled opens");
         // A group id other than 0 checks that keys are really prefixed.
+        // Without `after_snapshots`: the suite purges logs that no
+        // snapshot covers (the tests below check that wait).
         let log = storage.log_store(42);
         let sm = StateMachineStore::open(&storage, 42, Box::new(RecordApp::default()))
             .expect("state machine opens");
@@ -50,6 +52,21 @@ async fn flushes_requested_together_share_one_flush() {
 /// Set in the child process of the crash test: the database directory.
 const CRASH_CHILD_DIR: &str = "GARRISON_TEST_CRASH_CHILD_DIR";
 
+/// Runs the test `name` in a child process with [`CRASH_CHILD_DIR`] set to
+/// a new directory, which it returns; the child must abort.
+fn run_aborting_child(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must have aborted");
+    dir
+}
+
 /// A vote that `save_vote` reported saved is on disk even if the process dies
 /// the next instant without closing the database (no destructor, no sled
 /// shutdown flush): the child aborts right after saving, the parent reads.
@@ -64,20 +81,7 @@ fn a_saved_vote_survives_an_abort_of_the_process() {
         });
         std::process::abort();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_saved_vote_survives_an_abort_of_the_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CRASH_CHILD_DIR, dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child must have aborted");
+    let dir = run_aborting_child("a_saved_vote_survives_an_abort_of_the_process");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let storage = Storage::open(dir.path(), 64 << 20).unwrap();
@@ -131,5 +135,149 @@ async fn the_log_of_a_group_without_a_record_is_forgotten() {
     assert_eq!(
         storage.forget_unrecorded().await.unwrap(),
         Vec::<u64>::new()
+    );
+}
+
+/// A snapshot of group 1 after `n` entries, as a leader would send it.
+async fn snapshot_after(storage: &Storage, n: u64) -> garrison_raft::typ::Snapshot {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let mut source = StateMachineStore::open(storage, 1, Box::new(RecordApp::default())).unwrap();
+    let entries = (1..=n).map(|i| openraft::Entry::<TypeConfig> {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+        payload: openraft::EntryPayload::Normal(garrison_raft::typ::Proposal {
+            log_time_ms: i,
+            payload: vec![i as u8],
+        }),
+    });
+    source.apply(entries).await.unwrap();
+    source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
+/// Group 2 of a new store, with a purge up to a snapshot of 5 entries
+/// already running (as openraft's core runs it) and the snapshot not yet
+/// installed.
+async fn purge_ahead_of_install() -> (
+    tempfile::TempDir,
+    Storage,
+    garrison_raft::typ::Snapshot,
+    StateMachineStore,
+    tokio::task::JoinHandle<Result<(), StorageError>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), 64 << 20).unwrap();
+    let snapshot = snapshot_after(&storage, 5).await;
+    let upto = snapshot.meta.last_log_id.unwrap();
+    let sm = StateMachineStore::open(&storage, 2, Box::new(RecordApp::default())).unwrap();
+    let mut log = storage.log_store(2).after_snapshots(sm.snapshot_mark());
+    let purge = tokio::spawn(async move { log.purge(upto).await });
+    (dir, storage, snapshot, sm, purge)
+}
+
+/// openraft 0.9 purges the log right after handing an installed snapshot
+/// to the state machine task, before that task has saved it: the purge
+/// must wait for the save.
+#[tokio::test(flavor = "current_thread")]
+async fn a_purge_waits_for_the_snapshot_that_covers_it() {
+    use openraft::storage::RaftStateMachine;
+    let (_dir, storage, snapshot, mut sm, purge) = purge_ahead_of_install().await;
+    let upto = snapshot.meta.last_log_id.unwrap();
+    // On this single-threaded runtime the purge runs whenever this task
+    // yields; it must stay parked until the snapshot is saved.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!purge.is_finished(), "the purge overtook the snapshot");
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), purge)
+        .await
+        .expect("the purge goes on once the snapshot is saved")
+        .unwrap()
+        .unwrap();
+    // A purge the stored snapshot already covers does not wait.
+    let mut log = storage.log_store(2).after_snapshots(sm.snapshot_mark());
+    tokio::time::timeout(std::time::Duration::from_secs(60), log.purge(upto))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The same race, then `abort()` at the first moment the purge could be
+/// on disk: the reopened group's stored snapshot still covers its log's
+/// purge mark, so the group can be rebuilt.
+#[test]
+fn a_crash_after_the_purge_of_an_installed_snapshot_keeps_the_snapshot() {
+    use openraft::storage::RaftStateMachine;
+    const TEST: &str = "a_crash_after_the_purge_of_an_installed_snapshot_keeps_the_snapshot";
+    if let Ok(dir) = std::env::var(CRASH_CHILD_DIR) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let storage = Storage::open(std::path::Path::new(&dir), 64 << 20).unwrap();
+            let snapshot = snapshot_after(&storage, 5).await;
+            let mut sm =
+                StateMachineStore::open(&storage, 2, Box::new(RecordApp::default())).unwrap();
+            let mut log = storage.log_store(2).after_snapshots(sm.snapshot_mark());
+            let mut purge = Box::pin(log.purge(snapshot.meta.last_log_id.unwrap()));
+            // The purge gets to run before the install, as in openraft.
+            if futures::poll!(purge.as_mut()).is_pending() {
+                sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+                    .await
+                    .unwrap();
+                purge.await.unwrap();
+            }
+            storage.engine().settle().await.unwrap();
+        });
+        std::process::abort();
+    }
+    let dir = run_aborting_child(TEST);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let storage = Storage::open(dir.path(), 64 << 20).unwrap();
+        let purged = storage
+            .log_store(2)
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_purged_log_id
+            .map(|l| l.index);
+        assert_eq!(purged, Some(5), "the purge was made durable");
+        let mut sm = StateMachineStore::open(&storage, 2, Box::new(RecordApp::default())).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(5), "the snapshot was lost");
+    });
+}
+
+/// An install that fails (here: data that is no snapshot image) fails the
+/// purge queued behind it rather than leaving it, and openraft's core that
+/// awaits it, waiting for good.
+#[tokio::test(flavor = "current_thread")]
+async fn a_purge_behind_a_failed_install_fails() {
+    use openraft::storage::RaftStateMachine;
+    let (_dir, storage, snapshot, mut sm, purge) = purge_ahead_of_install().await;
+    let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
+    assert!(sm.install_snapshot(&snapshot.meta, garbage).await.is_err());
+    let purged = tokio::time::timeout(std::time::Duration::from_secs(60), purge)
+        .await
+        .expect("the purge is not left waiting")
+        .unwrap();
+    let e = purged.expect_err("nothing covers the purge").to_string();
+    assert!(e.contains("not installed"), "{e}");
+    assert_eq!(
+        storage
+            .log_store(2)
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_purged_log_id,
+        None
     );
 }

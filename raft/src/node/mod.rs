@@ -591,7 +591,10 @@ impl Shared {
                 GroupRecord::Location { .. } => self.location_raft_config.clone(),
             },
             network,
-            self.storage.log_store(group).for_node(self.id),
+            self.storage
+                .log_store(group)
+                .for_node(self.id)
+                .after_snapshots(sm.snapshot_mark()),
             sm.clone(),
         )
         .await

@@ -17,7 +17,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, StorageIOError};
 
 use super::engine::{LogEngine, Write};
-use super::RaftVar;
+use super::{RaftVar, SnapshotMark};
 use crate::codec;
 use crate::typ::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig, Vote};
 
@@ -28,6 +28,9 @@ pub struct LogStore {
     engine: LogEngine,
     /// The node this store belongs to, when known (see [`Self::read_vote`]).
     local_node: Option<NodeId>,
+    /// The group's stored snapshot, which a purge must not overtake (see
+    /// [`Self::after_snapshots`]).
+    snapshots: Option<SnapshotMark>,
 }
 
 impl LogStore {
@@ -36,6 +39,7 @@ impl LogStore {
             group,
             engine,
             local_node: None,
+            snapshots: None,
         }
     }
 
@@ -43,6 +47,24 @@ impl LogStore {
     /// restart is not resumed (see [`RaftLogStorage::read_vote`] below).
     pub fn for_node(mut self, id: NodeId) -> Self {
         self.local_node = Some(id);
+        self
+    }
+
+    /// The store as a node uses it next to the group's state machine: a
+    /// purge waits until a snapshot covering it is on disk.
+    ///
+    /// openraft 0.9 issues the purge that follows an installed snapshot
+    /// right after handing the snapshot to the state machine task, without
+    /// waiting for it to be saved. Had the purge reached the disk first, a
+    /// crash in between would leave a log starting after the stored
+    /// snapshot, and the group could not be rebuilt. A purge after a
+    /// snapshot this node built never waits: the build saves its snapshot
+    /// before openraft learns of it.
+    ///
+    /// openraft's storage suite purges logs no snapshot covers, so it runs
+    /// the store without this.
+    pub fn after_snapshots(mut self, snapshots: SnapshotMark) -> Self {
+        self.snapshots = Some(snapshots);
         self
     }
 
@@ -225,6 +247,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots
+                .covers(log_id.index)
+                .await
+                .map_err(|e| StorageIOError::write_logs(openraft::AnyError::error(e)))?;
+        }
         // Record the mark before deleting, so a crash in between never leaves a
         // log that starts later than its purge mark says.
         self.write_var(RaftVar::LastPurged, &log_id)?;

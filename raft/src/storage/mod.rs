@@ -51,7 +51,7 @@ use crate::typ::GroupId;
 
 use self::engine::{LogEngine, Write};
 pub use self::log::LogStore;
-pub use self::state::StateMachineStore;
+pub use self::state::{SnapshotMark, StateMachineStore};
 
 /// The most completion callbacks one flush acknowledges; a longer queue is
 /// served by the following flushes.

@@ -59,6 +59,41 @@ pub struct SnapshotImage {
     pub app: Vec<u8>,
 }
 
+/// How far this node's stored snapshot of a group reaches, once it is on
+/// disk: the index of its last entry (0: no snapshot), or why a snapshot
+/// failed to persist.
+///
+/// The group's log store waits on it before a purge (see
+/// [`LogStore::after_snapshots`](super::LogStore::after_snapshots)).
+#[derive(Clone)]
+pub struct SnapshotMark(tokio::sync::watch::Receiver<Durable>);
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Durable {
+    index: u64,
+    failed: Option<String>,
+}
+
+impl SnapshotMark {
+    /// Waits until a snapshot that covers `index` is on disk.
+    pub async fn covers(&mut self, index: u64) -> Result<(), String> {
+        let durable = self
+            .0
+            .wait_for(|d| d.index >= index || d.failed.is_some())
+            .await
+            .map_err(|_| "the state machine was closed".to_string())?;
+        match &durable.failed {
+            Some(e) if durable.index < index => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The index the stored snapshot reaches now (0: none).
+    pub fn index(&self) -> u64 {
+        self.0.borrow().index
+    }
+}
+
 /// The applied state of one group, readable by queries.
 pub struct AppliedState {
     /// The last applied log id.
@@ -143,6 +178,8 @@ pub struct StateMachineStore {
     snapshots_built: Arc<AtomicU64>,
     /// Serializes snapshot writes (see `persist`).
     persisting: Arc<tokio::sync::Mutex<()>>,
+    /// Where the stored snapshot reaches, once flushed.
+    durable: Arc<tokio::sync::watch::Sender<Durable>>,
 }
 
 impl StateMachineStore {
@@ -162,12 +199,14 @@ impl StateMachineStore {
             chain: [0; 32],
             history: VecDeque::new(),
         };
+        let mut durable = Durable::default();
         if let Some(bytes) = tree.get(group.to_be_bytes())? {
             let record: SnapshotRecord = codec::decode_stored(&bytes)?;
             let image: SnapshotImage = codec::decode_stored(&record.data)?;
             state
                 .restore_from(&record.meta, &image)
                 .map_err(crate::Error::Storage)?;
+            durable.index = record.meta.last_log_id.map_or(0, |l| l.index);
         }
         Ok(Self {
             group,
@@ -176,7 +215,15 @@ impl StateMachineStore {
             state: Arc::new(RwLock::new(state)),
             snapshots_built: Arc::new(AtomicU64::new(0)),
             persisting: Arc::new(tokio::sync::Mutex::new(())),
+            durable: Arc::new(tokio::sync::watch::Sender::new(durable)),
         })
+    }
+
+    /// Where this group's stored snapshot reaches once on disk; the log
+    /// store waits on it before purging (see
+    /// [`LogStore::after_snapshots`](super::LogStore::after_snapshots)).
+    pub fn snapshot_mark(&self) -> SnapshotMark {
+        SnapshotMark(self.durable.subscribe())
     }
 
     /// Read access to the applied state. Hold it briefly: apply waits for it.
@@ -188,26 +235,38 @@ impl StateMachineStore {
 
     async fn persist(&self, record: &SnapshotRecord) -> Result<(), StorageError> {
         let signature = Some(record.meta.signature());
+        let reaches = record.meta.last_log_id.map_or(0, |l| l.index);
+        let written = self.write_record(record).await;
+        // Purges wait on this mark; a failure must wake them too.
+        self.durable.send_modify(|d| match &written {
+            Ok(()) => d.index = d.index.max(reaches),
+            Err(e) => d.failed = Some(format!("snapshot up to {reaches} not saved: {e}")),
+        });
+        written.map_err(|e| {
+            StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into()
+        })
+    }
+
+    /// Writes `record` unless a newer one is stored, and flushes sled.
+    async fn write_record(&self, record: &SnapshotRecord) -> Result<(), String> {
         // A snapshot built from older state can finish after an installed,
         // newer one: never let it replace the newer record.
         let _order = self.persisting.lock().await;
         let stored = self
             .tree
             .get(self.group.to_be_bytes())
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            .map_err(|e| e.to_string())?;
         if let Some(stored) = stored {
-            let stored: SnapshotRecord = codec::decode_stored(&stored)
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            let stored: SnapshotRecord =
+                codec::decode_stored(&stored).map_err(|e| e.to_string())?;
             if stored.meta.last_log_id > record.meta.last_log_id {
                 return Ok(());
             }
         }
         self.tree
             .insert(self.group.to_be_bytes(), codec::encode(record))
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.flusher.flush().await.map_err(|e| {
-            StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into()
-        })
+            .map_err(|e| e.to_string())?;
+        self.flusher.flush().await
     }
 }
 
@@ -293,16 +352,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let bad = |e: String| {
-            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
-        };
-        let image: SnapshotImage = codec::decode_stored(&data).map_err(|e| bad(e.to_string()))?;
-        {
-            let mut state = self
-                .state
-                .write()
-                .expect("a panic in apply poisons the state machine; the node must stop");
-            state.restore_from(meta, &image).map_err(bad)?;
+        let restored = codec::decode_stored::<SnapshotImage>(&data)
+            .map_err(|e| e.to_string())
+            .and_then(|image| {
+                self.state
+                    .write()
+                    .expect("a panic in apply poisons the state machine; the node must stop")
+                    .restore_from(meta, &image)
+            });
+        if let Err(e) = restored {
+            // The purge openraft queued behind this install waits on the
+            // mark: fail it too, or it would wait for good.
+            let e = format!("snapshot {} not installed: {e}", meta.snapshot_id);
+            self.durable.send_modify(|d| d.failed = Some(e.clone()));
+            return Err(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                openraft::AnyError::error(e),
+            )
+            .into());
         }
         self.persist(&SnapshotRecord {
             meta: meta.clone(),
