@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use garrison_raft::storage::engine::{LogEngine, Write, MAGIC, MAX_FRAME_BYTES, SEGMENT_BYTES};
+use garrison_raft::storage::engine::{
+    LogEngine, Maintenance, Write, MAGIC, MAX_FRAME_BYTES, SEGMENT_BYTES,
+};
 use garrison_raft::storage::Storage;
 use garrison_raft::typ::GroupId;
 
@@ -56,15 +58,6 @@ fn dir_listing(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// The files the engine says it has, as names.
-fn engine_listing(engine: &LogEngine) -> Vec<String> {
-    engine
-        .files()
-        .iter()
-        .map(|&(seq, _, _)| file_name(seq))
-        .collect()
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -797,20 +790,40 @@ fn a_new_log_starts_with_one_file() {
 
 // ------------------------------------------- 6. rotation and compaction
 
-/// Checks the files the engine reports against the directory and each other.
+/// Checks the files the engine reports against the directory and each other,
+/// once the flush thread is between steps: it starts and deletes files, and
+/// writes, without holding the engine's lock, so a look in the middle of a
+/// step sees the two disagree for a moment.
 fn check_files(engine: &LogEngine, dir: &Path) {
-    assert_eq!(
-        engine_listing(engine),
-        dir_listing(dir),
-        "files() is the directory"
-    );
-    for (seq, size, live) in engine.files() {
+    let look = || {
+        let files = engine.files();
+        let on_disk: Vec<(String, u64)> = dir_listing(dir)
+            .into_iter()
+            // Deleted since it was listed: looked at again below.
+            .map(|name| {
+                let len = fs::metadata(dir.join(&name)).map_or(u64::MAX, |m| m.len());
+                (name, len)
+            })
+            .collect();
+        let sizes: Vec<(String, u64)> = files
+            .iter()
+            .map(|&(seq, size, _)| (file_name(seq), size))
+            .collect();
+        (files, on_disk, sizes)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (files, on_disk, sizes) = loop {
+        let seen = look();
+        // Live bytes count frames still queued for the file too.
+        let settled = seen.0.iter().all(|&(_, size, live)| live <= size);
+        if (seen.1 == seen.2 && settled) || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(sizes, on_disk, "files() is the directory, sizes and all");
+    for (seq, size, live) in files {
         assert!(live <= size, "file {seq}: {live} live bytes of {size}");
-        assert_eq!(
-            size,
-            file_len(&dir.join(file_name(seq))),
-            "file {seq}'s size"
-        );
     }
 }
 
@@ -969,6 +982,80 @@ async fn reads_stay_right_while_files_are_compacted() {
         "compaction ran: {:?}",
         engine.files()
     );
+}
+
+/// The flush thread starts files and moves entries without the engine's
+/// lock: parked in the middle of a rotation, then of a compaction, it
+/// keeps no other thread from writing or reading any group.
+#[test]
+fn reads_and_writes_go_on_while_files_are_rotated_or_compacted() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    for step in [Maintenance::Rotating, Maintenance::Compacting] {
+        let (_tmp, dir) = log_dir();
+        let (parked_tx, parked) = mpsc::channel::<()>();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let (parked_tx, go_rx) = (Mutex::new(parked_tx), Mutex::new(go_rx));
+        // Parks the flush thread at the first `step` until `go` is dropped.
+        let observer = Box::new(move |seen: Maintenance| {
+            if seen == step && parked_tx.lock().unwrap().send(()).is_ok() {
+                let _ = go_rx.lock().unwrap().recv();
+            }
+        });
+        let engine = LogEngine::open_observed(&dir, SMALL, Some(observer)).unwrap();
+        // Writes (and purges) until the flush thread parks; on its own
+        // thread, as a write would wait if the lock were held.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(Ordering::Acquire) {
+                    last += 1;
+                    let entry = [(last, payload(1, last, 0, 200))];
+                    engine.write(1, Write::Entries(&entry)).unwrap();
+                    if last > 3 {
+                        engine.write(1, Write::Purge(last - 3)).unwrap();
+                    }
+                }
+                last
+            })
+        };
+        parked
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {step:?} began"));
+        stop.store(true, Ordering::Release);
+        let (done_tx, done) = mpsc::channel();
+        let other = engine.clone();
+        std::thread::spawn(move || {
+            other.write(2, Write::Var(1, b"vote")).unwrap();
+            let entry = [(1, payload(2, 1, 0, 50))];
+            other.write(2, Write::Entries(&entry)).unwrap();
+            let read = (
+                other.entries(1, 0..=u64::MAX).unwrap(),
+                other.entries(2, 1..=1).unwrap(),
+                other.var(2, 1),
+            );
+            let _ = done_tx.send(read);
+        });
+        let read = done.recv_timeout(Duration::from_secs(60));
+        drop(go);
+        let (ones, twos, var) =
+            read.unwrap_or_else(|_| panic!("a reader or writer waited for the {step:?} step"));
+        assert!(!ones.is_empty());
+        for (i, bytes) in ones {
+            assert_eq!(bytes, payload(1, i, 0, 200), "entry {i} of group 1");
+        }
+        assert_eq!(twos, vec![(1, payload(2, 1, 0, 50))]);
+        assert_eq!(var.as_deref(), Some(&b"vote"[..]));
+        let last = writer.join().unwrap();
+        assert_eq!(engine.bounds(1), Some((last - 2, last)));
+        futures::executor::block_on(engine.settle()).unwrap();
+        check_files(&engine, &dir);
+        let engine = reopen(engine, &dir, SMALL);
+        assert_eq!(engine.entries(2, 1..=1).unwrap(), twos);
+        assert_eq!(engine.bounds(1), Some((last - 2, last)));
+    }
 }
 
 /// Group `group` writes one 300-byte entry a round and purges it at once:

@@ -38,18 +38,25 @@
 //! # Rotation and compaction
 //!
 //! When the newest file passes [`SEGMENT_BYTES`] a new one is started, and
-//! it begins with the current value of every group's variables. Files are
-//! deleted oldest first: once the oldest holds less than half its size in
-//! live entries, or all files together hold more than four segments and
-//! less than half of it live, the oldest file's live entries and every
-//! group's variables are written again to the newest file, synced, and the
-//! oldest is deleted (and the directory synced). So no variable lives only
-//! in a deleted file, even if a rotation was cut short, and replay stays
-//! correct: every frame that removed or replaced something is newer than
-//! what it removed. Rotation and compaction run on the flush thread under
-//! the engine's lock: every write and read of every group on the node waits
-//! for them when they run (a few syncs, and for compaction the reading and
-//! rewriting of the oldest file's live entries, up to half a segment).
+//! it begins with the current value of every group's variables. The new
+//! file is made under its temporary name first; it is named only once
+//! everything queued for the old file is on disk, so a crash never leaves
+//! a torn frame anywhere but in the newest file. Files are deleted oldest
+//! first: once the oldest holds less than half its size in live entries,
+//! or all files together hold more than four segments and less than half
+//! of it live, the oldest file's live entries and every group's variables
+//! are written again to the newest file, synced, and the oldest is deleted
+//! (and the directory synced). So no variable lives only in a deleted
+//! file, even if a rotation was cut short, and replay stays correct: every
+//! frame that removed or replaced something is newer than what it
+//! removed.
+//!
+//! Both run on the flush thread, which holds the engine's lock only to
+//! change the active file, to list the oldest file's live entries and to
+//! queue them again (an entry truncated, purged or replaced meanwhile is
+//! not moved); file creation, reads, syncs and deletion happen outside it.
+//! Reads and writes of every group go on meanwhile; only their syncs wait,
+//! as the flush thread is busy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -108,7 +115,7 @@ enum Source {
 }
 
 /// Where an entry's bytes are.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     file: u64,
     offset: u64,
@@ -150,17 +157,26 @@ pub enum Write<'a> {
     Drop,
 }
 
+/// Frames the flush thread is writing, outside the lock.
+struct Inflight {
+    file: u64,
+    /// Where in `file` they go.
+    at: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
 struct State {
     groups: HashMap<GroupId, GroupLog>,
     files: BTreeMap<u64, Segment>,
     /// The newest file, which takes the writes.
     active: u64,
-    /// Bytes of the active file handed to the OS.
-    written: u64,
-    /// Frames being written by the flush thread, starting at `written`.
-    inflight: Option<Arc<Vec<u8>>>,
-    /// Frames not yet handed to the flush thread, after `inflight`.
+    /// Frames being written by the flush thread (to the active file, or
+    /// to the one before it while a new file is started).
+    inflight: Option<Inflight>,
+    /// Frames not yet handed to the flush thread, for the active file at
+    /// `pending_at`.
     pending: Vec<u8>,
+    pending_at: u64,
     /// Frames queued so far; a write's ticket is this count after it.
     queued: u64,
     flusher_idle: bool,
@@ -170,9 +186,33 @@ struct State {
 
 impl State {
     fn end(&self) -> u64 {
-        self.written
-            + self.inflight.as_ref().map_or(0, |b| b.len() as u64)
-            + self.pending.len() as u64
+        self.pending_at + self.pending.len() as u64
+    }
+
+    /// Hands what is pending to the flush thread: the file, the frames and
+    /// the ticket they bring to disk.
+    fn take_batch(&mut self) -> (Arc<File>, Arc<Vec<u8>>, u64) {
+        debug_assert!(self.inflight.is_none(), "one batch at a time");
+        let bytes = Arc::new(std::mem::take(&mut self.pending));
+        let at = self.pending_at;
+        self.pending_at += bytes.len() as u64;
+        self.inflight = Some(Inflight {
+            file: self.active,
+            at,
+            bytes: bytes.clone(),
+        });
+        (self.files[&self.active].file.clone(), bytes, self.queued)
+    }
+
+    /// The flush thread is done with its batch; `written`: it is in the
+    /// file.
+    fn finish_batch(&mut self, written: bool) {
+        let Some(batch) = self.inflight.take() else {
+            return;
+        };
+        if let Some(seg) = self.files.get_mut(&batch.file).filter(|_| written) {
+            seg.size = batch.at + batch.bytes.len() as u64;
+        }
     }
 
     fn remove_loc(&mut self, loc: Loc) {
@@ -257,17 +297,13 @@ impl State {
         self.apply(kind, group, arg, data, loc);
     }
 
-    /// Counts `len` more bytes of the active file as handed to the OS.
-    fn wrote(&mut self, len: u64) {
-        self.written += len;
-        let (active, written) = (self.active, self.written);
-        if let Some(seg) = self.files.get_mut(&active) {
-            seg.size = written;
-        }
-    }
-
-    /// Makes the new file `seq` (holding only the magic) the active one.
+    /// Makes the new file `seq` (holding only the magic) the active one;
+    /// nothing may be pending.
     fn start_file(&mut self, seq: u64, file: File) {
+        assert!(
+            self.pending.is_empty(),
+            "pending frames belong to the old file"
+        );
         let size = MAGIC.len() as u64;
         let file = Arc::new(file);
         self.files.insert(
@@ -279,22 +315,23 @@ impl State {
             },
         );
         self.active = seq;
-        self.written = size;
+        self.pending_at = size;
     }
 
     /// The bytes at `loc` if they have not reached the file yet.
     fn unwritten(&self, loc: Loc) -> Option<Vec<u8>> {
-        if loc.file != self.active || loc.offset < self.written {
+        let len = loc.len as usize;
+        if let Some(batch) = &self.inflight {
+            let end = batch.at + batch.bytes.len() as u64;
+            if loc.file == batch.file && (batch.at..end).contains(&loc.offset) {
+                let at = (loc.offset - batch.at) as usize;
+                return Some(batch.bytes[at..at + len].to_vec());
+            }
+        }
+        if loc.file != self.active || loc.offset < self.pending_at {
             return None;
         }
-        let mut at = (loc.offset - self.written) as usize;
-        let len = loc.len as usize;
-        if let Some(inflight) = &self.inflight {
-            if at < inflight.len() {
-                return Some(inflight[at..at + len].to_vec());
-            }
-            at -= inflight.len();
-        }
+        let at = (loc.offset - self.pending_at) as usize;
         Some(self.pending[at..at + len].to_vec())
     }
 }
@@ -310,9 +347,24 @@ fn report_durable(shared: &Shared, done: u64) {
     });
 }
 
+/// What [`LogEngine::open_observed`] calls, on the flush thread and
+/// without the engine's lock, as each rotation or compaction starts.
+pub type Observer = Box<dyn Fn(Maintenance) + Send + Sync>;
+
+/// A step of the flush thread's upkeep of the files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Maintenance {
+    /// A new file has been made; the active file is about to change.
+    Rotating,
+    /// An old file was chosen; its live entries are about to be read.
+    Compacting,
+}
+
 struct Shared {
     dir: PathBuf,
     segment_bytes: u64,
+    /// Told of each rotation and compaction as it starts (tests).
+    observer: Option<Observer>,
     /// Holds the directory's lock until the flush thread is done.
     _lock: File,
     state: Mutex<State>,
@@ -322,6 +374,12 @@ struct Shared {
 }
 
 impl Shared {
+    fn observe(&self, step: Maintenance) {
+        if let Some(observer) = &self.observer {
+            observer(step);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -449,24 +507,30 @@ fn replay_file(state: &mut State, seq: u64, bytes: &[u8], path: &Path) -> Result
 /// Creates file `seq` holding the magic: under a temporary name first, so
 /// that a crash never leaves a log file without its magic.
 fn create_file(dir: &Path, seq: u64) -> Result<File, String> {
+    let (tmp, file) = create_tmp_file(dir, seq)?;
     let path = dir.join(file_name(seq));
-    let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(seq)));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&tmp)
-        .map_err(|e| io_err("creating", &tmp, e))?;
-    file.write_all(&MAGIC)
-        .and_then(|_| file.sync_data())
-        .map_err(|e| io_err("writing", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io_err("naming", &path, e))?;
     sync_dir(dir)?;
-    OpenOptions::new()
+    Ok(file)
+}
+
+/// Creates file `seq` under its temporary name, holding the magic (synced);
+/// the caller renames it. A crash before that leaves a file that the next
+/// start deletes.
+fn create_tmp_file(dir: &Path, seq: u64) -> Result<(PathBuf, File), String> {
+    let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(seq)));
+    let file = OpenOptions::new()
+        .create(true)
         .read(true)
         .append(true)
-        .open(&path)
-        .map_err(|e| io_err("opening", &path, e))
+        .open(&tmp)
+        .map_err(|e| io_err("creating", &tmp, e))?;
+    let mut writer = &file;
+    file.set_len(0)
+        .and_then(|_| writer.write_all(&MAGIC))
+        .and_then(|_| file.sync_data())
+        .map_err(|e| io_err("writing", &tmp, e))?;
+    Ok((tmp, file))
 }
 
 /// The name a file has until its magic is on disk.
@@ -485,6 +549,16 @@ impl LogEngine {
     /// [`Self::open`], starting a new file past `segment_bytes` (tests use
     /// small files to exercise rotation and compaction).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, String> {
+        Self::open_observed(dir, segment_bytes, None)
+    }
+
+    /// [`Self::open_with`], telling `observer` of every rotation and
+    /// compaction as it starts (tests pause the flush thread there).
+    pub fn open_observed(
+        dir: &Path,
+        segment_bytes: u64,
+        observer: Option<Observer>,
+    ) -> Result<Self, String> {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
             if let Some(parent) = dir.parent() {
@@ -538,9 +612,9 @@ impl LogEngine {
             groups: HashMap::new(),
             files: BTreeMap::new(),
             active: 0,
-            written: 0,
             inflight: None,
             pending: Vec::new(),
+            pending_at: 0,
             queued: 0,
             flusher_idle: false,
             shutdown: false,
@@ -588,7 +662,7 @@ impl LogEngine {
                 seg.size = valid;
             }
             state.active = seq;
-            state.written = valid;
+            state.pending_at = valid;
         }
         if state.files.is_empty() {
             state.start_file(1, create_file(dir, 1)?);
@@ -597,6 +671,7 @@ impl LogEngine {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             segment_bytes,
+            observer,
             _lock: lock,
             state: Mutex::new(state),
             wake: Condvar::new(),
@@ -698,22 +773,10 @@ impl LogEngine {
         self.durable(ticket).await
     }
 
-    /// Writes and syncs everything queued, on the calling thread (for
-    /// start-up, before anyone else writes).
+    /// Waits, blocking the calling thread, until everything written so far
+    /// is on disk (for start-up, outside async code).
     pub fn sync(&self) -> Result<(), String> {
-        let shared = self.shared();
-        loop {
-            let mut state = shared.lock();
-            if state.inflight.is_none() {
-                write_pending(&mut state)?;
-                let done = state.queued;
-                drop(state);
-                report_durable(shared, done);
-                return Ok(());
-            }
-            drop(state);
-            std::thread::yield_now();
-        }
+        futures::executor::block_on(self.settle())
     }
 
     /// A Raft variable of `group`.
@@ -839,43 +902,23 @@ fn flush_loop(shared: &Shared) {
         if state.pending.is_empty() {
             return;
         }
-        let batch = Arc::new(std::mem::take(&mut state.pending));
-        state.inflight = Some(batch.clone());
-        let ticket = state.queued;
-        let file = state.files[&state.active].file.clone();
         drop(state);
-        let result = write_synced(&file, &batch);
-        let mut state = shared.lock();
-        state.inflight = None;
-        if let Err(e) = &result {
-            // What reached the file is unknown: refuse everything from now on.
-            state.failed = Some(e.clone());
-        }
-        state.wrote(batch.len() as u64);
-        let result = result.and_then(|_| {
-            if state.written >= shared.segment_bytes {
-                rotate(shared, &mut state)?;
-            }
-            compact(shared, &mut state)
-        });
-        match result {
-            Ok(()) => {
-                // Rotation and compaction wrote and synced what was pending.
-                let done = if state.pending.is_empty() {
-                    state.queued
-                } else {
-                    ticket
-                };
+        let result = flush_pending(shared)
+            .and_then(|_| {
+                let state = shared.lock();
+                let full = state.files[&state.active].size >= shared.segment_bytes;
                 drop(state);
-                report_durable(shared, done);
-            }
-            Err(e) => {
-                tracing::error!("{e}; the node's raft log refuses further writes");
-                state.failed = Some(e.clone());
-                drop(state);
-                shared.durable.send_modify(|d| *d = Err(e));
-                return;
-            }
+                if full {
+                    rotate(shared)?;
+                }
+                Ok(())
+            })
+            .and_then(|_| compact(shared));
+        if let Err(e) = result {
+            tracing::error!("{e}; the node's raft log refuses further writes");
+            shared.lock().failed = Some(e.clone());
+            shared.durable.send_modify(|d| *d = Err(e));
+            return;
         }
     }
 }
@@ -889,77 +932,102 @@ fn write_synced(file: &File, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("raft log: writing: {e}"))
 }
 
-/// Writes `state.pending` to the active file and syncs it (under the lock).
-fn write_pending(state: &mut State) -> Result<(), String> {
-    if let Some(e) = &state.failed {
-        return Err(e.clone());
-    }
-    if state.pending.is_empty() {
-        return Ok(());
-    }
-    let pending = std::mem::take(&mut state.pending);
-    let file = state.files[&state.active].file.clone();
-    if let Err(e) = write_synced(&file, &pending) {
-        state.pending = pending;
+/// Writes a batch taken with [`State::take_batch`] and syncs it, outside the
+/// lock; a failure fails the engine.
+fn write_batch(shared: &Shared, file: &File, batch: &[u8]) -> Result<(), String> {
+    let result = write_synced(file, batch);
+    let mut state = shared.lock();
+    state.finish_batch(result.is_ok());
+    if let Err(e) = &result {
+        // What reached the file is unknown: refuse everything from now on.
         state.failed = Some(e.clone());
-        return Err(e);
     }
-    state.wrote(pending.len() as u64);
+    result
+}
+
+/// Writes and syncs what is queued (the flush thread's step), then reports
+/// it durable. Readers and writers go on meanwhile.
+fn flush_pending(shared: &Shared) -> Result<(), String> {
+    let (file, batch, ticket) = {
+        let mut state = shared.lock();
+        if let Some(e) = &state.failed {
+            return Err(e.clone());
+        }
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        state.take_batch()
+    };
+    write_batch(shared, &file, &batch)?;
+    report_durable(shared, ticket);
     Ok(())
 }
 
-/// Starts a new file that begins with every group's variables.
-fn rotate(shared: &Shared, state: &mut State) -> Result<(), String> {
-    write_pending(state)?;
-    let seq = state.active + 1;
-    state.start_file(seq, create_file(&shared.dir, seq)?);
-    queue_vars(state);
-    write_pending(state)
+/// Starts a new file that begins with every group's variables. The file is
+/// made (and synced) before the lock is taken; under it, the active file
+/// only changes hands. The new file gets its name once everything queued
+/// for the old one is on disk, so only the newest file ever ends torn.
+fn rotate(shared: &Shared) -> Result<(), String> {
+    let seq = shared.lock().active + 1;
+    let (tmp, file) = create_tmp_file(&shared.dir, seq)?;
+    shared.observe(Maintenance::Rotating);
+    let old = {
+        let mut state = shared.lock();
+        let old = (!state.pending.is_empty()).then(|| state.take_batch());
+        state.start_file(seq, file);
+        queue_vars(&mut state);
+        old
+    };
+    if let Some((old_file, old_batch, _)) = &old {
+        write_batch(shared, old_file, old_batch)?;
+    }
+    let path = shared.dir.join(file_name(seq));
+    std::fs::rename(&tmp, &path).map_err(|e| io_err("naming", &path, e))?;
+    sync_dir(&shared.dir)?;
+    if let Some((_, _, ticket)) = old {
+        report_durable(shared, ticket);
+    }
+    Ok(())
 }
 
 /// Deletes the oldest files while they hold less than half their size in
-/// live entries, writing those entries again to the active file first.
-fn compact(shared: &Shared, state: &mut State) -> Result<(), String> {
+/// live entries (or the files as a whole do), writing those entries again
+/// to the active file first. The lock is held only to choose the file,
+/// list its live entries, and queue them again; their bytes are read, and
+/// the queue synced and the file deleted, outside it.
+fn compact(shared: &Shared) -> Result<(), String> {
     loop {
-        let Some((&oldest, seg)) = state.files.iter().next() else {
+        let Some((oldest, file, moving)) = choose_compaction(shared) else {
             return Ok(());
         };
-        let (total, live) = state
-            .files
-            .values()
-            .fold((0, 0), |(t, l), s| (t + s.size, l + s.live));
-        // The oldest file goes when it is mostly dead, or when the files as a
-        // whole are: a mostly live oldest file (idle groups' entries) must
-        // not keep every newer file on disk.
-        let mostly_dead = seg.live * 2 < seg.size;
-        let too_much = total > 4 * shared.segment_bytes && total > 2 * live;
-        if oldest == state.active || !(mostly_dead || too_much) {
-            return Ok(());
-        }
-        let file = seg.file.clone();
-        let mut moving: Vec<(GroupId, u64, Loc)> = Vec::new();
-        for (&group, log) in &state.groups {
-            for (&index, &loc) in &log.entries {
-                if loc.file == oldest {
-                    moving.push((group, index, loc));
+        shared.observe(Maintenance::Compacting);
+        let moved = read_moving(&file, &moving)?;
+        {
+            let mut state = shared.lock();
+            // Every variable again too: the newer files begin with a copy of
+            // them only if their rotation finished before a crash.
+            queue_vars(&mut state);
+            for ((group, index, loc), bytes) in moved {
+                // Truncated, purged or replaced meanwhile: not to be moved.
+                let current = state.groups.get(&group).and_then(|g| g.entries.get(&index));
+                if current == Some(&loc) {
+                    state.queue(Kind::Entry, group, index, &bytes);
                 }
             }
         }
-        moving.sort_unstable_by_key(|(g, i, _)| (*g, *i));
-        // Every variable again too: the newer files begin with a copy of them
-        // only if their rotation finished before a crash.
-        queue_vars(state);
-        for (group, index, loc) in moving {
-            let mut frame = vec![0; loc.frame_bytes() as usize];
-            file.read_exact_at(&mut frame, loc.offset - FRAME_HEADER - BODY_PREFIX)
-                .map_err(|e| {
-                    format!("raft log: reading entry {index} of group {group} to move it: {e}")
-                })?;
-            let bytes = checked_entry(&frame, group, index, loc)?;
-            state.queue(Kind::Entry, group, index, &bytes);
+        flush_pending(shared)?;
+        {
+            let mut state = shared.lock();
+            // New entries never go to an old file, so none can be left.
+            let live = state.files.get(&oldest).map_or(0, |seg| seg.live);
+            if live != 0 {
+                return Err(format!(
+                    "raft log: {} still holds {live} live bytes after its entries were moved",
+                    file_name(oldest)
+                ));
+            }
+            state.files.remove(&oldest);
         }
-        write_pending(state)?;
-        state.files.remove(&oldest);
         let path = shared.dir.join(file_name(oldest));
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -970,6 +1038,55 @@ fn compact(shared: &Shared, state: &mut State) -> Result<(), String> {
         // a newer one.
         sync_dir(&shared.dir)?;
     }
+}
+
+/// An entry to move out of a file: its group, index and place.
+type LiveEntry = (GroupId, u64, Loc);
+
+/// The file to compact, if one is due, with its live entries in (group,
+/// index) order.
+fn choose_compaction(shared: &Shared) -> Option<(u64, Arc<File>, Vec<LiveEntry>)> {
+    let state = shared.lock();
+    let (&oldest, seg) = state.files.iter().next()?;
+    let (total, live) = state
+        .files
+        .values()
+        .fold((0, 0), |(t, l), s| (t + s.size, l + s.live));
+    // The oldest file goes when it is mostly dead, or when the files as a
+    // whole are: a mostly live oldest file (idle groups' entries) must not
+    // keep every newer file on disk.
+    let mostly_dead = seg.live * 2 < seg.size;
+    let too_much = total > 4 * shared.segment_bytes && total > 2 * live;
+    if oldest == state.active || !(mostly_dead || too_much) {
+        return None;
+    }
+    let mut moving: Vec<LiveEntry> = Vec::new();
+    for (&group, log) in &state.groups {
+        for (&index, &loc) in &log.entries {
+            if loc.file == oldest {
+                moving.push((group, index, loc));
+            }
+        }
+    }
+    moving.sort_unstable_by_key(|(g, i, _)| (*g, *i));
+    Some((oldest, seg.file.clone(), moving))
+}
+
+/// Reads and checks the entries to move from `file`.
+fn read_moving(file: &File, moving: &[LiveEntry]) -> Result<Vec<(LiveEntry, Vec<u8>)>, String> {
+    let mut moved = Vec::with_capacity(moving.len());
+    for &(group, index, loc) in moving {
+        let mut frame = vec![0; loc.frame_bytes() as usize];
+        file.read_exact_at(&mut frame, loc.offset - FRAME_HEADER - BODY_PREFIX)
+            .map_err(|e| {
+                format!("raft log: reading entry {index} of group {group} to move it: {e}")
+            })?;
+        moved.push((
+            (group, index, loc),
+            checked_entry(&frame, group, index, loc)?,
+        ));
+    }
+    Ok(moved)
 }
 
 /// Queues a frame for every variable of every group.
