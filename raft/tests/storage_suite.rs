@@ -160,7 +160,8 @@ async fn snapshot_after(storage: &Storage, n: u64) -> garrison_raft::typ::Snapsh
 
 /// Group 2 of a new store, with a purge up to a snapshot of 5 entries
 /// already running (as openraft's core runs it) and the snapshot not yet
-/// installed.
+/// installed; the state machine returned is the copy the node keeps,
+/// [`StateMachineStore::for_raft`] gives openraft's task its own.
 async fn purge_ahead_of_install() -> (
     tempfile::TempDir,
     Storage,
@@ -176,6 +177,16 @@ async fn purge_ahead_of_install() -> (
     let mut log = storage.log_store(2).after_snapshots(sm.snapshot_mark());
     let purge = tokio::spawn(async move { log.purge(upto).await });
     (dir, storage, snapshot, sm, purge)
+}
+
+/// The error of a purge that must fail soon.
+async fn purge_error(purge: tokio::task::JoinHandle<Result<(), StorageError>>) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(60), purge)
+        .await
+        .expect("the purge is not left waiting")
+        .unwrap()
+        .expect_err("nothing covers the purge")
+        .to_string()
 }
 
 /// openraft 0.9 purges the log right after handing an installed snapshot
@@ -200,8 +211,13 @@ async fn a_purge_waits_for_the_snapshot_that_covers_it() {
         .expect("the purge goes on once the snapshot is saved")
         .unwrap()
         .unwrap();
-    // A purge the stored snapshot already covers does not wait.
-    let mut log = storage.log_store(2).after_snapshots(sm.snapshot_mark());
+    // A purge the stored snapshot already covers does not wait, also for
+    // a store opened on it later (openraft purges at start-up when the
+    // log ends before the snapshot).
+    let reopened = StateMachineStore::open(&storage, 2, Box::new(RecordApp::default())).unwrap();
+    let mut log = storage
+        .log_store(2)
+        .after_snapshots(reopened.snapshot_mark());
     tokio::time::timeout(std::time::Duration::from_secs(60), log.purge(upto))
         .await
         .unwrap()
@@ -265,11 +281,7 @@ async fn a_purge_behind_a_failed_install_fails() {
     let (_dir, storage, snapshot, mut sm, purge) = purge_ahead_of_install().await;
     let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
     assert!(sm.install_snapshot(&snapshot.meta, garbage).await.is_err());
-    let purged = tokio::time::timeout(std::time::Duration::from_secs(60), purge)
-        .await
-        .expect("the purge is not left waiting")
-        .unwrap();
-    let e = purged.expect_err("nothing covers the purge").to_string();
+    let e = purge_error(purge).await;
     assert!(e.contains("not installed"), "{e}");
     assert_eq!(
         storage
@@ -280,4 +292,19 @@ async fn a_purge_behind_a_failed_install_fails() {
             .last_purged_log_id,
         None
     );
+}
+
+/// When openraft's state machine task stops (an error, a panic in apply,
+/// shutdown) before it installs the snapshot, the purge waiting for it
+/// fails: otherwise openraft's core, which awaits the purge, could never
+/// be shut down.
+#[tokio::test(flavor = "current_thread")]
+async fn a_purge_fails_once_the_state_machine_task_is_gone() {
+    let (_dir, _storage, _snapshot, node_copy, purge) = purge_ahead_of_install().await;
+    let task_copy = node_copy.for_raft();
+    tokio::task::yield_now().await;
+    assert!(!purge.is_finished());
+    drop(task_copy);
+    let e = purge_error(purge).await;
+    assert!(e.contains("task stopped"), "{e}");
 }

@@ -595,7 +595,7 @@ impl Shared {
                 .log_store(group)
                 .for_node(self.id)
                 .after_snapshots(sm.snapshot_mark()),
-            sm.clone(),
+            sm.for_raft(),
         )
         .await
         .map_err(|e| Error::Raft(format!("opening group {group}: {e}")))?;

@@ -59,7 +59,8 @@ impl LogStore {
     /// crash in between would leave a log starting after the stored
     /// snapshot, and the group could not be rebuilt. A purge after a
     /// snapshot this node built never waits: the build saves its snapshot
-    /// before openraft learns of it.
+    /// before openraft learns of it. If the install fails, or openraft's
+    /// state machine task stops first, the purge fails rather than wait.
     ///
     /// openraft's storage suite purges logs no snapshot covers, so it runs
     /// the store without this.

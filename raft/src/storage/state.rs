@@ -60,8 +60,8 @@ pub struct SnapshotImage {
 }
 
 /// How far this node's stored snapshot of a group reaches, once it is on
-/// disk: the index of its last entry (0: no snapshot), or why a snapshot
-/// failed to persist.
+/// disk (the index of its last entry), or why no purge can count on it any
+/// more: an install failed, or openraft's state machine task stopped.
 ///
 /// The group's log store waits on it before a purge (see
 /// [`LogStore::after_snapshots`](super::LogStore::after_snapshots)).
@@ -70,7 +70,8 @@ pub struct SnapshotMark(tokio::sync::watch::Receiver<Durable>);
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Durable {
-    index: u64,
+    /// `None`: no snapshot stored (openraft's first index is 0).
+    index: Option<u64>,
     failed: Option<String>,
 }
 
@@ -79,18 +80,27 @@ impl SnapshotMark {
     pub async fn covers(&mut self, index: u64) -> Result<(), String> {
         let durable = self
             .0
-            .wait_for(|d| d.index >= index || d.failed.is_some())
+            .wait_for(|d| d.index >= Some(index) || d.failed.is_some())
             .await
             .map_err(|_| "the state machine was closed".to_string())?;
         match &durable.failed {
-            Some(e) if durable.index < index => Err(e.clone()),
+            Some(e) if durable.index < Some(index) => Err(e.clone()),
             _ => Ok(()),
         }
     }
+}
 
-    /// The index the stored snapshot reaches now (0: none).
-    pub fn index(&self) -> u64 {
-        self.0.borrow().index
+/// Held by the copy of a [`StateMachineStore`] given to openraft: when its
+/// task has stopped (an error, a panic in apply, shutdown) and dropped the
+/// last of it, no install will come, so a purge must not wait for one.
+struct TaskAlive(Arc<tokio::sync::watch::Sender<Durable>>);
+
+impl Drop for TaskAlive {
+    fn drop(&mut self) {
+        self.0.send_modify(|d| {
+            d.failed
+                .get_or_insert_with(|| "openraft's state machine task stopped".into());
+        });
     }
 }
 
@@ -180,6 +190,8 @@ pub struct StateMachineStore {
     persisting: Arc<tokio::sync::Mutex<()>>,
     /// Where the stored snapshot reaches, once flushed.
     durable: Arc<tokio::sync::watch::Sender<Durable>>,
+    /// Set in the copy openraft runs (see [`Self::for_raft`]).
+    _task_alive: Option<Arc<TaskAlive>>,
 }
 
 impl StateMachineStore {
@@ -206,7 +218,7 @@ impl StateMachineStore {
             state
                 .restore_from(&record.meta, &image)
                 .map_err(crate::Error::Storage)?;
-            durable.index = record.meta.last_log_id.map_or(0, |l| l.index);
+            durable.index = record.meta.last_log_id.map(|l| l.index);
         }
         Ok(Self {
             group,
@@ -216,7 +228,18 @@ impl StateMachineStore {
             snapshots_built: Arc::new(AtomicU64::new(0)),
             persisting: Arc::new(tokio::sync::Mutex::new(())),
             durable: Arc::new(tokio::sync::watch::Sender::new(durable)),
+            _task_alive: None,
         })
+    }
+
+    /// The copy to hand to `Raft::new`: once openraft's state machine task
+    /// has dropped it (and every clone of it), purges waiting on
+    /// [`Self::snapshot_mark`] fail instead of waiting for good.
+    pub fn for_raft(&self) -> Self {
+        Self {
+            _task_alive: Some(Arc::new(TaskAlive(self.durable.clone()))),
+            ..self.clone()
+        }
     }
 
     /// Where this group's stored snapshot reaches once on disk; the log
@@ -233,18 +256,12 @@ impl StateMachineStore {
             .expect("a panic in apply poisons the state machine; the node must stop")
     }
 
-    async fn persist(&self, record: &SnapshotRecord) -> Result<(), StorageError> {
-        let signature = Some(record.meta.signature());
-        let reaches = record.meta.last_log_id.map_or(0, |l| l.index);
-        let written = self.write_record(record).await;
-        // Purges wait on this mark; a failure must wake them too.
-        self.durable.send_modify(|d| match &written {
-            Ok(()) => d.index = d.index.max(reaches),
-            Err(e) => d.failed = Some(format!("snapshot up to {reaches} not saved: {e}")),
-        });
-        written.map_err(|e| {
-            StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into()
-        })
+    /// Saves `record` (unless a newer one is stored) and raises the mark.
+    async fn persist(&self, record: &SnapshotRecord) -> Result<(), String> {
+        self.write_record(record).await?;
+        let reaches = record.meta.last_log_id.map(|l| l.index);
+        self.durable.send_modify(|d| d.index = d.index.max(reaches));
+        Ok(())
     }
 
     /// Writes `record` unless a newer one is stored, and flushes sled.
@@ -360,22 +377,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .expect("a panic in apply poisons the state machine; the node must stop")
                     .restore_from(meta, &image)
             });
-        if let Err(e) = restored {
+        let installed = match restored {
+            Ok(()) => {
+                let record = SnapshotRecord {
+                    meta: meta.clone(),
+                    data,
+                };
+                self.persist(&record).await
+            }
+            Err(e) => Err(e),
+        };
+        installed.map_err(|e| {
             // The purge openraft queued behind this install waits on the
             // mark: fail it too, or it would wait for good.
             let e = format!("snapshot {} not installed: {e}", meta.snapshot_id);
             self.durable.send_modify(|d| d.failed = Some(e.clone()));
-            return Err(StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                openraft::AnyError::error(e),
-            )
-            .into());
-        }
-        self.persist(&SnapshotRecord {
-            meta: meta.clone(),
-            data,
+            StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+                .into()
         })
-        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
@@ -419,7 +438,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, codec::encode(&image))
         };
         let record = SnapshotRecord { meta, data };
-        self.persist(&record).await?;
+        // A failed build leaves purges alone: openraft purges only behind
+        // a snapshot it was told of.
+        self.persist(&record).await.map_err(|e| {
+            StorageIOError::write_snapshot(
+                Some(record.meta.signature()),
+                openraft::AnyError::error(e),
+            )
+        })?;
         Ok(Snapshot {
             meta: record.meta,
             snapshot: Box::new(Cursor::new(record.data)),
