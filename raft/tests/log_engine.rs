@@ -1058,6 +1058,129 @@ fn reads_and_writes_go_on_while_files_are_rotated_or_compacted() {
     }
 }
 
+/// Set in the child process of the crash test: "<log dir>|<step>".
+const CRASH_CHILD: &str = "GARRISON_TEST_ENGINE_CRASH";
+
+/// The child of [`a_crash_at_any_step_of_the_upkeep_loses_no_acknowledged_write`]:
+/// an idle group, then one writer that waits for each round (an entry, a
+/// variable, a purge) to be durable and records it in `acked` before the
+/// next. The flush thread aborts the process at the first `step`, as soon
+/// as every round reported durable has been recorded.
+fn crash_child(dir: &Path, step: Maintenance) -> ! {
+    use futures::FutureExt;
+    use std::sync::{Mutex, OnceLock};
+    // (rounds recorded, ticket of the round being waited for)
+    let progress = Arc::new(Mutex::new((0u64, None::<u64>)));
+    let engine_cell: Arc<OnceLock<LogEngine>> = Arc::new(OnceLock::new());
+    let observer = {
+        let (progress, engine_cell) = (progress.clone(), engine_cell.clone());
+        Box::new(move |seen: Maintenance| {
+            if seen != step {
+                return;
+            }
+            let engine = engine_cell.get().expect("the engine is open");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let (_, waiting) = *progress.lock().unwrap();
+                if let Some(ticket) = waiting {
+                    if engine.durable(ticket).now_or_never().is_none() {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::process::abort();
+        })
+    };
+    let engine = LogEngine::open_observed(dir, SMALL, Some(observer)).unwrap();
+    let _ = engine_cell.set(engine.clone());
+    futures::executor::block_on(async {
+        put(&engine, 100, &entries_of(100, 1..=3, 0, 120)).await;
+        engine
+            .write_durably(100, Write::Var(1, b"idle"))
+            .await
+            .unwrap();
+    });
+    let mut acked = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("acked"))
+        .unwrap();
+    for round in 1..=10_000u64 {
+        engine
+            .write(1, Write::Entries(&[(round, payload(1, round, 0, 200))]))
+            .unwrap();
+        engine
+            .write(1, Write::Var(1, &round.to_be_bytes()))
+            .unwrap();
+        let ticket = engine
+            .write(1, Write::Purge(round.saturating_sub(3)))
+            .unwrap();
+        progress.lock().unwrap().1 = Some(ticket);
+        futures::executor::block_on(engine.durable(ticket)).unwrap();
+        // One write(2) call: it survives the abort (not a machine crash).
+        acked.write_all(format!("{round}\n").as_bytes()).unwrap();
+        *progress.lock().unwrap() = (round, None);
+    }
+    panic!("no {step:?} step in 10,000 rounds");
+}
+
+/// Whatever step of a rotation or compaction the process dies in, the
+/// reopened log holds every round the writer was told was durable, and
+/// the idle group's entries and variable that compaction moved.
+#[test]
+fn a_crash_at_any_step_of_the_upkeep_loses_no_acknowledged_write() {
+    const TEST: &str = "a_crash_at_any_step_of_the_upkeep_loses_no_acknowledged_write";
+    let steps = [
+        Maintenance::Rotating,
+        Maintenance::Named,
+        Maintenance::Compacting,
+        Maintenance::Deleted,
+    ];
+    if let Ok(spec) = std::env::var(CRASH_CHILD) {
+        let (dir, step) = spec.split_once('|').expect("dir|step");
+        let step = steps
+            .into_iter()
+            .find(|s| format!("{s:?}") == step)
+            .expect("a known step");
+        crash_child(Path::new(dir), step);
+    }
+    for step in steps {
+        let (_tmp, dir) = log_dir();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD, format!("{}|{step:?}", dir.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child must have aborted at {step:?}");
+        let acked = fs::read_to_string(dir.with_extension("acked")).unwrap_or_default();
+        let acked: u64 = acked.lines().last().map_or(0, |l| l.parse().unwrap());
+        assert!(acked > 0, "{step:?}: the writer got no round through");
+        let engine = LogEngine::open_with(&dir, SMALL).expect("the log reopens");
+        assert!(
+            engine.entries(100, 0..=u64::MAX).unwrap() == entries_of(100, 1..=3, 0, 120),
+            "{step:?}: the idle group's entries were lost or changed"
+        );
+        assert_eq!(engine.var(100, 1).as_deref(), Some(&b"idle"[..]));
+        let (first, last) = engine.bounds(1).expect("the writer's entries");
+        assert!(
+            last >= acked,
+            "{step:?}: round {acked} was acknowledged, the log ends at {last}"
+        );
+        for (i, bytes) in engine.entries(1, first..=last).unwrap() {
+            assert_eq!(bytes, payload(1, i, 0, 200), "{step:?}: entry {i}");
+        }
+        let var = engine.var(1, 1).expect("the writer's variable");
+        let var = u64::from_be_bytes(var.try_into().unwrap());
+        assert!(
+            var >= acked,
+            "{step:?}: variable {var}, round {acked} acknowledged"
+        );
+    }
+}
+
 /// Group `group` writes one 300-byte entry a round and purges it at once:
 /// every file it fills is dead by the time the next one starts.
 async fn churn(engine: &LogEngine, group: GroupId, rounds: u64) {

@@ -51,12 +51,15 @@
 //! frame that removed or replaced something is newer than what it
 //! removed.
 //!
-//! Both run on the flush thread, which holds the engine's lock only to
-//! change the active file, to list the oldest file's live entries and to
-//! queue them again (an entry truncated, purged or replaced meanwhile is
-//! not moved); file creation, reads, syncs and deletion happen outside it.
-//! Reads and writes of every group go on meanwhile; only their syncs wait,
-//! as the flush thread is busy.
+//! Both run on the flush thread. It holds the engine's lock only for work
+//! in memory: to change the active file, to find the oldest file's live
+//! entries (a walk over every group's index) and to queue them again (an
+//! entry truncated, purged or replaced meanwhile is not moved). Creating
+//! the file, reading the entries, syncing and deleting happen outside it,
+//! so reads and writes of every group go on meanwhile; a write that waits
+//! for its sync still waits for the step in progress, as the flush thread
+//! is busy with it. [`LogEngine::open_observed`] lets tests stop or crash
+//! the thread at each step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -348,7 +351,7 @@ fn report_durable(shared: &Shared, done: u64) {
 }
 
 /// What [`LogEngine::open_observed`] calls, on the flush thread and
-/// without the engine's lock, as each rotation or compaction starts.
+/// without the engine's lock, at each step of a rotation or compaction.
 pub type Observer = Box<dyn Fn(Maintenance) + Send + Sync>;
 
 /// A step of the flush thread's upkeep of the files.
@@ -356,8 +359,12 @@ pub type Observer = Box<dyn Fn(Maintenance) + Send + Sync>;
 pub enum Maintenance {
     /// A new file has been made; the active file is about to change.
     Rotating,
+    /// The new file has its name; the old one's last batch is on disk.
+    Named,
     /// An old file was chosen; its live entries are about to be read.
     Compacting,
+    /// The old file is deleted; what was moved out of it is on disk.
+    Deleted,
 }
 
 struct Shared {
@@ -552,8 +559,9 @@ impl LogEngine {
         Self::open_observed(dir, segment_bytes, None)
     }
 
-    /// [`Self::open_with`], telling `observer` of every rotation and
-    /// compaction as it starts (tests pause the flush thread there).
+    /// [`Self::open_with`], telling `observer` of every step of every
+    /// rotation and compaction (tests pause or crash the flush thread
+    /// there).
     pub fn open_observed(
         dir: &Path,
         segment_bytes: u64,
@@ -774,9 +782,12 @@ impl LogEngine {
     }
 
     /// Waits, blocking the calling thread, until everything written so far
-    /// is on disk (for start-up, outside async code).
+    /// is on disk (start-up only: it blocks a runtime thread if called from
+    /// one).
     pub fn sync(&self) -> Result<(), String> {
-        futures::executor::block_on(self.settle())
+        // Unconstrained: under a runtime, an exhausted task budget would
+        // defer the watch's wake-up to a yield that never comes here.
+        futures::executor::block_on(tokio::task::unconstrained(self.settle()))
     }
 
     /// A Raft variable of `group`.
@@ -984,6 +995,7 @@ fn rotate(shared: &Shared) -> Result<(), String> {
     let path = shared.dir.join(file_name(seq));
     std::fs::rename(&tmp, &path).map_err(|e| io_err("naming", &path, e))?;
     sync_dir(&shared.dir)?;
+    shared.observe(Maintenance::Named);
     if let Some((_, _, ticket)) = old {
         report_durable(shared, ticket);
     }
@@ -1037,6 +1049,7 @@ fn compact(shared: &Shared) -> Result<(), String> {
         // Deletions reach the disk in order: an older file never outlives
         // a newer one.
         sync_dir(&shared.dir)?;
+        shared.observe(Maintenance::Deleted);
     }
 }
 
