@@ -574,6 +574,29 @@ async fn a_short_older_file_is_refused() {
     assert!(err.contains(&file_name(1)), "{err:?} names file 1");
 }
 
+/// A file missing between two others (lost, or deleted by hand) is refused
+/// with its name: entries, and the truncations and purges that newer files
+/// rely on, went with it. Only the oldest files may go, and only by
+/// compaction.
+#[tokio::test]
+async fn a_missing_file_between_others_is_refused() {
+    let (_tmp, dir) = log_dir();
+    fill_files(&dir, 3).await;
+    let before = dir_listing(&dir);
+    let middle = dir.join(file_name(2));
+    let kept = fs::read(&middle).unwrap();
+    fs::remove_file(&middle).unwrap();
+    let err = open_error(&dir);
+    assert!(
+        err.contains(&file_name(2)) && err.contains("missing"),
+        "{err:?}"
+    );
+    fs::write(&middle, kept).unwrap();
+    assert_eq!(dir_listing(&dir), before);
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    assert_eq!(engine.files().len(), 3);
+}
+
 /// A byte that changes in a file while the node runs (after the open that
 /// checked every frame) makes reading that entry an error that says where,
 /// never a read of other bytes; the entries around it still read.

@@ -26,8 +26,9 @@
 //! | 4 variable | tag | the encoded value | set a Raft variable |
 //! | 5 drop | — | — | forget the group |
 //!
-//! Replaying the frames of every file in order rebuilds the log. Only the
-//! newest file may end in a torn frame (a crash mid-write); it is cut there.
+//! Replaying the frames of every file in order rebuilds the log. File
+//! numbers must be consecutive (a gap is a lost file). Only the newest
+//! file may end in a torn frame (a crash mid-write); it is cut there.
 //! Every entry read back from a file (by openraft, or to move it during
 //! compaction) has its frame checked again, so damage on disk while the
 //! node runs is an error, never other bytes.
@@ -616,6 +617,18 @@ impl LogEngine {
             }
         }
         seqs.sort_unstable();
+        // Files are deleted oldest first and started one number up: a
+        // missing number in between is a lost file, and with it entries and
+        // the removals that later files rely on.
+        if let Some(gap) = seqs.windows(2).find(|w| w[1] != w[0] + 1) {
+            return Err(format!(
+                "raft log: {} is missing from {} (between {} and {}): a log file was lost",
+                file_name(gap[0] + 1),
+                dir.display(),
+                file_name(gap[0]),
+                file_name(gap[1])
+            ));
+        }
         let mut state = State {
             groups: HashMap::new(),
             files: BTreeMap::new(),
