@@ -31,32 +31,6 @@ const FRAME_OVERHEAD: u64 = 4 + 4 + 1 + 8 + 8;
 
 // ---------------------------------------------------------------- helpers
 
-/// Held (shared) by every open of a log in this file, and (exclusive) by a
-/// crash test while it starts a child process: a child holds copies of
-/// every descriptor open at the fork until its `exec`, the lock file's
-/// among them, so an engine dropped and opened again in that window would
-/// find its directory still locked.
-static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn open_log(dir: &Path) -> Result<LogEngine, String> {
-    let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
-    LogEngine::open(dir)
-}
-
-fn open_log_with(dir: &Path, segment_bytes: u64) -> Result<LogEngine, String> {
-    let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
-    LogEngine::open_with(dir, segment_bytes)
-}
-
-fn open_log_observed(
-    dir: &Path,
-    segment_bytes: u64,
-    observer: Option<garrison_raft::storage::engine::Observer>,
-) -> Result<LogEngine, String> {
-    let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
-    LogEngine::open_observed(dir, segment_bytes, observer)
-}
-
 /// A fresh temporary directory and the log directory inside it (which the
 /// engine must create itself).
 fn log_dir() -> (tempfile::TempDir, PathBuf) {
@@ -86,38 +60,8 @@ fn dir_listing(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The length of what a log file holds: its frames up to the first empty
-/// header (the zeros of its preallocated rest) or the end of the file.
-fn data_len(path: &Path) -> u64 {
-    try_data_len(path).expect("read the log file")
-}
-
-/// [`data_len`], or `None` if the file cannot be read (deleted meanwhile).
-fn try_data_len(path: &Path) -> Option<u64> {
-    let bytes = fs::read(path).ok()?;
-    let mut at = MAGIC.len().min(bytes.len());
-    while let Some(header) = bytes.get(at..at + 8) {
-        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-        if header == [0; 8] || at + 8 + len > bytes.len() {
-            break;
-        }
-        at += 8 + len;
-    }
-    Some(at as u64)
-}
-
-/// What a log file holds, without its preallocated rest.
-fn data(path: &Path) -> Vec<u8> {
-    let mut bytes = fs::read(path).expect("read the log file");
-    bytes.truncate(data_len(path) as usize);
-    bytes
-}
-
-/// Cuts the preallocated rest off the newest file, as a rotation does
-/// before it names the next one (for tests that add a newer file by hand).
-fn as_rotated(path: &Path) {
-    let file = OpenOptions::new().write(true).open(path).unwrap();
-    file.set_len(data_len(path)).unwrap();
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).expect("file metadata").len()
 }
 
 /// A recognisable entry: which group, index and version it is, padded to
@@ -175,27 +119,23 @@ fn dump(engine: &LogEngine) -> (Vec<GroupId>, BTreeMap<GroupId, GroupState>) {
 /// Drops the engine (joining its flush thread) and opens the directory again.
 fn reopen(engine: LogEngine, dir: &Path, segment_bytes: u64) -> LogEngine {
     drop(engine);
-    open_log_with(dir, segment_bytes).expect("the log reopens")
+    LogEngine::open_with(dir, segment_bytes).expect("the log reopens")
 }
 
 /// Opens the directory expecting a refusal, and returns its message.
 fn open_error(dir: &Path) -> String {
-    match open_log(dir) {
+    match LogEngine::open(dir) {
         Ok(_) => panic!("{} opened, but it should have been refused", dir.display()),
         Err(e) => e,
     }
 }
 
-/// Writes `bytes` where the engine would write next: after the frames, over
-/// the preallocated zeros.
 fn append_bytes(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let at = data_len(path);
-    let file = OpenOptions::new()
-        .write(true)
+    let mut file = OpenOptions::new()
+        .append(true)
         .open(path)
-        .expect("open for writing");
-    file.write_all_at(bytes, at).expect("append");
+        .expect("open for append");
+    file.write_all(bytes).expect("append");
 }
 
 fn flip_byte(path: &Path, at: usize) {
@@ -246,7 +186,7 @@ fn entries_of(
 #[tokio::test]
 async fn every_kind_of_write_survives_reopen() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
 
     // Group 1: 1..=10, truncate from 8, a new 8, purge up to 3: 4..=8.
     put(&engine, 1, &entries_of(1, 1..=10, 0, 50)).await;
@@ -334,7 +274,7 @@ async fn every_kind_of_write_survives_reopen() {
 #[test]
 fn replace_truncate_and_purge_semantics() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     let g = 9;
     let read = |e: &LogEngine| e.entries(g, 0..=u64::MAX).unwrap();
 
@@ -438,7 +378,7 @@ enum Damage {
 /// and survives another reopen.
 async fn torn_tail_case(damage: Damage) {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     engine
         .write_durably(1, Write::Var(1, b"vote"))
         .await
@@ -448,7 +388,7 @@ async fn torn_tail_case(damage: Damage) {
     }
     drop(engine);
     let path = dir.join(file_name(1));
-    let full = data_len(&path);
+    let full = file_len(&path);
     let entry_frame = FRAME_OVERHEAD + 40;
     assert_eq!(
         full,
@@ -486,8 +426,8 @@ async fn torn_tail_case(damage: Damage) {
         }
     };
 
-    let engine = open_log(&dir).expect("a torn newest file is accepted");
-    assert_eq!(data_len(&path), valid, "the torn end is cut off the file");
+    let engine = LogEngine::open(&dir).expect("a torn newest file is accepted");
+    assert_eq!(file_len(&path), valid, "the torn end is cut off the file");
     assert_eq!(
         engine.entries(1, 0..=u64::MAX).unwrap(),
         entries_of(1, 1..=survivors, 0, 40)
@@ -497,12 +437,12 @@ async fn torn_tail_case(damage: Damage) {
     // Writes after the cut land right after the valid prefix and survive.
     let next = survivors + 1;
     put(&engine, 1, &entries_of(1, next..=next, 1, 33)).await;
-    assert_eq!(data_len(&path), valid + FRAME_OVERHEAD + 33);
+    assert_eq!(file_len(&path), valid + FRAME_OVERHEAD + 33);
     let engine = reopen(engine, &dir, SEGMENT_BYTES);
     let mut want = entries_of(1, 1..=survivors, 0, 40);
     want.extend(entries_of(1, next..=next, 1, 33));
     assert_eq!(engine.entries(1, 0..=u64::MAX).unwrap(), want);
-    assert_eq!(data_len(&path), valid + FRAME_OVERHEAD + 33);
+    assert_eq!(file_len(&path), valid + FRAME_OVERHEAD + 33);
 }
 
 #[tokio::test]
@@ -525,15 +465,15 @@ async fn a_torn_tail_is_cut_whatever_the_damage() {
 #[tokio::test]
 async fn waiting_for_a_lazy_write_syncs_it() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=1, 0, 10)).await;
-    let synced = data_len(&dir.join(file_name(1)));
+    let synced = file_len(&dir.join(file_name(1)));
     let ticket = engine.write_lazily(1, Write::Var(2, b"committed")).unwrap();
     tokio::time::timeout(Duration::from_secs(30), engine.durable(ticket))
         .await
         .expect("a lazy write becomes durable once someone waits for it")
         .unwrap();
-    assert!(data_len(&dir.join(file_name(1))) > synced);
+    assert!(file_len(&dir.join(file_name(1))) > synced);
     engine.write_lazily(1, Write::Var(2, b"again")).unwrap();
     tokio::time::timeout(Duration::from_secs(30), engine.settle())
         .await
@@ -549,26 +489,26 @@ async fn waiting_for_a_lazy_write_syncs_it() {
 #[tokio::test]
 async fn frames_follow_the_documented_format() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     put(&engine, 3, &entries_of(3, 1..=2, 0, 10)).await;
     drop(engine);
     let path = dir.join(file_name(1));
     let mut bytes = MAGIC.to_vec();
     bytes.extend(frame(1, 3, 1, &payload(3, 1, 0, 10)));
     bytes.extend(frame(1, 3, 2, &payload(3, 2, 0, 10)));
-    assert_eq!(data(&path), bytes, "the engine's own bytes");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "the engine's own bytes");
 
     let mut extra = frame(1, 3, 3, b"by hand");
     extra.extend(frame(4, 3, 7, b"variable by hand"));
     extra.extend(frame(3, 3, 1, &[]));
     append_bytes(&path, &extra);
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     assert_eq!(
         engine.entries(3, 0..=u64::MAX).unwrap(),
         vec![(2, payload(3, 2, 0, 10)), (3, b"by hand".to_vec())]
     );
     assert_eq!(engine.var(3, 7), Some(b"variable by hand".to_vec()));
-    assert_eq!(data_len(&path), bytes.len() as u64 + extra.len() as u64);
+    assert_eq!(file_len(&path), bytes.len() as u64 + extra.len() as u64);
 }
 
 // ------------------------------------------------ 4. damage in older files
@@ -576,7 +516,7 @@ async fn frames_follow_the_documented_format() {
 /// Fills group 1 with entries of 500 bytes (nothing purged, so nothing is
 /// compacted) until the log has at least `files` files.
 async fn fill_files(dir: &Path, files: usize) -> Vec<(u64, Vec<u8>)> {
-    let engine = open_log_with(dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(dir, SMALL).unwrap();
     let mut written = Vec::new();
     let mut index = 0;
     while engine.files().len() < files {
@@ -617,7 +557,7 @@ async fn corruption_in_an_older_file_is_refused() {
         assert_eq!(fs::read(&path).unwrap(), before);
     }
 
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     assert_eq!(engine.entries(1, 0..=u64::MAX).unwrap(), written);
 }
 
@@ -629,7 +569,7 @@ async fn a_short_older_file_is_refused() {
     fill_files(&dir, 2).await;
     let path = dir.join(file_name(1));
     let file = OpenOptions::new().write(true).open(&path).unwrap();
-    file.set_len(data_len(&path) - 5).unwrap();
+    file.set_len(file_len(&path) - 5).unwrap();
     let err = open_error(&dir);
     assert!(err.contains(&file_name(1)), "{err:?} names file 1");
 }
@@ -653,7 +593,7 @@ async fn a_missing_file_between_others_is_refused() {
     );
     fs::write(&middle, kept).unwrap();
     assert_eq!(dir_listing(&dir), before);
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     assert_eq!(engine.files().len(), 3);
 }
 
@@ -663,7 +603,7 @@ async fn a_missing_file_between_others_is_refused() {
 #[tokio::test]
 async fn an_entry_damaged_on_disk_is_an_error_when_read() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     let written = entries_of(4, 1..=3, 0, 50);
     put(&engine, 4, &written).await;
     let path = dir.join(file_name(1));
@@ -689,18 +629,18 @@ async fn an_entry_damaged_on_disk_is_an_error_when_read() {
 #[tokio::test]
 async fn a_whole_frame_of_an_unknown_kind_is_refused() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=2, 0, 10)).await;
     drop(engine);
     let path = dir.join(file_name(1));
-    let before = data_len(&path);
+    let before = file_len(&path);
     append_bytes(&path, &frame(9, 1, 0, b"from the future"));
     let err = open_error(&dir);
     assert!(
         err.contains(&file_name(1)) && err.contains("unknown"),
         "{err}"
     );
-    assert!(data_len(&path) > before, "nothing was cut");
+    assert!(file_len(&path) > before, "nothing was cut");
 }
 
 /// A file that does not start with `MAGIC` is refused, newest or not, with
@@ -729,10 +669,9 @@ async fn a_file_without_magic_is_refused() {
 
     // A valid log, then a newer file with a short non-magic start.
     let (_tmp2, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=2, 0, 10)).await;
     drop(engine);
-    as_rotated(&dir.join(file_name(1)));
     fs::write(dir.join(file_name(2)), b"GRX").unwrap();
     let err = open_error(&dir);
     assert!(err.contains(&file_name(2)), "{err:?} names file 2");
@@ -754,9 +693,9 @@ fn an_unexpected_file_name_is_refused() {
     ];
     for name in names {
         let (_tmp, dir) = log_dir();
-        drop(open_log(&dir).unwrap());
+        drop(LogEngine::open(&dir).unwrap());
         fs::write(dir.join(name), b"x").unwrap();
-        let opened = open_log(&dir);
+        let opened = LogEngine::open(&dir);
         assert_eq!(
             fs::read(dir.join(name)).ok(),
             Some(b"x".to_vec()),
@@ -770,7 +709,7 @@ fn an_unexpected_file_name_is_refused() {
     }
     // A directory is no log file either.
     let (_tmp, dir) = log_dir();
-    drop(open_log(&dir).unwrap());
+    drop(LogEngine::open(&dir).unwrap());
     fs::create_dir(dir.join("old")).unwrap();
     let err = open_error(&dir);
     assert!(err.contains("unexpected file old"), "{err:?}");
@@ -783,7 +722,7 @@ fn an_unexpected_file_name_is_refused() {
 #[tokio::test]
 async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=3, 0, 20)).await;
     engine
         .write_durably(1, Write::Var(1, b"vote"))
@@ -792,7 +731,7 @@ async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
     drop(engine);
     let started = dir.join(format!("{}.tmp", file_name(2)));
     fs::write(&started, &MAGIC[..3]).unwrap();
-    let engine = open_log(&dir).expect("a file being started is no log yet");
+    let engine = LogEngine::open(&dir).expect("a file being started is no log yet");
     assert!(!started.exists(), "the temporary file is deleted");
     assert_eq!(
         engine.entries(1, 0..=u64::MAX).unwrap(),
@@ -801,7 +740,6 @@ async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
     assert_eq!(engine.var(1, 1), Some(b"vote".to_vec()));
     drop(engine);
 
-    as_rotated(&dir.join(file_name(1)));
     for start in [&b""[..], &MAGIC[..3]] {
         let newest = dir.join(file_name(2));
         fs::write(&newest, start).unwrap();
@@ -819,7 +757,7 @@ async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
 #[tokio::test]
 async fn a_crash_while_starting_a_file_loses_no_variable() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     engine
         .write_durably(1, Write::Var(1, b"vote 1"))
         .await
@@ -839,14 +777,14 @@ async fn a_crash_while_starting_a_file_loses_no_variable() {
     // first of them.
     let newest = dir.join(file_name(2));
     assert_eq!(
-        data_len(&newest),
+        file_len(&newest),
         MAGIC.len() as u64 + 2 * (FRAME_OVERHEAD + 6)
     );
     let file = OpenOptions::new().write(true).open(&newest).unwrap();
     file.set_len(MAGIC.len() as u64 + 10).unwrap();
     drop(file);
 
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     assert_eq!(engine.var(1, 1), Some(b"vote 1".to_vec()));
     assert_eq!(engine.var(2, 1), Some(b"vote 2".to_vec()));
     // Raft purges the log after a snapshot: file 1 is garbage now.
@@ -862,15 +800,13 @@ async fn a_crash_while_starting_a_file_loses_no_variable() {
 }
 
 /// A directory that does not exist yet is created with one file holding
-/// just `MAGIC`, with room reserved for a whole segment.
+/// just `MAGIC`.
 #[test]
 fn a_new_log_starts_with_one_file() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log(&dir).unwrap();
+    let engine = LogEngine::open(&dir).unwrap();
     assert_eq!(dir_listing(&dir), vec![file_name(1)]);
-    assert_eq!(data(&dir.join(file_name(1))), MAGIC);
-    let reserved = fs::metadata(dir.join(file_name(1))).unwrap().len();
-    assert_eq!(reserved, SEGMENT_BYTES, "the file is preallocated");
+    assert_eq!(fs::read(dir.join(file_name(1))).unwrap(), MAGIC);
     assert_eq!(engine.files(), vec![(1, MAGIC.len() as u64, 0)]);
     assert!(engine.groups().is_empty());
 }
@@ -881,52 +817,36 @@ fn a_new_log_starts_with_one_file() {
 /// once the flush thread is between steps: it starts and deletes files, and
 /// writes, without holding the engine's lock, so a look in the middle of a
 /// step sees the two disagree for a moment.
-/// What [`check_files`] sees: the engine's files, and (name, bytes of
-/// frames, whole length) of each file in the directory.
-type Look = (Vec<(u64, u64, u64)>, Vec<(String, u64, u64)>);
-
 fn check_files(engine: &LogEngine, dir: &Path) {
-    let look = || -> Look {
+    let look = || {
         let files = engine.files();
-        let on_disk: Vec<(String, u64, u64)> = dir_listing(dir)
+        let on_disk: Vec<(String, u64)> = dir_listing(dir)
             .into_iter()
             // Deleted since it was listed: looked at again below.
             .map(|name| {
-                let path = dir.join(&name);
-                let data = try_data_len(&path).unwrap_or(u64::MAX);
-                let whole = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
-                (name, data, whole)
+                let len = fs::metadata(dir.join(&name)).map_or(u64::MAX, |m| m.len());
+                (name, len)
             })
             .collect();
-        (files, on_disk)
-    };
-    let agree = |(files, on_disk): &Look| {
         let sizes: Vec<(String, u64)> = files
             .iter()
             .map(|&(seq, size, _)| (file_name(seq), size))
             .collect();
-        let data: Vec<(String, u64)> = on_disk.iter().map(|(n, d, _)| (n.clone(), *d)).collect();
-        // Live bytes count frames still queued for the file too.
-        let settled = files.iter().all(|&(_, size, live)| live <= size);
-        // Only the newest file keeps a preallocated rest.
-        let cut = on_disk.iter().rev().skip(1).all(|(_, d, w)| d == w);
-        (sizes == data && settled && cut, sizes, data)
+        (files, on_disk, sizes)
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let seen = loop {
+    let (files, on_disk, sizes) = loop {
         let seen = look();
-        if agree(&seen).0 || Instant::now() > deadline {
+        // Live bytes count frames still queued for the file too.
+        let settled = seen.0.iter().all(|&(_, size, live)| live <= size);
+        if (seen.1 == seen.2 && settled) || Instant::now() > deadline {
             break seen;
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    let (_, sizes, data) = agree(&seen);
-    assert_eq!(sizes, data, "files() is the directory, sizes and all");
-    for (seq, size, live) in &seen.0 {
+    assert_eq!(sizes, on_disk, "files() is the directory, sizes and all");
+    for (seq, size, live) in files {
         assert!(live <= size, "file {seq}: {live} live bytes of {size}");
-    }
-    for (name, data, whole) in seen.1.iter().rev().skip(1) {
-        assert_eq!(data, whole, "{name}, not the newest, was cut to its frames");
     }
 }
 
@@ -938,7 +858,7 @@ fn check_files(engine: &LogEngine, dir: &Path) {
 #[tokio::test]
 async fn rotation_and_compaction_keep_the_live_log() {
     let (_tmp, dir) = log_dir();
-    let mut engine = open_log_with(&dir, SMALL).unwrap();
+    let mut engine = LogEngine::open_with(&dir, SMALL).unwrap();
     let idle: GroupId = 100;
     engine
         .write_durably(idle, Write::Var(1, b"vote of the idle group"))
@@ -1042,7 +962,7 @@ async fn rotation_and_compaction_keep_the_live_log() {
 #[tokio::test]
 async fn reads_stay_right_while_files_are_compacted() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     put(&engine, 100, &entries_of(100, 1..=5, 0, 120)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1105,7 +1025,7 @@ fn reads_and_writes_go_on_while_files_are_rotated_or_compacted() {
                 let _ = go_rx.lock().unwrap().recv();
             }
         });
-        let engine = open_log_observed(&dir, SMALL, Some(observer)).unwrap();
+        let engine = LogEngine::open_observed(&dir, SMALL, Some(observer)).unwrap();
         // Writes (and purges) until the flush thread parks; on its own
         // thread, as a write would wait if the lock were held.
         let stop = Arc::new(AtomicBool::new(false));
@@ -1195,7 +1115,7 @@ fn crash_child(dir: &Path, step: Maintenance) -> ! {
             std::process::abort();
         })
     };
-    let engine = open_log_observed(dir, SMALL, Some(observer)).unwrap();
+    let engine = LogEngine::open_observed(dir, SMALL, Some(observer)).unwrap();
     let _ = engine_cell.set(engine.clone());
     futures::executor::block_on(async {
         put(&engine, 100, &entries_of(100, 1..=3, 0, 120)).await;
@@ -1250,22 +1170,18 @@ fn a_crash_at_any_step_of_the_upkeep_loses_no_acknowledged_write() {
     }
     for step in steps {
         let (_tmp, dir) = log_dir();
-        let mut child = {
-            let _forking = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-                .env(CRASH_CHILD, format!("{}|{step:?}", dir.display()))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let status = child.wait().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD, format!("{}|{step:?}", dir.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert!(!status.success(), "the child must have aborted at {step:?}");
         let acked = fs::read_to_string(dir.with_extension("acked")).unwrap_or_default();
         let acked: u64 = acked.lines().last().map_or(0, |l| l.parse().unwrap());
         assert!(acked > 0, "{step:?}: the writer got no round through");
-        let engine = open_log_with(&dir, SMALL).expect("the log reopens");
+        let engine = LogEngine::open_with(&dir, SMALL).expect("the log reopens");
         assert!(
             engine.entries(100, 0..=u64::MAX).unwrap() == entries_of(100, 1..=3, 0, 120),
             "{step:?}: the idle group's entries were lost or changed"
@@ -1306,7 +1222,7 @@ async fn churn(engine: &LogEngine, group: GroupId, rounds: u64) {
 #[tokio::test]
 async fn an_emptied_group_is_listed_the_same_after_compaction() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     put(&engine, 5, &entries_of(5, 1..=2, 0, 10)).await;
     engine.write_durably(5, Write::Truncate(1)).await.unwrap();
     churn(&engine, 1, 60).await;
@@ -1331,7 +1247,7 @@ async fn an_emptied_group_is_listed_the_same_after_compaction() {
 #[tokio::test]
 async fn a_large_idle_log_does_not_stop_compaction() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     // About 3 KiB of live entries, all in file 1.
     put(&engine, 100, &entries_of(100, 1..=6, 0, 500)).await;
     churn(&engine, 1, 300).await;
@@ -1355,7 +1271,7 @@ async fn a_large_idle_log_does_not_stop_compaction() {
 #[tokio::test]
 async fn small_live_entries_are_not_rewritten_on_every_write() {
     let (_tmp, dir) = log_dir();
-    let engine = open_log_with(&dir, SMALL).unwrap();
+    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
     // About 18 KiB of frames, none of them garbage (nothing is purged).
     for batch in 0..12u64 {
         let first = batch * 50 + 1;
@@ -1556,7 +1472,7 @@ async fn random_run(seed: u64, segment_bytes: u64, steps: u64) {
     let (_tmp, dir) = log_dir();
     let mut rng = Rng(seed);
     let mut model = Model::default();
-    let mut engine = open_log_with(&dir, segment_bytes).unwrap();
+    let mut engine = LogEngine::open_with(&dir, segment_bytes).unwrap();
     let (mut reopens, mut highest_seq) = (0, 1);
     for step in 0..steps {
         let context = format!("seed {seed:#x}, step {step}");
@@ -1580,7 +1496,7 @@ async fn random_run(seed: u64, segment_bytes: u64, steps: u64) {
                 let newest = dir_listing(&dir).pop().unwrap();
                 append_bytes(&dir.join(newest), &rng.bytes(60));
             }
-            engine = open_log_with(&dir, segment_bytes).unwrap();
+            engine = LogEngine::open_with(&dir, segment_bytes).unwrap();
             reopens += 1;
             check_model(
                 &engine,
@@ -1642,11 +1558,7 @@ const SLED_GROUPS: [GroupId; 3] = [0, 7, u64::MAX];
 fn while_sled_locked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let opened = {
-            let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
-            open()
-        };
-        match opened {
+        match open() {
             Ok(opened) => return opened,
             Err(e)
                 if e.to_string().contains("could not acquire lock")
@@ -1724,7 +1636,7 @@ fn a_log_kept_in_sled_is_moved_into_the_engine() {
     drop(runtime);
 
     // The engine alone, on the same files: the move was synced to them.
-    let engine = open_log(&tmp.path().join("raftlog")).unwrap();
+    let engine = LogEngine::open(&tmp.path().join("raftlog")).unwrap();
     for g in SLED_GROUPS {
         assert_eq!(
             engine.entries(g, 0..=u64::MAX).unwrap(),
@@ -1748,27 +1660,4 @@ fn a_log_kept_in_sled_is_moved_into_the_engine() {
     });
     drop(runtime);
     assert_eq!(dir_listing(&tmp.path().join("raftlog")), files_after_import);
-}
-
-/// A newest file without a preallocated rest (written before files were
-/// preallocated, or cut after a torn write) gets one at the next start;
-/// its frames stay as they were and new ones follow them.
-#[tokio::test]
-async fn a_newest_file_without_room_gets_it_at_start() {
-    let (_tmp, dir) = log_dir();
-    fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(file_name(1));
-    let mut bytes = MAGIC.to_vec();
-    bytes.extend(frame(1, 5, 1, b"old entry"));
-    fs::write(&path, &bytes).unwrap();
-    let engine = open_log_with(&dir, SMALL).unwrap();
-    assert_eq!(fs::metadata(&path).unwrap().len(), SMALL);
-    assert_eq!(data(&path), bytes);
-    put(&engine, 5, &[(2, b"new entry".to_vec())]).await;
-    let engine = reopen(engine, &dir, SMALL);
-    assert_eq!(
-        engine.entries(5, 0..=u64::MAX).unwrap(),
-        vec![(1, b"old entry".to_vec()), (2, b"new entry".to_vec())]
-    );
-    assert_eq!(fs::metadata(&path).unwrap().len(), SMALL);
 }

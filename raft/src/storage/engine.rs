@@ -27,11 +27,8 @@
 //! | 5 drop | — | — | forget the group |
 //!
 //! Replaying the frames of every file in order rebuilds the log. File
-//! numbers must be consecutive (a gap is a lost file). The newest file is
-//! preallocated to [`SEGMENT_BYTES`] (`fallocate`), and frames are written
-//! into that space: a sync then has no file size, so no inode, to write.
-//! Its frames end at the first all-zero frame header; only it may end in
-//! zeros, or in a torn frame (a crash mid-write), which is cut there.
+//! numbers must be consecutive (a gap is a lost file). Only the newest
+//! file may end in a torn frame (a crash mid-write); it is cut there.
 //! Every entry read back from a file (by openraft, or to move it during
 //! compaction) has its frame checked again, so damage on disk while the
 //! node runs is an error, never other bytes.
@@ -44,9 +41,8 @@
 //! When the newest file passes [`SEGMENT_BYTES`] a new one is started, and
 //! it begins with the current value of every group's variables. The new
 //! file is made under its temporary name first; it is named only once
-//! everything queued for the old file is on disk and the old file is cut
-//! to its frames, so a crash never leaves a torn frame or a preallocated
-//! rest anywhere but in the newest file. Files are deleted oldest
+//! everything queued for the old file is on disk, so a crash never leaves
+//! a torn frame anywhere but in the newest file. Files are deleted oldest
 //! first: once the oldest holds less than half its size in live entries,
 //! or all files together hold more than four segments and less than half
 //! of it live, the oldest file's live entries and every group's variables
@@ -68,7 +64,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write as _};
 use std::ops::RangeInclusive;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -165,15 +161,6 @@ pub enum Write<'a> {
     Drop,
 }
 
-/// Frames for the flush thread to write: where, and the ticket they bring
-/// to disk.
-struct Batch {
-    file: Arc<File>,
-    at: u64,
-    bytes: Arc<Vec<u8>>,
-    ticket: u64,
-}
-
 /// Frames the flush thread is writing, outside the lock.
 struct Inflight {
     file: u64,
@@ -206,8 +193,9 @@ impl State {
         self.pending_at + self.pending.len() as u64
     }
 
-    /// Hands what is pending to the flush thread.
-    fn take_batch(&mut self) -> Batch {
+    /// Hands what is pending to the flush thread: the file, the frames and
+    /// the ticket they bring to disk.
+    fn take_batch(&mut self) -> (Arc<File>, Arc<Vec<u8>>, u64) {
         debug_assert!(self.inflight.is_none(), "one batch at a time");
         let bytes = Arc::new(std::mem::take(&mut self.pending));
         let at = self.pending_at;
@@ -217,12 +205,7 @@ impl State {
             at,
             bytes: bytes.clone(),
         });
-        Batch {
-            file: self.files[&self.active].file.clone(),
-            at,
-            bytes,
-            ticket: self.queued,
-        }
+        (self.files[&self.active].file.clone(), bytes, self.queued)
     }
 
     /// The flush thread is done with its batch; `written`: it is in the
@@ -498,10 +481,6 @@ fn replay_file(state: &mut State, seq: u64, bytes: &[u8], path: &Path) -> Result
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         let start = at + FRAME_HEADER as usize;
-        // The preallocated rest of the file (no frame is empty).
-        if len == 0 && crc == 0 {
-            return Ok(at as u64);
-        }
         if len > MAX_FRAME_BYTES {
             return Ok(at as u64);
         }
@@ -535,51 +514,31 @@ fn replay_file(state: &mut State, seq: u64, bytes: &[u8], path: &Path) -> Result
 
 /// Creates file `seq` holding the magic: under a temporary name first, so
 /// that a crash never leaves a log file without its magic.
-fn create_file(dir: &Path, seq: u64, segment_bytes: u64) -> Result<File, String> {
-    let (tmp, file) = create_tmp_file(dir, seq, segment_bytes)?;
+fn create_file(dir: &Path, seq: u64) -> Result<File, String> {
+    let (tmp, file) = create_tmp_file(dir, seq)?;
     let path = dir.join(file_name(seq));
     std::fs::rename(&tmp, &path).map_err(|e| io_err("naming", &path, e))?;
     sync_dir(dir)?;
     Ok(file)
 }
 
-/// Creates file `seq` under its temporary name, holding the magic and
-/// space for `segment_bytes` (synced); the caller renames it. A crash
-/// before that leaves a file that the next start deletes.
-fn create_tmp_file(dir: &Path, seq: u64, segment_bytes: u64) -> Result<(PathBuf, File), String> {
+/// Creates file `seq` under its temporary name, holding the magic (synced);
+/// the caller renames it. A crash before that leaves a file that the next
+/// start deletes.
+fn create_tmp_file(dir: &Path, seq: u64) -> Result<(PathBuf, File), String> {
     let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(seq)));
     let file = OpenOptions::new()
         .create(true)
-        .truncate(true)
         .read(true)
-        .write(true)
+        .append(true)
         .open(&tmp)
         .map_err(|e| io_err("creating", &tmp, e))?;
-    file.write_all_at(&MAGIC, 0)
-        .and_then(|_| preallocate(&file, segment_bytes))
-        .and_then(|_| file.sync_all())
+    let mut writer = &file;
+    file.set_len(0)
+        .and_then(|_| writer.write_all(&MAGIC))
+        .and_then(|_| file.sync_data())
         .map_err(|e| io_err("writing", &tmp, e))?;
     Ok((tmp, file))
-}
-
-/// Reserves the first `len` bytes of `file` (zeros where nothing was
-/// written), so that writes within them do not change the file's size:
-/// `fdatasync` then has no inode to write, which took it from 137–159 µs
-/// to about 100 µs here. A file system that cannot reserve space leaves
-/// the file to grow as it is written.
-fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
-    // SAFETY: fallocate(2) on a descriptor borrowed for the call; it
-    // touches no memory of ours.
-    let done = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if done == 0 {
-        return Ok(());
-    }
-    match std::io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
-        e => Err(e),
-    }
 }
 
 /// The name a file has until its magic is on disk.
@@ -686,7 +645,7 @@ impl LogEngine {
             let path = dir.join(file_name(seq));
             let mut file = OpenOptions::new()
                 .read(true)
-                .write(true)
+                .append(true)
                 .open(&path)
                 .map_err(|e| io_err("opening", &path, e))?;
             let mut bytes = Vec::new();
@@ -702,8 +661,7 @@ impl LogEngine {
                 },
             );
             let valid = replay_file(&mut state, seq, &bytes, &path)?;
-            let preallocated = bytes[valid as usize..].iter().all(|&b| b == 0);
-            if valid < bytes.len() as u64 && !(last && preallocated) {
+            if valid < bytes.len() as u64 {
                 if !last {
                     return Err(format!(
                         "raft log: {} is corrupt at byte {valid} and is not the newest file",
@@ -721,16 +679,6 @@ impl LogEngine {
                     .and_then(|_| file.sync_all())
                     .map_err(|e| io_err("cutting the torn end of", &path, e))?;
             }
-            let on_disk = file
-                .metadata()
-                .map_err(|e| io_err("reading", &path, e))?
-                .len();
-            if last && on_disk < segment_bytes {
-                // A cut file, or one written before files were preallocated.
-                preallocate(&file, segment_bytes)
-                    .and_then(|_| file.sync_all())
-                    .map_err(|e| io_err("reserving space for", &path, e))?;
-            }
             if let Some(seg) = state.files.get_mut(&seq) {
                 seg.size = valid;
             }
@@ -738,7 +686,7 @@ impl LogEngine {
             state.pending_at = valid;
         }
         if state.files.is_empty() {
-            state.start_file(1, create_file(dir, 1, segment_bytes)?);
+            state.start_file(1, create_file(dir, 1)?);
         }
         let (durable, _) = watch::channel(Ok(0));
         let shared = Arc::new(Shared {
@@ -999,14 +947,19 @@ fn flush_loop(shared: &Shared) {
     }
 }
 
+/// Appends `bytes` to `file` and syncs them.
+fn write_synced(file: &File, bytes: &[u8]) -> Result<(), String> {
+    let mut writer = file;
+    writer
+        .write_all(bytes)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| format!("raft log: writing: {e}"))
+}
+
 /// Writes a batch taken with [`State::take_batch`] and syncs it, outside the
 /// lock; a failure fails the engine.
-fn write_batch(shared: &Shared, batch: &Batch) -> Result<(), String> {
-    let result = batch
-        .file
-        .write_all_at(&batch.bytes, batch.at)
-        .and_then(|_| batch.file.sync_data())
-        .map_err(|e| format!("raft log: writing: {e}"));
+fn write_batch(shared: &Shared, file: &File, batch: &[u8]) -> Result<(), String> {
+    let result = write_synced(file, batch);
     let mut state = shared.lock();
     state.finish_batch(result.is_ok());
     if let Err(e) = &result {
@@ -1019,7 +972,7 @@ fn write_batch(shared: &Shared, batch: &Batch) -> Result<(), String> {
 /// Writes and syncs what is queued (the flush thread's step), then reports
 /// it durable. Readers and writers go on meanwhile.
 fn flush_pending(shared: &Shared) -> Result<(), String> {
-    let batch = {
+    let (file, batch, ticket) = {
         let mut state = shared.lock();
         if let Some(e) = &state.failed {
             return Err(e.clone());
@@ -1029,23 +982,18 @@ fn flush_pending(shared: &Shared) -> Result<(), String> {
         }
         state.take_batch()
     };
-    write_batch(shared, &batch)?;
-    report_durable(shared, batch.ticket);
+    write_batch(shared, &file, &batch)?;
+    report_durable(shared, ticket);
     Ok(())
 }
 
 /// Starts a new file that begins with every group's variables. The file is
 /// made (and synced) before the lock is taken; under it, the active file
 /// only changes hands. The new file gets its name once everything queued
-/// for the old one is on disk and the old one is cut to what it holds (no
-/// preallocated tail), so only the newest file ever ends torn or in zeros.
+/// for the old one is on disk, so only the newest file ever ends torn.
 fn rotate(shared: &Shared) -> Result<(), String> {
-    let (old_seq, old_file) = {
-        let state = shared.lock();
-        (state.active, state.files[&state.active].file.clone())
-    };
-    let seq = old_seq + 1;
-    let (tmp, file) = create_tmp_file(&shared.dir, seq, shared.segment_bytes)?;
+    let seq = shared.lock().active + 1;
+    let (tmp, file) = create_tmp_file(&shared.dir, seq)?;
     shared.observe(Maintenance::Rotating);
     let old = {
         let mut state = shared.lock();
@@ -1054,21 +1002,15 @@ fn rotate(shared: &Shared) -> Result<(), String> {
         queue_vars(&mut state);
         old
     };
-    if let Some(batch) = &old {
-        write_batch(shared, batch)?;
+    if let Some((old_file, old_batch, _)) = &old {
+        write_batch(shared, old_file, old_batch)?;
     }
-    let old_size = shared.lock().files[&old_seq].size;
-    let old_path = shared.dir.join(file_name(old_seq));
-    old_file
-        .set_len(old_size)
-        .and_then(|_| old_file.sync_all())
-        .map_err(|e| io_err("cutting the preallocated end of", &old_path, e))?;
     let path = shared.dir.join(file_name(seq));
     std::fs::rename(&tmp, &path).map_err(|e| io_err("naming", &path, e))?;
     sync_dir(&shared.dir)?;
     shared.observe(Maintenance::Named);
-    if let Some(batch) = old {
-        report_durable(shared, batch.ticket);
+    if let Some((_, _, ticket)) = old {
+        report_durable(shared, ticket);
     }
     Ok(())
 }
