@@ -31,6 +31,32 @@ const FRAME_OVERHEAD: u64 = 4 + 4 + 1 + 8 + 8;
 
 // ---------------------------------------------------------------- helpers
 
+/// Held (shared) by every open of a log in this file, and (exclusive) by a
+/// crash test while it starts a child process: a child holds copies of
+/// every descriptor open at the fork until its `exec`, the lock file's
+/// among them, so an engine dropped and opened again in that window would
+/// find its directory still locked.
+static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn open_log(dir: &Path) -> Result<LogEngine, String> {
+    let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+    LogEngine::open(dir)
+}
+
+fn open_log_with(dir: &Path, segment_bytes: u64) -> Result<LogEngine, String> {
+    let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+    LogEngine::open_with(dir, segment_bytes)
+}
+
+fn open_log_observed(
+    dir: &Path,
+    segment_bytes: u64,
+    observer: Option<garrison_raft::storage::engine::Observer>,
+) -> Result<LogEngine, String> {
+    let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+    LogEngine::open_observed(dir, segment_bytes, observer)
+}
+
 /// A fresh temporary directory and the log directory inside it (which the
 /// engine must create itself).
 fn log_dir() -> (tempfile::TempDir, PathBuf) {
@@ -119,12 +145,12 @@ fn dump(engine: &LogEngine) -> (Vec<GroupId>, BTreeMap<GroupId, GroupState>) {
 /// Drops the engine (joining its flush thread) and opens the directory again.
 fn reopen(engine: LogEngine, dir: &Path, segment_bytes: u64) -> LogEngine {
     drop(engine);
-    LogEngine::open_with(dir, segment_bytes).expect("the log reopens")
+    open_log_with(dir, segment_bytes).expect("the log reopens")
 }
 
 /// Opens the directory expecting a refusal, and returns its message.
 fn open_error(dir: &Path) -> String {
-    match LogEngine::open(dir) {
+    match open_log(dir) {
         Ok(_) => panic!("{} opened, but it should have been refused", dir.display()),
         Err(e) => e,
     }
@@ -186,7 +212,7 @@ fn entries_of(
 #[tokio::test]
 async fn every_kind_of_write_survives_reopen() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
 
     // Group 1: 1..=10, truncate from 8, a new 8, purge up to 3: 4..=8.
     put(&engine, 1, &entries_of(1, 1..=10, 0, 50)).await;
@@ -274,7 +300,7 @@ async fn every_kind_of_write_survives_reopen() {
 #[test]
 fn replace_truncate_and_purge_semantics() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     let g = 9;
     let read = |e: &LogEngine| e.entries(g, 0..=u64::MAX).unwrap();
 
@@ -378,7 +404,7 @@ enum Damage {
 /// and survives another reopen.
 async fn torn_tail_case(damage: Damage) {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     engine
         .write_durably(1, Write::Var(1, b"vote"))
         .await
@@ -426,7 +452,7 @@ async fn torn_tail_case(damage: Damage) {
         }
     };
 
-    let engine = LogEngine::open(&dir).expect("a torn newest file is accepted");
+    let engine = open_log(&dir).expect("a torn newest file is accepted");
     assert_eq!(file_len(&path), valid, "the torn end is cut off the file");
     assert_eq!(
         engine.entries(1, 0..=u64::MAX).unwrap(),
@@ -465,7 +491,7 @@ async fn a_torn_tail_is_cut_whatever_the_damage() {
 #[tokio::test]
 async fn waiting_for_a_lazy_write_syncs_it() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=1, 0, 10)).await;
     let synced = file_len(&dir.join(file_name(1)));
     let ticket = engine.write_lazily(1, Write::Var(2, b"committed")).unwrap();
@@ -489,7 +515,7 @@ async fn waiting_for_a_lazy_write_syncs_it() {
 #[tokio::test]
 async fn frames_follow_the_documented_format() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     put(&engine, 3, &entries_of(3, 1..=2, 0, 10)).await;
     drop(engine);
     let path = dir.join(file_name(1));
@@ -502,7 +528,7 @@ async fn frames_follow_the_documented_format() {
     extra.extend(frame(4, 3, 7, b"variable by hand"));
     extra.extend(frame(3, 3, 1, &[]));
     append_bytes(&path, &extra);
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     assert_eq!(
         engine.entries(3, 0..=u64::MAX).unwrap(),
         vec![(2, payload(3, 2, 0, 10)), (3, b"by hand".to_vec())]
@@ -516,7 +542,7 @@ async fn frames_follow_the_documented_format() {
 /// Fills group 1 with entries of 500 bytes (nothing purged, so nothing is
 /// compacted) until the log has at least `files` files.
 async fn fill_files(dir: &Path, files: usize) -> Vec<(u64, Vec<u8>)> {
-    let engine = LogEngine::open_with(dir, SMALL).unwrap();
+    let engine = open_log_with(dir, SMALL).unwrap();
     let mut written = Vec::new();
     let mut index = 0;
     while engine.files().len() < files {
@@ -557,7 +583,7 @@ async fn corruption_in_an_older_file_is_refused() {
         assert_eq!(fs::read(&path).unwrap(), before);
     }
 
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     assert_eq!(engine.entries(1, 0..=u64::MAX).unwrap(), written);
 }
 
@@ -593,7 +619,7 @@ async fn a_missing_file_between_others_is_refused() {
     );
     fs::write(&middle, kept).unwrap();
     assert_eq!(dir_listing(&dir), before);
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     assert_eq!(engine.files().len(), 3);
 }
 
@@ -603,7 +629,7 @@ async fn a_missing_file_between_others_is_refused() {
 #[tokio::test]
 async fn an_entry_damaged_on_disk_is_an_error_when_read() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     let written = entries_of(4, 1..=3, 0, 50);
     put(&engine, 4, &written).await;
     let path = dir.join(file_name(1));
@@ -629,7 +655,7 @@ async fn an_entry_damaged_on_disk_is_an_error_when_read() {
 #[tokio::test]
 async fn a_whole_frame_of_an_unknown_kind_is_refused() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=2, 0, 10)).await;
     drop(engine);
     let path = dir.join(file_name(1));
@@ -669,7 +695,7 @@ async fn a_file_without_magic_is_refused() {
 
     // A valid log, then a newer file with a short non-magic start.
     let (_tmp2, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=2, 0, 10)).await;
     drop(engine);
     fs::write(dir.join(file_name(2)), b"GRX").unwrap();
@@ -693,9 +719,9 @@ fn an_unexpected_file_name_is_refused() {
     ];
     for name in names {
         let (_tmp, dir) = log_dir();
-        drop(LogEngine::open(&dir).unwrap());
+        drop(open_log(&dir).unwrap());
         fs::write(dir.join(name), b"x").unwrap();
-        let opened = LogEngine::open(&dir);
+        let opened = open_log(&dir);
         assert_eq!(
             fs::read(dir.join(name)).ok(),
             Some(b"x".to_vec()),
@@ -709,7 +735,7 @@ fn an_unexpected_file_name_is_refused() {
     }
     // A directory is no log file either.
     let (_tmp, dir) = log_dir();
-    drop(LogEngine::open(&dir).unwrap());
+    drop(open_log(&dir).unwrap());
     fs::create_dir(dir.join("old")).unwrap();
     let err = open_error(&dir);
     assert!(err.contains("unexpected file old"), "{err:?}");
@@ -722,7 +748,7 @@ fn an_unexpected_file_name_is_refused() {
 #[tokio::test]
 async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     put(&engine, 1, &entries_of(1, 1..=3, 0, 20)).await;
     engine
         .write_durably(1, Write::Var(1, b"vote"))
@@ -731,7 +757,7 @@ async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
     drop(engine);
     let started = dir.join(format!("{}.tmp", file_name(2)));
     fs::write(&started, &MAGIC[..3]).unwrap();
-    let engine = LogEngine::open(&dir).expect("a file being started is no log yet");
+    let engine = open_log(&dir).expect("a file being started is no log yet");
     assert!(!started.exists(), "the temporary file is deleted");
     assert_eq!(
         engine.entries(1, 0..=u64::MAX).unwrap(),
@@ -757,7 +783,7 @@ async fn a_file_being_started_is_dropped_and_an_empty_log_file_refused() {
 #[tokio::test]
 async fn a_crash_while_starting_a_file_loses_no_variable() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     engine
         .write_durably(1, Write::Var(1, b"vote 1"))
         .await
@@ -784,7 +810,7 @@ async fn a_crash_while_starting_a_file_loses_no_variable() {
     file.set_len(MAGIC.len() as u64 + 10).unwrap();
     drop(file);
 
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     assert_eq!(engine.var(1, 1), Some(b"vote 1".to_vec()));
     assert_eq!(engine.var(2, 1), Some(b"vote 2".to_vec()));
     // Raft purges the log after a snapshot: file 1 is garbage now.
@@ -804,7 +830,7 @@ async fn a_crash_while_starting_a_file_loses_no_variable() {
 #[test]
 fn a_new_log_starts_with_one_file() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open(&dir).unwrap();
+    let engine = open_log(&dir).unwrap();
     assert_eq!(dir_listing(&dir), vec![file_name(1)]);
     assert_eq!(fs::read(dir.join(file_name(1))).unwrap(), MAGIC);
     assert_eq!(engine.files(), vec![(1, MAGIC.len() as u64, 0)]);
@@ -858,7 +884,7 @@ fn check_files(engine: &LogEngine, dir: &Path) {
 #[tokio::test]
 async fn rotation_and_compaction_keep_the_live_log() {
     let (_tmp, dir) = log_dir();
-    let mut engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let mut engine = open_log_with(&dir, SMALL).unwrap();
     let idle: GroupId = 100;
     engine
         .write_durably(idle, Write::Var(1, b"vote of the idle group"))
@@ -962,7 +988,7 @@ async fn rotation_and_compaction_keep_the_live_log() {
 #[tokio::test]
 async fn reads_stay_right_while_files_are_compacted() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     put(&engine, 100, &entries_of(100, 1..=5, 0, 120)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1025,7 +1051,7 @@ fn reads_and_writes_go_on_while_files_are_rotated_or_compacted() {
                 let _ = go_rx.lock().unwrap().recv();
             }
         });
-        let engine = LogEngine::open_observed(&dir, SMALL, Some(observer)).unwrap();
+        let engine = open_log_observed(&dir, SMALL, Some(observer)).unwrap();
         // Writes (and purges) until the flush thread parks; on its own
         // thread, as a write would wait if the lock were held.
         let stop = Arc::new(AtomicBool::new(false));
@@ -1050,7 +1076,7 @@ fn reads_and_writes_go_on_while_files_are_rotated_or_compacted() {
         stop.store(true, Ordering::Release);
         let (done_tx, done) = mpsc::channel();
         let other = engine.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             other.write(2, Write::Var(1, b"vote")).unwrap();
             let entry = [(1, payload(2, 1, 0, 50))];
             other.write(2, Write::Entries(&entry)).unwrap();
@@ -1065,6 +1091,8 @@ fn reads_and_writes_go_on_while_files_are_rotated_or_compacted() {
         drop(go);
         let (ones, twos, var) =
             read.unwrap_or_else(|_| panic!("a reader or writer waited for the {step:?} step"));
+        // Its handle on the engine keeps the directory locked until it ends.
+        reader.join().unwrap();
         assert!(!ones.is_empty());
         for (i, bytes) in ones {
             assert_eq!(bytes, payload(1, i, 0, 200), "entry {i} of group 1");
@@ -1115,7 +1143,7 @@ fn crash_child(dir: &Path, step: Maintenance) -> ! {
             std::process::abort();
         })
     };
-    let engine = LogEngine::open_observed(dir, SMALL, Some(observer)).unwrap();
+    let engine = open_log_observed(dir, SMALL, Some(observer)).unwrap();
     let _ = engine_cell.set(engine.clone());
     futures::executor::block_on(async {
         put(&engine, 100, &entries_of(100, 1..=3, 0, 120)).await;
@@ -1170,18 +1198,22 @@ fn a_crash_at_any_step_of_the_upkeep_loses_no_acknowledged_write() {
     }
     for step in steps {
         let (_tmp, dir) = log_dir();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-            .env(CRASH_CHILD, format!("{}|{step:?}", dir.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
+        let mut child = {
+            let _forking = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+                .env(CRASH_CHILD, format!("{}|{step:?}", dir.display()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let status = child.wait().unwrap();
         assert!(!status.success(), "the child must have aborted at {step:?}");
         let acked = fs::read_to_string(dir.with_extension("acked")).unwrap_or_default();
         let acked: u64 = acked.lines().last().map_or(0, |l| l.parse().unwrap());
         assert!(acked > 0, "{step:?}: the writer got no round through");
-        let engine = LogEngine::open_with(&dir, SMALL).expect("the log reopens");
+        let engine = open_log_with(&dir, SMALL).expect("the log reopens");
         assert!(
             engine.entries(100, 0..=u64::MAX).unwrap() == entries_of(100, 1..=3, 0, 120),
             "{step:?}: the idle group's entries were lost or changed"
@@ -1222,7 +1254,7 @@ async fn churn(engine: &LogEngine, group: GroupId, rounds: u64) {
 #[tokio::test]
 async fn an_emptied_group_is_listed_the_same_after_compaction() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     put(&engine, 5, &entries_of(5, 1..=2, 0, 10)).await;
     engine.write_durably(5, Write::Truncate(1)).await.unwrap();
     churn(&engine, 1, 60).await;
@@ -1247,7 +1279,7 @@ async fn an_emptied_group_is_listed_the_same_after_compaction() {
 #[tokio::test]
 async fn a_large_idle_log_does_not_stop_compaction() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     // About 3 KiB of live entries, all in file 1.
     put(&engine, 100, &entries_of(100, 1..=6, 0, 500)).await;
     churn(&engine, 1, 300).await;
@@ -1271,7 +1303,7 @@ async fn a_large_idle_log_does_not_stop_compaction() {
 #[tokio::test]
 async fn small_live_entries_are_not_rewritten_on_every_write() {
     let (_tmp, dir) = log_dir();
-    let engine = LogEngine::open_with(&dir, SMALL).unwrap();
+    let engine = open_log_with(&dir, SMALL).unwrap();
     // About 18 KiB of frames, none of them garbage (nothing is purged).
     for batch in 0..12u64 {
         let first = batch * 50 + 1;
@@ -1472,7 +1504,7 @@ async fn random_run(seed: u64, segment_bytes: u64, steps: u64) {
     let (_tmp, dir) = log_dir();
     let mut rng = Rng(seed);
     let mut model = Model::default();
-    let mut engine = LogEngine::open_with(&dir, segment_bytes).unwrap();
+    let mut engine = open_log_with(&dir, segment_bytes).unwrap();
     let (mut reopens, mut highest_seq) = (0, 1);
     for step in 0..steps {
         let context = format!("seed {seed:#x}, step {step}");
@@ -1496,7 +1528,7 @@ async fn random_run(seed: u64, segment_bytes: u64, steps: u64) {
                 let newest = dir_listing(&dir).pop().unwrap();
                 append_bytes(&dir.join(newest), &rng.bytes(60));
             }
-            engine = LogEngine::open_with(&dir, segment_bytes).unwrap();
+            engine = open_log_with(&dir, segment_bytes).unwrap();
             reopens += 1;
             check_model(
                 &engine,
@@ -1558,7 +1590,11 @@ const SLED_GROUPS: [GroupId; 3] = [0, 7, u64::MAX];
 fn while_sled_locked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match open() {
+        let opened = {
+            let _no_fork = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+            open()
+        };
+        match opened {
             Ok(opened) => return opened,
             Err(e)
                 if e.to_string().contains("could not acquire lock")
@@ -1636,7 +1672,7 @@ fn a_log_kept_in_sled_is_moved_into_the_engine() {
     drop(runtime);
 
     // The engine alone, on the same files: the move was synced to them.
-    let engine = LogEngine::open(&tmp.path().join("raftlog")).unwrap();
+    let engine = open_log(&tmp.path().join("raftlog")).unwrap();
     for g in SLED_GROUPS {
         assert_eq!(
             engine.entries(g, 0..=u64::MAX).unwrap(),
