@@ -131,6 +131,16 @@ impl Loc {
     fn frame_bytes(&self) -> u64 {
         FRAME_HEADER + BODY_PREFIX + u64::from(self.len)
     }
+
+    /// Where the entry's frame starts.
+    fn frame_start(&self) -> u64 {
+        self.offset - FRAME_HEADER - BODY_PREFIX
+    }
+
+    /// Whether `next`'s frame follows this one's in the same file.
+    fn precedes(&self, next: Loc) -> bool {
+        next.file == self.file && next.frame_start() == self.offset + u64::from(self.len)
+    }
 }
 
 #[derive(Default)]
@@ -458,7 +468,7 @@ fn checked_entry(frame: &[u8], group: GroupId, index: u64, loc: Loc) -> Result<V
         return Err(format!(
             "raft log: entry {index} of group {group} in {} at byte {} is damaged (its frame no longer checks out)",
             file_name(loc.file),
-            loc.offset - FRAME_HEADER - BODY_PREFIX
+            loc.frame_start()
         ));
     }
     Ok(body[BODY_PREFIX as usize..].to_vec())
@@ -859,29 +869,14 @@ impl LogEngine {
                 Source::File(file, loc) => (file, loc),
             };
             let mut run = vec![(index, first)];
-            let mut end = first.offset + u64::from(first.len);
             while let Some((next, Source::File(_, loc))) = rest.peek() {
-                if loc.file != first.file || loc.offset != end + FRAME_HEADER + BODY_PREFIX {
+                if !run.last().is_some_and(|&(_, prev)| prev.precedes(*loc)) {
                     break;
                 }
-                end = loc.offset + u64::from(loc.len);
                 run.push((*next, *loc));
                 rest.next();
             }
-            // From the first frame's header, so every frame's checksum is
-            // checked again: a file damaged while the node runs gives an
-            // error, never other bytes.
-            let start = first.offset - FRAME_HEADER - BODY_PREFIX;
-            let mut span = vec![0; (end - start) as usize];
-            file.read_exact_at(&mut span, start).map_err(|e| {
-                format!("raft log: reading entries from {index} of group {group}: {e}")
-            })?;
-            for (index, loc) in run {
-                let at = (loc.offset - start) as usize;
-                let frame =
-                    &span[at - (FRAME_HEADER + BODY_PREFIX) as usize..at + loc.len as usize];
-                out.push((index, checked_entry(frame, group, index, loc)?));
-            }
+            out.extend(read_run(&file, group, &run)?);
         }
         Ok(out)
     }
@@ -947,19 +942,14 @@ fn flush_loop(shared: &Shared) {
     }
 }
 
-/// Appends `bytes` to `file` and syncs them.
-fn write_synced(file: &File, bytes: &[u8]) -> Result<(), String> {
-    let mut writer = file;
-    writer
-        .write_all(bytes)
-        .and_then(|_| file.sync_data())
-        .map_err(|e| format!("raft log: writing: {e}"))
-}
-
-/// Writes a batch taken with [`State::take_batch`] and syncs it, outside the
-/// lock; a failure fails the engine.
+/// Appends a batch taken with [`State::take_batch`] to its file and syncs
+/// it, outside the lock; a failure fails the engine.
 fn write_batch(shared: &Shared, file: &File, batch: &[u8]) -> Result<(), String> {
-    let result = write_synced(file, batch);
+    let mut writer = file;
+    let result = writer
+        .write_all(batch)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| format!("raft log: writing: {e}"));
     let mut state = shared.lock();
     state.finish_batch(result.is_ok());
     if let Err(e) = &result {
@@ -1098,21 +1088,49 @@ fn choose_compaction(shared: &Shared) -> Option<(u64, Arc<File>, Vec<LiveEntry>)
     Some((oldest, seg.file.clone(), moving))
 }
 
-/// Reads and checks the entries to move from `file`.
+/// Reads and checks the entries to move from `file`: one read for each run
+/// of a group's adjacent frames.
 fn read_moving(file: &File, moving: &[LiveEntry]) -> Result<Vec<(LiveEntry, Vec<u8>)>, String> {
     let mut moved = Vec::with_capacity(moving.len());
-    for &(group, index, loc) in moving {
-        let mut frame = vec![0; loc.frame_bytes() as usize];
-        file.read_exact_at(&mut frame, loc.offset - FRAME_HEADER - BODY_PREFIX)
-            .map_err(|e| {
-                format!("raft log: reading entry {index} of group {group} to move it: {e}")
-            })?;
-        moved.push((
-            (group, index, loc),
-            checked_entry(&frame, group, index, loc)?,
-        ));
+    for run in moving.chunk_by(|a, b| a.0 == b.0 && a.2.precedes(b.2)) {
+        let locs: Vec<(u64, Loc)> = run.iter().map(|&(_, index, loc)| (index, loc)).collect();
+        let read = read_run(file, run[0].0, &locs)?;
+        moved.extend(
+            run.iter()
+                .zip(read)
+                .map(|(&live, (_, bytes))| (live, bytes)),
+        );
     }
     Ok(moved)
+}
+
+/// Reads the entries of `group` in `run` (adjacent frames in `file`, in
+/// order) with one read, from the first frame's header, so every frame's
+/// checksum is checked again: a file damaged while the node runs gives an
+/// error, never other bytes.
+fn read_run(
+    file: &File,
+    group: GroupId,
+    run: &[(u64, Loc)],
+) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let (Some(&(first_index, first)), Some(&(_, last))) = (run.first(), run.last()) else {
+        return Ok(Vec::new());
+    };
+    let start = first.frame_start();
+    let mut span = vec![0; (last.offset + u64::from(last.len) - start) as usize];
+    file.read_exact_at(&mut span, start).map_err(|e| {
+        format!(
+            "raft log: reading entries from {first_index} of group {group} in {}: {e}",
+            file_name(first.file)
+        )
+    })?;
+    run.iter()
+        .map(|&(index, loc)| {
+            let at = (loc.frame_start() - start) as usize;
+            let frame = &span[at..at + loc.frame_bytes() as usize];
+            Ok((index, checked_entry(frame, group, index, loc)?))
+        })
+        .collect()
 }
 
 /// Queues a frame for every variable of every group.
