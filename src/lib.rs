@@ -22,6 +22,7 @@
 //! - [`session`]: login challenges, session tokens, the meta clock.
 //! - [`limits`]: rate limits and timeouts of the client port.
 //! - [`server`]: one garrison node: configuration, start, shutdown.
+//! - [`logging`]: the binary's log, and the per-group noise it leaves out.
 //! - [`cli`]: the `garrison` command line.
 
 pub use garrison_raft as raft;
@@ -33,6 +34,7 @@ pub mod cache;
 pub mod cli;
 pub mod limits;
 pub mod location;
+pub mod logging;
 pub mod propagate;
 pub mod sequence;
 pub mod server;

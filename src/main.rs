@@ -4,13 +4,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GARRISON_LOG")
-                .unwrap_or_else(|_| "warn,garrison=info,openraft=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    garrison::logging::init();
     let matches = garrison::cli::Cli::command().get_matches();
     let cli = match garrison::cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

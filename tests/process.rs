@@ -33,12 +33,19 @@ impl Proc {
         let child = Command::new(BIN)
             .args(["node", "--config"])
             .arg(&self.config)
-            .env("GARRISON_LOG", "warn,openraft=error")
+            // The default log, whose quieting of openraft is checked below.
+            .env_remove("GARRISON_LOG")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start garrison node");
         self.child = Some(child);
+    }
+
+    /// What the node logged from byte `from` of its log on.
+    fn log_since(&self, from: usize) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&bytes[from.min(bytes.len())..]).into_owned()
     }
 
     /// kill -9: no shutdown, no flush.
@@ -197,6 +204,8 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     // kill -9 the location's leader; writes resume through the client.
     let leader_addr = client.find_leader("front").await.unwrap();
     let leader = endpoints.iter().position(|e| *e == leader_addr).unwrap();
+    // What the nodes logged before (peers not yet up at start-up included).
+    let logged_before: Vec<usize> = procs.iter().map(|p| p.log_since(0).len()).collect();
     procs[leader].kill();
     let killed = Instant::now();
     acked.extend(write(&client, &mut player, 20..21).await);
@@ -208,9 +217,36 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     acked.extend(write(&client, &mut player, 21..40).await);
     assert_all_present(&client, &acked).await;
 
-    // Bring it back, then kill -9 all three at once and restart them.
+    // Each survivor says once that the killed node is unreachable; the
+    // groups' own retries (openraft's "Unreachable node" errors, dozens a
+    // second) stay out of the default log.
+    let gone = format!("peer node {} is unreachable", leader + 1);
+    let since_kill = |procs: &[Proc], i: usize| procs[i].log_since(logged_before[i]);
+    eventually("the survivors to report the killed node", || {
+        let said = (0..procs.len())
+            .filter(|&i| i != leader)
+            .all(|i| since_kill(&procs, i).contains(&gone));
+        async move { said }
+    })
+    .await;
+    for i in (0..procs.len()).filter(|&i| i != leader) {
+        let log = since_kill(&procs, i);
+        assert_eq!(log.matches(&gone).count(), 1, "node {}:\n{log}", i + 1);
+        assert!(!log.contains("Unreachable node"), "node {}:\n{log}", i + 1);
+    }
+
+    // Bring it back (the survivors say so once), then kill -9 all three at
+    // once and restart them.
     procs[leader].start();
     acked.extend(write(&client, &mut player, 40..45).await);
+    let back = format!("peer node {} is reachable again", leader + 1);
+    eventually("the survivors to report the node back", || {
+        let said = (0..procs.len())
+            .filter(|&i| i != leader)
+            .all(|i| since_kill(&procs, i).matches(&back).count() == 1);
+        async move { said }
+    })
+    .await;
     for p in procs.iter_mut() {
         p.kill();
     }

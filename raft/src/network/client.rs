@@ -40,6 +40,11 @@ struct Slot {
     generation: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The last attempt to connect failed: said once, at warn level, and
+    /// once more when a connection succeeds again. Every group's messages
+    /// to the peer fail meanwhile; openraft's per-group reports of them are
+    /// left out of the default log (see the `garrison` binary's logging).
+    down: bool,
 }
 
 /// Opens a tarpc connection to node `target`'s listener at `addr`, over TLS
@@ -150,6 +155,7 @@ impl PeerPool {
                     generation: 0,
                     retry_at: None,
                     backoff: Duration::from_millis(self.config.reconnect_backoff_min_ms),
+                    down: false,
                 }))
             })
             .clone()
@@ -184,17 +190,26 @@ impl PeerPool {
                 slot.client = Some((client.clone(), slot.generation));
                 slot.retry_at = None;
                 slot.backoff = Duration::from_millis(self.config.reconnect_backoff_min_ms);
-                tracing::debug!(peer = node, addr, "connected");
+                if std::mem::take(&mut slot.down) {
+                    tracing::info!(peer = node, addr, "peer node {node} is reachable again");
+                } else {
+                    tracing::debug!(peer = node, addr, "connected");
+                }
                 Ok((client, slot.generation))
             }
             Err(e) => {
                 slot.retry_at = Some(Instant::now() + slot.backoff);
                 slot.backoff = (slot.backoff * 2)
                     .min(Duration::from_millis(self.config.reconnect_backoff_max_ms));
-                Err(Error::Unreachable {
-                    node,
-                    reason: format!("connecting to {addr}: {e}"),
-                })
+                let reason = format!("connecting to {addr}: {e}");
+                if !std::mem::replace(&mut slot.down, true) {
+                    tracing::warn!(
+                        peer = node,
+                        addr,
+                        "peer node {node} is unreachable ({reason}); retrying with backoff"
+                    );
+                }
+                Err(Error::Unreachable { node, reason })
             }
         }
     }
