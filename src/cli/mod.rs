@@ -7,8 +7,12 @@
 
 pub mod admin;
 pub mod bench;
+// Argument docs are `--help` text first: `[,max=N]` and `<id>` there are
+// for the reader of the help, not rustdoc links or HTML tags.
+#[allow(rustdoc::invalid_html_tags)]
 pub mod certs;
 pub mod dev;
+#[allow(rustdoc::broken_intra_doc_links)]
 pub mod ops;
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! openraft's log storage for one group, on the node's shared
-//! [`LogEngine`](super::engine::LogEngine).
+//! [`LogEngine`].
 //!
 //! Writes are applied in call order (openraft requires log and vote I/O to
 //! be serialized) and are readable at once; they are durable only after the

@@ -27,7 +27,7 @@
 //! while a sync runs share the following one.
 //!
 //! sled flushes on its own only every 500 ms, so a snapshot or a group record
-//! is durable only once [`Flusher`] has flushed sled; calls that overlap share
+//! is durable only once `Flusher` has flushed sled; calls that overlap share
 //! one flush.
 //!
 //! The state machine is kept in memory and persisted as a snapshot record that
