@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::StreamExt;
 use garrison_client::api::Garrison;
+use garrison_client::tls::ServerTls;
 use garrison_client::tx::PlayerKey;
 use garrison_raft::network::TlsFiles;
 use garrison_raft::{Node, NodeConfig, RaftConfig};
@@ -61,7 +62,8 @@ pub struct ApiLimits {
     pub player_transactions_per_s: u32,
     /// Transactions one player may submit in a burst above that rate.
     pub player_burst: u32,
-    /// A connection that sends no request this long after it opens is closed.
+    /// A connection that sends no request this long after it opens is
+    /// closed (with `api_tls`, its TLS handshake must also end within it).
     pub handshake_timeout_ms: u64,
     /// A connection with no request for this long is closed.
     pub idle_timeout_ms: u64,
@@ -135,6 +137,35 @@ pub struct ServerConfig {
     /// certificate (naming `node-<node_id>.garrison`) and its key. Relative
     /// paths are relative to the working directory, like `data_dir`.
     pub tls: TlsFiles,
+    /// TLS on the client port (optional): with it, clients connect only
+    /// over TLS and check this certificate against their CA and the host
+    /// they dialled. Without it the client port is plaintext.
+    #[serde(default)]
+    pub api_tls: Option<ApiTlsFiles>,
+}
+
+/// The client port's certificate and key (PEM files); `garrison certs`
+/// writes development ones, `api-<id>.pem` and `api-<id>.key`, naming
+/// `localhost`, `127.0.0.1` and `::1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsFiles {
+    /// The certificate, optionally followed by intermediates.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+impl ApiTlsFiles {
+    /// The layout `garrison certs` writes in `dir` for node `id`.
+    pub fn in_dir(dir: &Path, id: u64) -> Self {
+        let (cert, key) = garrison_raft::certs::api_cert_files(dir, id);
+        Self { cert, key }
+    }
+
+    fn load(&self) -> anyhow::Result<ServerTls> {
+        ServerTls::load(&self.cert, &self.key).map_err(|e| anyhow::anyhow!("api_tls: {e}"))
+    }
 }
 
 impl ServerConfig {
@@ -148,6 +179,9 @@ impl ServerConfig {
         config.check()?;
         config.admins()?;
         config.roles()?;
+        if let Some(tls) = &config.api_tls {
+            tls.load()?;
+        }
         Ok(config)
     }
 
@@ -236,6 +270,7 @@ impl Server {
     ) -> anyhow::Result<Self> {
         config.me()?;
         config.check()?;
+        let api_tls = config.api_tls.as_ref().map(ApiTlsFiles::load).transpose()?;
         let sessions = Arc::new(Sessions::load(
             &config.token_key,
             &config.cluster,
@@ -288,6 +323,7 @@ impl Server {
         tokio::spawn(serve_clients(
             api_listener,
             config.api.clone(),
+            api_tls,
             service,
             stop.clone(),
         ));
@@ -308,6 +344,7 @@ impl Server {
 async fn serve_clients(
     listener: TcpListener,
     limits: ApiLimits,
+    tls: Option<ServerTls>,
     service: ApiService,
     stop: CancellationToken,
 ) {
@@ -318,29 +355,68 @@ async fn serve_clients(
         "client",
         stop.clone(),
         move |stream, peer, permit| {
-            let framed = Framed::new(
-                stream,
-                garrison_wire::frame_codec(limits.max_frame_bytes as usize),
-            );
-            let transport = serde_transport::new(framed, garrison_wire::Bincode2::default());
-            let channel = BaseChannel::new(server::Config::default(), transport)
-                .max_concurrent_requests(limits.max_in_flight_requests_per_connection);
             let service = service.for_connection(&limits);
-            let connection = service.connection();
-            let stop = stop.clone();
+            let (limits, tls, stop) = (limits.clone(), tls.clone(), stop.clone());
             tokio::spawn(async move {
-                let watchdog = connection.close_when_idle();
-                let serve = channel.execute(service.serve()).for_each(|request| async {
-                    tokio::spawn(request);
-                });
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = serve => tracing::debug!(%peer, "client connection closed"),
-                    why = watchdog => tracing::info!(%peer, "closing client connection: {why}"),
+                match tls {
+                    None => serve_client(stream, peer, &limits, service, &stop).await,
+                    Some(tls) => {
+                        let handshake = tokio::time::timeout(
+                            std::time::Duration::from_millis(limits.handshake_timeout_ms),
+                            tls.accept(stream),
+                        );
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            done = handshake => match done {
+                                Ok(Ok(stream)) => {
+                                    serve_client(stream, peer, &limits, service, &stop).await
+                                }
+                                Ok(Err(e)) => tracing::info!(
+                                    %peer,
+                                    "closing client connection: TLS handshake failed: {e}"
+                                ),
+                                Err(_) => tracing::info!(
+                                    %peer,
+                                    "closing client connection: no TLS handshake within {} ms",
+                                    limits.handshake_timeout_ms
+                                ),
+                            },
+                        }
+                    }
                 }
                 drop(permit);
             });
         },
     )
     .await;
+}
+
+/// Serves one client connection (plaintext or TLS) until it closes, goes
+/// idle, or the node stops.
+async fn serve_client<S>(
+    stream: S,
+    peer: SocketAddr,
+    limits: &ApiLimits,
+    service: ApiService,
+    stop: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let framed = Framed::new(
+        stream,
+        garrison_wire::frame_codec(limits.max_frame_bytes as usize),
+    );
+    let transport = serde_transport::new(framed, garrison_wire::Bincode2::default());
+    let channel = BaseChannel::new(server::Config::default(), transport)
+        .max_concurrent_requests(limits.max_in_flight_requests_per_connection);
+    let connection = service.connection();
+    let watchdog = connection.close_when_idle();
+    let serve = channel.execute(service.serve()).for_each(|request| async {
+        tokio::spawn(request);
+    });
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = serve => tracing::debug!(%peer, "client connection closed"),
+        why = watchdog => tracing::info!(%peer, "closing client connection: {why}"),
+    }
 }

@@ -55,6 +55,11 @@ fn bad_configurations_say_what_is_wrong() {
             valid(1, "roles_file = \"/nonexistent/roles.toml\""),
             "cannot read roles file",
         ),
+        // TLS on the client port names files that must load.
+        (
+            valid(1, "[api_tls]\ncert = \"/nonexistent/api.pem\"\nkey = \"k\""),
+            "api_tls: cannot read the certificate /nonexistent/api.pem",
+        ),
     ];
     for (i, (text, words)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

@@ -114,6 +114,7 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             token_key: tls.join("token.key"),
             token_ttl_ms: garrison::server::default_token_ttl_ms(),
             cache_bytes: garrison::server::default_cache_bytes(),
+            api_tls: None,
         };
         let path = dir.join(format!("node-{}.toml", m.id));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();

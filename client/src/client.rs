@@ -27,6 +27,7 @@ use crate::api::{
 use crate::error::ClientError;
 use crate::keys::Keypair;
 use crate::policy::{AdminOp, ADMIN_LOCATION};
+use crate::tls::ClientTls;
 use crate::token::{SessionToken, TokenClaims, TokenError};
 use crate::tx::{Op, SignedTransaction, Transaction};
 
@@ -53,6 +54,9 @@ pub struct ClientOptions {
     /// Learn the other nodes' addresses from the first that answers (off:
     /// use only the endpoints given, e.g. to pin a test client to a node).
     pub discover: bool,
+    /// Speak TLS to the client ports, trusting this CA (for a cluster whose
+    /// nodes have `api_tls`); `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +66,7 @@ impl Default for ClientOptions {
             deadline: SUBMIT_DEADLINE,
             max_attempts: MAX_ATTEMPTS,
             discover: true,
+            tls: None,
         }
     }
 }
@@ -87,17 +92,33 @@ struct Session {
     token: SessionToken,
 }
 
-async fn connect(addr: &str) -> Result<GarrisonClient, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+/// Connects to the client port at `addr`, over TLS if `tls` is given;
+/// [`CONNECT_TIMEOUT`] bounds the TCP connect and the handshake together.
+async fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<GarrisonClient, String> {
+    let open = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(match tls {
+            None => spawn_client(stream),
+            Some(tls) => spawn_client(tls.connect(addr, stream).await?),
+        })
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, open)
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+}
+
+fn spawn_client<S>(stream: S) -> GarrisonClient
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let transport = serde_transport::new(
         Framed::new(stream, garrison_wire::frame_codec(MAX_FRAME_BYTES)),
         garrison_wire::Bincode2::default(),
     );
-    Ok(GarrisonClient::new(tarpc::client::Config::default(), transport).spawn())
+    GarrisonClient::new(tarpc::client::Config::default(), transport).spawn()
 }
 
 fn ctx_for(timeout: Duration) -> context::Context {
@@ -171,7 +192,7 @@ impl Client {
         if let Some(c) = self.connections.lock().expect("connection table").get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr).await?;
+        let c = connect(addr, self.options.tls.as_ref()).await?;
         self.connections
             .lock()
             .expect("connection table")

@@ -21,6 +21,7 @@
 //! - [`policy`]: access-control vocabulary and administrative operations.
 //! - [`client`]: [`Client`] (endpoints, retries, leader affinity) and
 //!   [`Player`] (sequence numbers, exactly-once submission).
+//! - [`tls`]: optional TLS on the client port (`ClientOptions::tls`).
 //! - [`error`]: the error type, [`ClientError`].
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod client;
 pub mod error;
 pub mod keys;
 pub mod policy;
+pub mod tls;
 pub mod token;
 pub mod tx;
 

@@ -53,6 +53,7 @@ pub async fn leader(cluster: &Cluster) -> Option<u64> {
             deadline: Duration::from_secs(1),
             max_attempts: 1,
             discover: false,
+            tls: None,
         };
         let Ok(client) = Client::connect_with(&[node.endpoint()], options).await else {
             continue;

@@ -34,6 +34,7 @@ pub fn options(pinned: bool) -> ClientOptions {
         deadline: Duration::from_secs(3),
         max_attempts: 4,
         discover: !pinned,
+        tls: None,
     }
 }
 

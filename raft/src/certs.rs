@@ -1,12 +1,16 @@
-//! Development certificates for the peer port: a cluster CA and one
-//! certificate per node, made with rcgen (`garrison certs`, `garrison dev`,
-//! the fault harness and the tests use this).
+//! Development certificates: a cluster CA and, per node, a certificate for
+//! the peer port and one for the client port, made with rcgen (`garrison
+//! certs`, `garrison dev`, the fault harness and the tests use this).
 //!
-//! The layout of a certificate directory ([`TlsFiles::in_dir`]): `ca.pem`
-//! and `ca.key` (the CA), `node-<id>.pem` and `node-<id>.key` per node. Keys
+//! The layout of a certificate directory ([`TlsFiles::in_dir`],
+//! [`api_cert_files`]): `ca.pem` and `ca.key` (the CA); per node
+//! `node-<id>.pem` and `node-<id>.key` (peer port), `api-<id>.pem` and
+//! `api-<id>.key` (client port, used when the node has `api_tls`). Keys
 //! are ECDSA P-256, PKCS#8 PEM, written with mode 0600. A node certificate
 //! carries exactly one DNS name, `node-<id>.garrison` (its identity, see
-//! [`crate::network::tls`]), and may serve as a TLS server and client.
+//! [`crate::network::tls`]), and may serve as a TLS server and client. A
+//! client-port certificate names `localhost`, `127.0.0.1` and `::1` (the
+//! hosts a development client dials) and serves as a TLS server only.
 //! Certificates use rcgen's default validity (1975 to 4096): this is a
 //! development CA; a production cluster brings its own CA and issues
 //! certificates of the same shape.
@@ -15,7 +19,7 @@
 //! reused, and so are existing node files, unless the CA was just created
 //! (then every requested node certificate is issued anew).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -81,19 +85,50 @@ pub fn ensure_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<CertsReport, Err
     };
     for &id in nodes {
         let files = TlsFiles::in_dir(dir, id);
-        if !report.ca_created && files.node_cert.exists() && files.node_key.exists() {
+        let (api_cert, api_key) = api_cert_files(dir, id);
+        let all = [&files.node_cert, &files.node_key, &api_cert, &api_key];
+        if !report.ca_created && all.iter().all(|f| f.exists()) {
             report.kept.push(id);
             continue;
         }
-        let key = KeyPair::generate().map_err(rcgen_error)?;
-        let cert = node_params(id)?
-            .signed_by(&key, &issuer)
-            .map_err(rcgen_error)?;
-        write(&files.node_key, &key.serialize_pem(), 0o600)?;
-        write(&files.node_cert, &cert.pem(), 0o644)?;
+        for (params, cert_path, key_path) in [
+            (node_params(id)?, &files.node_cert, &files.node_key),
+            (api_params(id)?, &api_cert, &api_key),
+        ] {
+            let key = KeyPair::generate().map_err(rcgen_error)?;
+            let cert = params.signed_by(&key, &issuer).map_err(rcgen_error)?;
+            write(key_path, &key.serialize_pem(), 0o600)?;
+            write(cert_path, &cert.pem(), 0o644)?;
+        }
         report.issued.push(id);
     }
     Ok(report)
+}
+
+/// Where node `id`'s client-port certificate and key are in `dir`:
+/// `api-<id>.pem` and `api-<id>.key`.
+pub fn api_cert_files(dir: &Path, id: NodeId) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("api-{id}.pem")),
+        dir.join(format!("api-{id}.key")),
+    )
+}
+
+/// The hosts a development client dials, named in every client-port
+/// certificate.
+pub const DEV_API_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// A node's client port: the local hosts; TLS server only.
+fn api_params(id: NodeId) -> Result<CertificateParams, Error> {
+    let hosts: Vec<String> = DEV_API_HOSTS.iter().map(|h| h.to_string()).collect();
+    let mut params = CertificateParams::new(hosts).map_err(rcgen_error)?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("garrison node {id} client port"),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
 }
 
 /// The CA: may sign certificates, nothing else.

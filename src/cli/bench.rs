@@ -120,9 +120,10 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let value = "x".repeat(args.value_size);
     let endpoints = super::endpoints(cli)?;
+    let options = super::client_options(cli)?;
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let endpoints = endpoints.clone();
+        let (endpoints, options) = (endpoints.clone(), options.clone());
         let (tally, value, mode, count) = (tally.clone(), value.clone(), args.mode, args.count);
         let location = format!("bench-{}", c % args.locations);
         let shared = client.clone();
@@ -131,7 +132,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
             let mut player = Player::new(Keypair::generate());
             let own;
             let client: &Client = if mode == Mode::Get {
-                own = Client::connect(&endpoints).await?;
+                own = Client::connect_with(&endpoints, options).await?;
                 own.login(player.key()).await?;
                 &own
             } else {

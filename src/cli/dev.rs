@@ -5,8 +5,9 @@
 //! data directory (reusing them when they exist), writes one configuration
 //! file per node, starts `garrison node --config ...` for each as a child process (logs in
 //! `node-N/node.log`, pid in `node-N/pid`), waits until the cluster answers,
-//! creates a few locations and records the endpoints in `cluster.toml` for
-//! the other commands. Ctrl-C stops the nodes cleanly; running it again
+//! creates a few locations and records the endpoints (and, with
+//! `--client-tls`, the CA of the client ports) in `cluster.toml` for the
+//! other commands. Ctrl-C stops the nodes cleanly; running it again
 //! resumes from their directories.
 
 use std::path::{Path, PathBuf};
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use garrison_client::{Client, Keypair, Player};
+use garrison_client::tls::ClientTls;
+use garrison_client::{Client, ClientOptions, Keypair, Player};
 
 use garrison_raft::network::TlsFiles;
 
 use super::{home, ClusterFile};
-use crate::server::{Member, Server, ServerConfig};
+use crate::server::{ApiTlsFiles, Member, Server, ServerConfig};
 
 /// Locations `garrison dev` creates so there is something to play with.
 pub const DEV_LOCATIONS: [&str; 3] = ["alpha", "bravo", "charlie"];
@@ -41,9 +43,15 @@ pub struct DevArgs {
     /// Client ports are BASE+1..BASE+N, peer ports BASE+101..BASE+100+N.
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
+    /// Serve clients over TLS too (certificates from the dev CA; the other
+    /// commands find the CA by themselves). Chosen when the cluster is
+    /// created: a resumed cluster keeps what it was made with.
+    #[arg(long)]
+    pub client_tls: bool,
 }
 
-fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64, admin: &Keypair) -> ServerConfig {
+fn node_config(args: &DevArgs, dir: &Path, id: u64, admin: &Keypair) -> ServerConfig {
+    let (nodes, base_port) = (args.nodes, args.base_port);
     let members = (1..=nodes)
         .map(|n| Member {
             id: n,
@@ -64,6 +72,9 @@ fn node_config(dir: &Path, nodes: u64, base_port: u16, id: u64, admin: &Keypair)
         token_key: dir.join("tls").join(super::certs::TOKEN_KEY_FILE),
         token_ttl_ms: crate::server::default_token_ttl_ms(),
         cache_bytes: crate::server::default_cache_bytes(),
+        api_tls: args
+            .client_tls
+            .then(|| ApiTlsFiles::in_dir(&dir.join("tls"), id)),
     }
 }
 
@@ -99,11 +110,17 @@ fn prepare(dir: &Path, args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, ServerCon
         } else {
             std::fs::create_dir_all(&node_dir)
                 .with_context(|| format!("cannot create {}", node_dir.display()))?;
-            let config = node_config(dir, args.nodes, args.base_port, id, &admin_key(dir)?);
+            let config = node_config(args, dir, id, &admin_key(dir)?);
             std::fs::write(&path, toml::to_string(&config)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             config
         };
+        if args.client_tls && config.api_tls.is_none() {
+            bail!(
+                "{} was made without --client-tls; run without it, or choose another --data-dir",
+                dir.display()
+            );
+        }
         configs.push((path, config));
     }
     Ok(configs)
@@ -191,6 +208,20 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|m| m.api_addr.clone())
         .collect();
+    // The CA the other commands need when the client ports speak TLS.
+    let ca = configs[0]
+        .1
+        .api_tls
+        .is_some()
+        .then(|| TlsFiles::in_dir(&dir.join("tls"), 1).ca_cert);
+    let options = ClientOptions {
+        tls: ca
+            .as_deref()
+            .map(ClientTls::load)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ..ClientOptions::default()
+    };
     let started = Instant::now();
     let client = loop {
         if let Some((id, status)) = children
@@ -203,7 +234,7 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
                 dir.join(format!("node-{id}/node.log")).display()
             );
         }
-        match Client::connect(&endpoints).await {
+        match Client::connect_with(&endpoints, options.clone()).await {
             Ok(client) if client.locations().await.is_ok() => break client,
             _ if started.elapsed() > DEV_START_TIMEOUT => {
                 stop_all(&mut children);
@@ -222,6 +253,7 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
     let file = ClusterFile {
         cluster: client.cluster().to_string(),
         endpoints: endpoints.clone(),
+        ca: ca.clone(),
     };
     std::fs::write(ClusterFile::path(&dir), toml::to_string(&file)?)?;
 
@@ -240,6 +272,9 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
             me.peer_addr,
             child.id()
         );
+    }
+    if let Some(ca) = &ca {
+        println!("client ports speak TLS; their CA: {}", ca.display());
     }
     println!("locations: {}", DEV_LOCATIONS.join(", "));
     println!(

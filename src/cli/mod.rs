@@ -3,7 +3,8 @@
 //! Every command that talks to a cluster finds it the same way: `--cluster
 //! ADDR,...` (or `GARRISON_CLUSTER`), else the `cluster.toml` that `garrison
 //! dev` wrote in its data directory (`$GARRISON_HOME/dev`, by default
-//! `~/.garrison/dev`).
+//! `~/.garrison/dev`). It speaks TLS to the client ports with `--ca FILE`
+//! (or `GARRISON_CA`), or when that file says the dev cluster does.
 
 pub mod admin;
 pub mod bench;
@@ -19,7 +20,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use garrison_client::Client;
+use garrison_client::tls::ClientTls;
+use garrison_client::{Client, ClientOptions};
 use serde::{Deserialize, Serialize};
 
 /// garrison: a replicated, signed state store for persistent-world wargames.
@@ -29,6 +31,10 @@ pub struct Cli {
     /// Client API addresses of the cluster's nodes, comma-separated.
     #[arg(long, global = true, env = "GARRISON_CLUSTER", value_delimiter = ',')]
     pub cluster: Vec<String>,
+    /// Connect over TLS, trusting this CA certificate (PEM) for the nodes'
+    /// client ports (nodes with `api_tls`).
+    #[arg(long, global = true, env = "GARRISON_CA")]
+    pub ca: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -95,6 +101,9 @@ pub struct ClusterFile {
     pub cluster: String,
     /// Client API addresses, by node.
     pub endpoints: Vec<String>,
+    /// The CA of the client ports' certificates, when they speak TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 impl ClusterFile {
@@ -104,24 +113,60 @@ impl ClusterFile {
     }
 }
 
+/// The dev cluster's file (for a command line that names no cluster).
+fn dev_cluster_file() -> anyhow::Result<ClusterFile> {
+    let path = ClusterFile::path(&home().join("dev"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no cluster given and no dev cluster found ({} is missing): start one with `garrison dev`, or pass --cluster ADDR,...", path.display())
+    })?;
+    toml::from_str(&text).with_context(|| format!("{} is not a cluster file", path.display()))
+}
+
 /// The endpoints to use: the flag or variable, else the dev cluster's file.
 pub fn endpoints(cli: &Cli) -> anyhow::Result<Vec<String>> {
     if !cli.cluster.is_empty() {
         return Ok(cli.cluster.clone());
     }
-    let path = ClusterFile::path(&home().join("dev"));
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("no cluster given and no dev cluster found ({} is missing): start one with `garrison dev`, or pass --cluster ADDR,...", path.display())
-    })?;
-    let file: ClusterFile = toml::from_str(&text)
-        .with_context(|| format!("{} is not a cluster file", path.display()))?;
-    Ok(file.endpoints)
+    Ok(dev_cluster_file()?.endpoints)
+}
+
+/// How to reach those endpoints: over TLS with `--ca`, or with the dev
+/// cluster's CA when no cluster is named and the dev cluster speaks TLS.
+pub fn client_options(cli: &Cli) -> anyhow::Result<ClientOptions> {
+    let ca = match &cli.ca {
+        Some(ca) => Some(ca.clone()),
+        None if cli.cluster.is_empty() => dev_cluster_file()?.ca,
+        None => None,
+    };
+    let tls = ca
+        .map(|ca| ClientTls::load(&ca))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+    Ok(ClientOptions {
+        tls,
+        ..ClientOptions::default()
+    })
+}
+
+/// Connects to `endpoints` as the command line says (TLS or not). A
+/// plaintext client and a TLS port cannot parse each other, so a failure
+/// says which one this was.
+pub async fn connect_to(cli: &Cli, endpoints: &[String]) -> anyhow::Result<Client> {
+    let options = client_options(cli)?;
+    let tls = options.tls.is_some();
+    Client::connect_with(endpoints, options).await.with_context(|| {
+        if tls {
+            "connected over TLS; if the client ports are plaintext, leave out --ca"
+        } else {
+            "connected in plaintext; if the client ports speak TLS, pass --ca FILE (or GARRISON_CA)"
+        }
+    })
 }
 
 /// Connects to the cluster the command line points at.
 pub async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let endpoints = endpoints(cli)?;
-    Client::connect(&endpoints).await.with_context(|| {
+    connect_to(cli, &endpoints).await.with_context(|| {
         format!(
             "cannot reach the cluster at {}; is it running?",
             endpoints.join(",")

@@ -410,7 +410,7 @@ pub async fn locations(cli: &Cli) -> anyhow::Result<i32> {
 /// Prints every node's view of every group.
 pub async fn status(cli: &Cli) -> anyhow::Result<i32> {
     let endpoints = endpoints(cli)?;
-    let client = Client::connect(&endpoints)
+    let client = super::connect_to(cli, &endpoints)
         .await
         .context("no node of the cluster answers")?;
     println!("cluster {}", client.cluster());
@@ -481,7 +481,7 @@ pub struct CheckArgs {
 /// Compares every replica of every group at a common index.
 pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<i32> {
     let endpoints = endpoints(cli)?;
-    let client = Client::connect(&endpoints)
+    let client = super::connect_to(cli, &endpoints)
         .await
         .context("no node of the cluster answers")?;
     let mut hosts: BTreeMap<u64, Vec<String>> = BTreeMap::new();

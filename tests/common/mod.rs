@@ -122,6 +122,7 @@ impl Servers {
                 token_key: certs.path().join("token.key"),
                 token_ttl_ms: garrison::server::default_token_ttl_ms(),
                 cache_bytes: garrison::server::default_cache_bytes(),
+                api_tls: None,
             };
             edit(&mut config);
             configs.push(config.clone());
@@ -140,6 +141,11 @@ impl Servers {
             _dirs: dirs,
             _certs: certs,
         }
+    }
+
+    /// The configuration of the server at position `i`.
+    pub fn config(&self, i: usize) -> &ServerConfig {
+        &self.configs[i]
     }
 
     /// The running server at position `i`.
@@ -177,9 +183,14 @@ impl Servers {
     /// A client, once the cluster answers, logged in as the admin (who may
     /// read everything).
     pub async fn client(&self) -> Client {
+        self.client_with(Default::default()).await
+    }
+
+    /// Like [`Servers::client`], connecting with `options` (e.g. TLS).
+    pub async fn client_with(&self, options: garrison_client::ClientOptions) -> Client {
         let started = Instant::now();
         loop {
-            if let Ok(client) = Client::connect(&self.endpoints).await {
+            if let Ok(client) = Client::connect_with(&self.endpoints, options.clone()).await {
                 if client.login(&admin_key()).await.is_ok() {
                     return client;
                 }

@@ -9,7 +9,8 @@
 //! fixed-width canonical encoding in `garrison-client`.)
 //!
 //! Frames are a 4-byte big-endian length and that many bytes; see
-//! [`frame_codec`].
+//! [`frame_codec`]. Both TLS ends (the peer port's and the client port's)
+//! read their CA certificates with [`ca_roots`].
 
 use std::io;
 use std::marker::PhantomData;
@@ -167,6 +168,23 @@ pub async fn accept_connections<F>(
         let _ = stream.set_nodelay(true);
         serve(stream, peer, permit);
     }
+}
+
+/// The trust anchors in `pem`, one or more PEM certificates of a CA; an
+/// error says what was wrong with them.
+pub fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        let ca = ca.map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
+        roots
+            .add(ca)
+            .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]

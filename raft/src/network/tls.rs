@@ -24,7 +24,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
@@ -148,16 +148,7 @@ impl PeerTls {
     /// Builds node `me`'s TLS ends from PEM bytes: the CA certificate(s),
     /// the node's certificate chain and its private key.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8], me: NodeId) -> Result<Self, String> {
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(ca) {
-            let ca = ca.map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
-            roots
-                .add(ca)
-                .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err("the CA file holds no certificate".into());
-        }
+        let roots = garrison_wire::ca_roots(ca)?;
         let chain = CertificateDer::pem_slice_iter(cert)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("the node certificate is not PEM: {e}"))?;
