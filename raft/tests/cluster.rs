@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{eventually, payloads, record, test_config, Cluster, WAIT};
+use common::{eventually, record, test_config, Cluster, RecordApp, WAIT};
 use garrison_raft::{Error, GroupId, NodeId, RaftConfig, META_GROUP};
 
 /// Writes `count` payloads `"{tag}-{i}"` to `group` through `via`, retrying
@@ -59,9 +59,16 @@ async fn assert_replicas_hold(cluster: &Cluster, group: GroupId, expected: &[Vec
             expected.len()
         ),
         || {
-            let done = nodes.iter().all(|id| {
-                cluster.node(*id).read_local(group, payloads).unwrap().len() >= expected.len()
-            });
+            // Retried writes can apply twice, so a count reached is not yet
+            // the end: wait until every replica has also applied the same
+            // last index (their contents are compared after).
+            let records: Vec<RecordApp> = nodes
+                .iter()
+                .map(|id| cluster.node(*id).read_local(group, record).unwrap())
+                .collect();
+            let last = |r: &RecordApp| r.applied.last().map(|(index, _, _)| *index);
+            let done = records.iter().all(|r| r.applied.len() >= expected.len())
+                && records.iter().all(|r| last(r) == last(&records[0]));
             async move { done }
         },
     )
