@@ -133,8 +133,10 @@ async fn a_connection_that_never_finishes_its_handshake_is_closed() {
         .unwrap();
     // The node closes it: the read ends (0 bytes or a reset), long before
     // the test's own bound.
+    // With a 300 ms limit, ten seconds is generous; without the limit the
+    // connection would stay open.
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(WAIT, silent.read(&mut buf)).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
     assert!(
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "a silent connection was kept open: {read:?}"

@@ -271,3 +271,87 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     .await;
     assert!(verdict.1.contains("front"), "{}", verdict.1);
 }
+
+/// `garrison dev --client-tls`: every client port speaks TLS, and the other
+/// commands, finding the dev cluster by themselves, find its CA too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_use_a_dev_cluster_with_client_tls_by_themselves() {
+    let home = tempfile::tempdir().unwrap();
+    let garrison = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("GARRISON_HOME", home.path())
+            .env_remove("GARRISON_CLUSTER")
+            .env_remove("GARRISON_CA")
+            .output()
+            .unwrap()
+    };
+    // dev needs its client ports at BASE+1.. and peer ports at BASE+101..:
+    // take a free port as the base and try again if dev finds one taken.
+    let out = home.path().join("dev.out");
+    let started = Instant::now();
+    let (dev, base) = loop {
+        let base = free_port().saturating_sub(200).max(1024);
+        let file = std::fs::File::create(&out).unwrap();
+        let mut dev = Command::new(BIN)
+            .args(["dev", "--client-tls", "--base-port", &base.to_string()])
+            .env("GARRISON_HOME", home.path())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let up = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.contains("is up") {
+                break true;
+            }
+            if dev.try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(
+                started.elapsed() < 4 * WAIT,
+                "garrison dev did not come up:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if up {
+            break (Dev(dev), base);
+        }
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(text.contains("is not free"), "garrison dev failed:\n{text}");
+        let _ = dev.wait();
+    };
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("client ports speak TLS"), "{text}");
+
+    let status = garrison(&["status"]);
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(said.contains(&format!("127.0.0.1:{}", base + 1)), "{said}");
+    assert!(garrison(&["keygen"]).status.success());
+    let tx = garrison(&["tx", "-l", "alpha", "--put", "unit/1:hp=10"]);
+    assert!(
+        tx.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx.stderr)
+    );
+    drop(dev);
+}
+
+/// A running `garrison dev`: stopped with SIGINT (it stops its nodes) when
+/// dropped, also when the test fails.
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGINT);
+        }
+        let _ = self.0.wait();
+    }
+}

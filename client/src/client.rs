@@ -105,9 +105,10 @@ async fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<GarrisonClient, 
             Some(tls) => spawn_client(tls.connect(addr, stream).await?),
         })
     };
+    let what = if tls.is_some() { " (TCP and TLS)" } else { "" };
     tokio::time::timeout(CONNECT_TIMEOUT, open)
         .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|_| format!("connecting to {addr}{what} timed out"))?
 }
 
 fn spawn_client<S>(stream: S) -> GarrisonClient

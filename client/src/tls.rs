@@ -7,9 +7,10 @@
 //! the certificate's names. Players have no client certificates: they prove
 //! who they are by signing. TLS 1.3 and 1.2, with rustls' `ring` provider.
 //!
-//! A plaintext client at a TLS port, or a TLS client at a plaintext port,
-//! fails at its first request: the other side cannot parse what it was
-//! sent and closes the connection.
+//! The two cannot be mixed. A plaintext client at a TLS port fails at its
+//! first request (the node reads it as a bad handshake and closes the
+//! connection); a TLS client at a plaintext port fails in the handshake
+//! (the node reads its hello as an oversized frame and closes).
 
 use std::path::Path;
 use std::sync::Arc;

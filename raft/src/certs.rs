@@ -35,10 +35,13 @@ use crate::typ::NodeId;
 pub struct CertsReport {
     /// Whether the CA was created (false: an existing one was reused).
     pub ca_created: bool,
-    /// Nodes whose certificate was issued now.
+    /// Nodes whose peer-port certificate was issued now.
     pub issued: Vec<NodeId>,
-    /// Nodes whose existing certificate and key were kept.
+    /// Nodes whose existing peer-port certificate and key were kept.
     pub kept: Vec<NodeId>,
+    /// Nodes whose client-port certificate was issued now (the others'
+    /// were kept).
+    pub api_issued: Vec<NodeId>,
 }
 
 /// Errors of making certificates are configuration errors: the message
@@ -83,26 +86,41 @@ pub fn ensure_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<CertsReport, Err
             )))
         }
     };
+    // Each pair is kept or issued on its own: a directory made before
+    // client-port certificates existed keeps its nodes' peer certificates.
+    let fresh = |cert: &Path, key: &Path| report.ca_created || !(cert.exists() && key.exists());
     for &id in nodes {
         let files = TlsFiles::in_dir(dir, id);
         let (api_cert, api_key) = api_cert_files(dir, id);
-        let all = [&files.node_cert, &files.node_key, &api_cert, &api_key];
-        if !report.ca_created && all.iter().all(|f| f.exists()) {
+        let (peer_fresh, api_fresh) = (
+            fresh(&files.node_cert, &files.node_key),
+            fresh(&api_cert, &api_key),
+        );
+        if peer_fresh {
+            issue(&issuer, node_params(id)?, &files.node_cert, &files.node_key)?;
+            report.issued.push(id);
+        } else {
             report.kept.push(id);
-            continue;
         }
-        for (params, cert_path, key_path) in [
-            (node_params(id)?, &files.node_cert, &files.node_key),
-            (api_params(id)?, &api_cert, &api_key),
-        ] {
-            let key = KeyPair::generate().map_err(rcgen_error)?;
-            let cert = params.signed_by(&key, &issuer).map_err(rcgen_error)?;
-            write(key_path, &key.serialize_pem(), 0o600)?;
-            write(cert_path, &cert.pem(), 0o644)?;
+        if api_fresh {
+            issue(&issuer, api_params(id)?, &api_cert, &api_key)?;
+            report.api_issued.push(id);
         }
-        report.issued.push(id);
     }
     Ok(report)
+}
+
+/// Writes a new key, then a certificate for it signed by `issuer`.
+fn issue(
+    issuer: &Issuer<'_, KeyPair>,
+    params: CertificateParams,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), Error> {
+    let key = KeyPair::generate().map_err(rcgen_error)?;
+    let cert = params.signed_by(&key, issuer).map_err(rcgen_error)?;
+    write(key_path, &key.serialize_pem(), 0o600)?;
+    write(cert_path, &cert.pem(), 0o644)
 }
 
 /// Where node `id`'s client-port certificate and key are in `dir`:
@@ -195,9 +213,24 @@ mod tests {
         assert!(first.ca_created);
         assert_eq!(first.issued, vec![1, 2]);
         let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        assert_eq!(first.api_issued, vec![1, 2]);
         let second = ensure_dev_certs(dir.path(), &[1, 2, 3]).unwrap();
         assert!(!second.ca_created);
         assert_eq!((second.kept, second.issued), (vec![1, 2], vec![3]));
+        assert_eq!(second.api_issued, vec![3]);
+        // A directory from before client-port certificates: only those are
+        // issued; the peer certificate stays as it was.
+        let node_1 = std::fs::read(dir.path().join("node-1.pem")).unwrap();
+        let (api_cert, api_key) = api_cert_files(dir.path(), 1);
+        std::fs::remove_file(&api_cert).unwrap();
+        std::fs::remove_file(&api_key).unwrap();
+        let third = ensure_dev_certs(dir.path(), &[1]).unwrap();
+        assert_eq!((third.kept, third.api_issued), (vec![1], vec![1]));
+        assert!(api_cert.exists() && api_key.exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("node-1.pem")).unwrap(),
+            node_1
+        );
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
         // Node 3's certificate, signed by the reloaded CA, loads as node 3 only.
         PeerTls::load(&TlsFiles::in_dir(dir.path(), 3), 3).unwrap();

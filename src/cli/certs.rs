@@ -1,8 +1,9 @@
-//! `garrison certs`: a development CA and one certificate per node, for
-//! mutual TLS between nodes, and the cluster's session-token key
-//! (`token.key`); `docs/formats.md` describes the files.
+//! `garrison certs`: a development CA and, per node, a certificate for
+//! mutual TLS between nodes and one for its client port (used when the
+//! node has `api_tls`), and the cluster's session-token key (`token.key`);
+//! `docs/formats.md` describes the files.
 //!
-//! Idempotent: an existing CA in the directory is reused and existing node
+//! Idempotent: an existing CA in the directory is reused and existing
 //! certificates are kept, so adding a node to a cluster is running it again
 //! with the new id. `garrison dev` and the fault harness call this too.
 
@@ -15,7 +16,8 @@ use garrison_raft::NodeId;
 /// Arguments of `garrison certs`.
 #[derive(Debug, Args)]
 pub struct CertsArgs {
-    /// The directory for ca.pem, ca.key, node-<id>.pem and node-<id>.key.
+    /// The directory for ca.pem, ca.key, node-<id>.pem/.key (peer port) and
+    /// api-<id>.pem/.key (client port).
     #[arg(long)]
     pub dir: PathBuf,
     /// The node ids to issue certificates for, comma-separated.
@@ -43,6 +45,15 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<i32> {
                 args.dir.join(format!("node-{id}.pem")).display()
             );
         }
+    }
+    for id in &args.nodes {
+        let what = if report.api_issued.contains(id) {
+            "issued"
+        } else {
+            "kept"
+        };
+        let (cert, _) = garrison_raft::certs::api_cert_files(&args.dir, *id);
+        println!("node {id} client port: {what} {}", cert.display());
     }
     Ok(0)
 }

@@ -51,7 +51,8 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Make a development CA and node certificates for TLS between nodes.
+    /// Make a development CA, and node certificates for TLS between nodes
+    /// and on client ports.
     Certs(certs::CertsArgs),
     /// Generate a player key and save it.
     Keygen(ops::KeygenArgs),
@@ -154,13 +155,15 @@ pub fn client_options(cli: &Cli) -> anyhow::Result<ClientOptions> {
 pub async fn connect_to(cli: &Cli, endpoints: &[String]) -> anyhow::Result<Client> {
     let options = client_options(cli)?;
     let tls = options.tls.is_some();
-    Client::connect_with(endpoints, options).await.with_context(|| {
-        if tls {
-            "connected over TLS; if the client ports are plaintext, leave out --ca"
-        } else {
-            "connected in plaintext; if the client ports speak TLS, pass --ca FILE (or GARRISON_CA)"
-        }
-    })
+    Client::connect_with(endpoints, options)
+        .await
+        .with_context(|| {
+            if tls {
+                "tried TLS; if the client ports are plaintext, leave out --ca"
+            } else {
+                "tried plaintext; if the client ports speak TLS, pass --ca FILE (or GARRISON_CA)"
+            }
+        })
 }
 
 /// Connects to the cluster the command line points at.
