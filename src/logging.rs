@@ -8,7 +8,9 @@
 //! peers' groups reports each retry, which buries everything else (with
 //! 10,000 locations, thousands of lines a second). The node's peer pool
 //! says it once instead, when the peer becomes unreachable and when it is
-//! back (`raft/src/network/client.rs`).
+//! back (`raft/src/network/client.rs`). Commands other than `node` and
+//! `dev` also leave out tarpc's warnings ([`COMMAND_FILTER`]): they say
+//! themselves what failed.
 
 use std::fmt::Debug;
 
@@ -21,15 +23,23 @@ use tracing_subscriber::EnvFilter;
 /// The filter used when `GARRISON_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "warn,garrison=info,openraft=error";
 
+/// The same for the commands that only talk to a cluster (`status`, `tx`,
+/// ...): tarpc's warnings about each broken connection are left out too,
+/// since the command reports what failed itself.
+pub const COMMAND_FILTER: &str = "warn,garrison=info,openraft=error,tarpc=error";
+
 /// The environment variable holding the log filter.
 pub const LOG_ENV: &str = "GARRISON_LOG";
 
-/// Sends the log to standard error, filtered as the module docs say.
-pub fn init() {
+/// Sends the log to standard error, filtered as the module docs say; a
+/// `node` (or `dev`, whose nodes are children) logs with
+/// [`DEFAULT_FILTER`], any other command with [`COMMAND_FILTER`].
+pub fn init(node: bool) {
     let explicit = EnvFilter::try_from_env(LOG_ENV).ok();
     let quiet = explicit.is_none().then_some(QuietUnreachablePeers);
+    let default = if node { DEFAULT_FILTER } else { COMMAND_FILTER };
     tracing_subscriber::registry()
-        .with(explicit.unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER)))
+        .with(explicit.unwrap_or_else(|| EnvFilter::new(default)))
         .with(quiet)
         .with(
             tracing_subscriber::fmt::layer()
@@ -86,10 +96,14 @@ mod tests {
     }
 
     fn logged(quiet: bool, emit: impl FnOnce()) -> String {
+        logged_with(DEFAULT_FILTER, quiet, emit)
+    }
+
+    fn logged_with(filter: &str, quiet: bool, emit: impl FnOnce()) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::registry()
-            .with(EnvFilter::new(DEFAULT_FILTER))
+            .with(EnvFilter::new(filter))
             .with(quiet.then_some(QuietUnreachablePeers))
             .with(
                 tracing_subscriber::fmt::layer()
@@ -131,5 +145,18 @@ mod tests {
         let all = logged(false, emit_all);
         assert!(all.contains("RPCError") && all.contains("while requesting vote"));
         assert_eq!(all.lines().count(), 4, "{all}");
+    }
+
+    #[test]
+    fn commands_leave_out_tarpc_warnings_and_nodes_keep_them() {
+        let emit = || {
+            tracing::warn!(target: "tarpc::client", "Connection broken");
+            tracing::warn!(target: "garrison::cli", "own warning");
+        };
+        let command = logged_with(COMMAND_FILTER, true, emit);
+        assert!(!command.contains("Connection broken"), "{command}");
+        assert!(command.contains("own warning"), "{command}");
+        let node = logged_with(DEFAULT_FILTER, true, emit);
+        assert!(node.contains("Connection broken") && node.contains("own warning"));
     }
 }
