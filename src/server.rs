@@ -361,24 +361,20 @@ async fn serve_clients(
                 match tls {
                     None => serve_client(stream, peer, &limits, service, &stop).await,
                     Some(tls) => {
-                        let handshake = tokio::time::timeout(
-                            std::time::Duration::from_millis(limits.handshake_timeout_ms),
+                        let handshake = garrison_wire::within(
+                            limits.handshake_timeout_ms,
+                            format!("the TLS handshake with {peer}"),
                             tls.accept(stream),
                         );
                         tokio::select! {
                             _ = stop.cancelled() => {}
                             done = handshake => match done {
-                                Ok(Ok(stream)) => {
+                                Ok(stream) => {
                                     serve_client(stream, peer, &limits, service, &stop).await
                                 }
-                                Ok(Err(e)) => tracing::info!(
+                                Err(e) => tracing::info!(
                                     %peer,
                                     "closing client connection: TLS handshake failed: {e}"
-                                ),
-                                Err(_) => tracing::info!(
-                                    %peer,
-                                    "closing client connection: no TLS handshake within {} ms",
-                                    limits.handshake_timeout_ms
                                 ),
                             },
                         }

@@ -42,6 +42,11 @@ impl Proc {
         self.child = Some(child);
     }
 
+    /// How many bytes the node has logged.
+    fn log_len(&self) -> usize {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
     /// What the node logged from byte `from` of its log on.
     fn log_since(&self, from: usize) -> String {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
@@ -206,7 +211,7 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     let leader_addr = client.find_leader("front").await.unwrap();
     let leader = endpoints.iter().position(|e| *e == leader_addr).unwrap();
     // What the nodes logged before (peers not yet up at start-up included).
-    let logged_before: Vec<usize> = procs.iter().map(|p| p.log_since(0).len()).collect();
+    let logged_before: Vec<usize> = procs.iter().map(Proc::log_len).collect();
     procs[leader].kill();
     let killed = Instant::now();
     acked.extend(write(&client, &mut player, 20..21).await);

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use garrison_client::tls::ClientTls;
-use garrison_client::{Client, ClientOptions, Keypair, Player};
+use garrison_client::{Client, Keypair, Player};
 
 use garrison_raft::network::TlsFiles;
 
@@ -209,19 +208,9 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
         .map(|m| m.api_addr.clone())
         .collect();
     // The CA the other commands need when the client ports speak TLS.
-    let ca = configs[0]
-        .1
-        .api_tls
-        .is_some()
-        .then(|| TlsFiles::in_dir(&dir.join("tls"), 1).ca_cert);
-    let options = ClientOptions {
-        tls: ca
-            .as_deref()
-            .map(ClientTls::load)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!(e))?,
-        ..ClientOptions::default()
-    };
+    let first = &configs[0].1;
+    let ca = first.api_tls.is_some().then(|| first.tls.ca_cert.clone());
+    let options = super::options_trusting(ca.as_deref())?;
     let started = Instant::now();
     let client = loop {
         if let Some((id, status)) = children

@@ -139,10 +139,15 @@ pub fn client_options(cli: &Cli) -> anyhow::Result<ClientOptions> {
         None if cli.cluster.is_empty() => dev_cluster_file()?.ca,
         None => None,
     };
+    options_trusting(ca.as_deref()).map_err(|e| e.context("--ca"))
+}
+
+/// Default client options, over TLS trusting `ca` if one is given.
+pub fn options_trusting(ca: Option<&std::path::Path>) -> anyhow::Result<ClientOptions> {
     let tls = ca
-        .map(|ca| ClientTls::load(&ca))
+        .map(ClientTls::load)
         .transpose()
-        .map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(ClientOptions {
         tls,
         ..ClientOptions::default()

@@ -170,6 +170,22 @@ pub async fn accept_connections<F>(
     }
 }
 
+/// Runs `io`, failing with `TimedOut` (naming `what`) after `ms`
+/// milliseconds: the bound on connects and handshakes of both ports.
+pub async fn within<T>(
+    ms: u64,
+    what: String,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let timeout = std::time::Duration::from_millis(ms);
+    tokio::time::timeout(timeout, io).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} took over {timeout:?}"),
+        )
+    })?
+}
+
 /// The trust anchors in `pem`, one or more PEM certificates of a CA; an
 /// error says what was wrong with them.
 pub fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, String> {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use garrison_wire::within;
 use openraft::error::{NetworkError, RPCError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use tarpc::client::RpcError;
@@ -94,21 +95,6 @@ pub async fn connect_tls(
         tls.connect(stream, target),
     )
     .await
-}
-
-/// Runs `io`, failing with `TimedOut` (naming `what`) after `ms` milliseconds.
-pub(crate) async fn within<T>(
-    ms: u64,
-    what: String,
-    io: impl std::future::Future<Output = std::io::Result<T>>,
-) -> std::io::Result<T> {
-    let timeout = Duration::from_millis(ms);
-    tokio::time::timeout(timeout, io).await.map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("{what} took over {timeout:?}"),
-        )
-    })?
 }
 
 /// The length-prefix framing of peer connections, with the frame limit.

@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{frame_codec, within};
+use garrison_wire::within;
+
+use super::client::frame_codec;
 use super::{
     Header, Peer, PeerError, PeerTls, ReadConsistency, ReadReply, WriteReply, PEER_PROTOCOL_VERSION,
 };
