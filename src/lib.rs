@@ -7,37 +7,29 @@
 //!   openraft, sled and tarpc; the only place that knows openraft.
 //! - `garrison-client`: transactions, signing, the client API and the Rust
 //!   client; the only place that touches ed25519.
-//! - [`state`]: a location's entities and the rules of each operation.
-//! - [`access`]: roles, permissions and the access check (AccessControlManager).
-//! - [`admin`]: the meta group's extension: the access policy's source of
-//!   truth and administrative transactions.
-//! - [`propagate`]: carries the policy into every location's log; bootstrap.
-//! - [`sequence`]: per-player sequence numbers and remembered outcomes.
-//! - [`audit`]: the audit trail of carried-out transactions.
-//! - [`cache`]: the entity cache for reads, kept current by apply
-//!   (CacheManager).
-//! - [`location`]: the location group's app: sequence numbers, exactly-once
-//!   outcomes, queries, snapshots.
-//! - [`service`]: the client API a node serves: ingress checks, routing.
-//! - [`session`]: login challenges, session tokens, the meta clock.
-//! - [`limits`]: rate limits and timeouts of the client port.
+//! - [`state`] (DistributedGameState): a location's entities and the rules
+//!   of each operation ([`state::fragment`]); the location group's app
+//!   ([`state::location`]).
+//! - [`security`] (AccessControlManager, TransactionAuthenticator): roles
+//!   and the access check, administrative transactions, policy propagation,
+//!   sequence numbers, the audit trail, session tokens.
+//! - [`cache`] (CacheManager): the entity cache for reads, kept current by
+//!   apply.
+//! - [`api`]: the client API a node serves: ingress checks, routing, reads;
+//!   rate limits and timeouts of the client port.
 //! - [`server`]: one garrison node: configuration, start, shutdown.
 //! - [`logging`]: the binary's log, and the per-group noise it leaves out.
 //! - [`cli`]: the `garrison` command line.
+//!
+//! RedundantGameState (replicas, failover, hash-chain checks) is the
+//! `garrison-raft` crate.
 
 pub use garrison_raft as raft;
 
-pub mod access;
-pub mod admin;
-pub mod audit;
+pub mod api;
 pub mod cache;
 pub mod cli;
-pub mod limits;
-pub mod location;
 pub mod logging;
-pub mod propagate;
-pub mod sequence;
+pub mod security;
 pub mod server;
-pub mod service;
-pub mod session;
 pub mod state;

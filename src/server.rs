@@ -20,12 +20,12 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
+use crate::api::service::ApiService;
 use crate::cache::{EntityCache, DEFAULT_CACHE_BYTES};
-use crate::location::LocationFactory;
-use crate::propagate;
-use crate::service::ApiService;
-use crate::session::{self, Sessions};
+use crate::security::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
+use crate::security::propagate;
+use crate::security::session::{self, Sessions};
+use crate::state::location::LocationFactory;
 
 /// Room for the framing of a policy entry around the policy itself.
 const POLICY_ENTRY_OVERHEAD_BYTES: usize = 1024;

@@ -28,9 +28,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use garrison::access::{RolesFile, DEFAULT_ROLES_TOML};
-use garrison::admin::{AdminApp, AdminCommand, AdminReply};
-use garrison::location::{LocationApp, LocationCommand};
+use garrison::security::access::{RolesFile, DEFAULT_ROLES_TOML};
+use garrison::security::admin::{AdminApp, AdminCommand, AdminReply};
+use garrison::state::location::{LocationApp, LocationCommand};
 use garrison_client::api::{Outcome, TxReceipt};
 use garrison_client::policy::{Action, AdminOp, Owner, Permission, Scope, ADMIN_LOCATION};
 use garrison_client::tx::{Op, SignedTransaction, Transaction, Value};

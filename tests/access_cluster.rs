@@ -135,7 +135,7 @@ async fn players_are_held_to_their_roles_and_a_revocation_binds_at_once() {
 /// and one replica is down meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_reaches_every_location_even_if_nobody_pushed_it() {
-    use garrison::admin::AdminCommand;
+    use garrison::security::admin::AdminCommand;
     use garrison_client::policy::ADMIN_LOCATION;
     let mut servers = Servers::start(3, "catch-up").await;
     let client = servers.client().await;
@@ -167,9 +167,10 @@ async fn the_policy_reaches_every_location_even_if_nobody_pushed_it() {
         eventually("every replica to hold the new policy", || {
             let node = node.clone();
             async move {
-                let meta = garrison::propagate::meta_policy(&node);
+                let meta = garrison::security::propagate::meta_policy(&node);
                 meta.default_role.as_deref() == Some("observer")
-                    && garrison::propagate::location_policy_version(&node, group) == meta.version
+                    && garrison::security::propagate::location_policy_version(&node, group)
+                        == meta.version
             }
         })
         .await;

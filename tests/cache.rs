@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{eventually, Servers, WAIT};
-use garrison::access::{RolesFile, DEFAULT_ROLES_TOML};
 use garrison::cache::EntityCache;
-use garrison::location::{LocationApp, LocationCommand};
+use garrison::security::access::{RolesFile, DEFAULT_ROLES_TOML};
+use garrison::state::location::{LocationApp, LocationCommand};
 use garrison_client::api::{ApiError, EntityRead, ReadMode};
 use garrison_client::policy::{Action, AdminOp, Owner, Permission, Scope};
 use garrison_client::{Client, ClientError, Keypair, Op, Outcome, Player, Value};

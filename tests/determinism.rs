@@ -4,8 +4,8 @@
 //! replicas hold an access policy under which some transactions are denied,
 //! and it changes halfway (a revocation), so access checks are covered too.
 
-use garrison::access::{RolesFile, DEFAULT_ROLES_TOML};
-use garrison::location::{LocationApp, LocationCommand};
+use garrison::security::access::{RolesFile, DEFAULT_ROLES_TOML};
+use garrison::state::location::{LocationApp, LocationCommand};
 use garrison_client::policy::Scope;
 use garrison_client::tx::{Op, Transaction, Value};
 use garrison_client::Keypair;

@@ -163,7 +163,7 @@ async fn every_kind_of_bad_transaction_gets_a_clear_error_and_changes_nothing() 
     // refused by apply (ingress routes by the transaction's own location,
     // so this is what a forged routing would meet).
     let wrong_place = tx(&client, &key, "elsewhere", 2, vec![put("unit/1", "hp", 1)]);
-    let mut app = garrison::location::LocationApp::new(LOCATION);
+    let mut app = garrison::state::location::LocationApp::new(LOCATION);
     let receipt = app.submit(7, 0, &wrong_place.sign(key.signing_key()));
     assert!(matches!(
         receipt.outcome,

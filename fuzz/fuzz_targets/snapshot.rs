@@ -2,7 +2,7 @@
 //! is refused and leaves the state as it was.
 #![no_main]
 
-use garrison::location::LocationApp;
+use garrison::state::location::LocationApp;
 use garrison_raft::meta::MetaApp;
 use garrison_raft::storage::state::SnapshotImage;
 use garrison_raft::{codec, GroupApp};
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // The meta app with garrison's extension (policy, admin sequences, audit).
-    let mut meta = MetaApp::new(Box::new(garrison::admin::AdminApp::default()));
+    let mut meta = MetaApp::new(Box::new(garrison::security::admin::AdminApp::default()));
     let before = meta.snapshot();
     if meta.restore(data).is_err() {
         assert_eq!(

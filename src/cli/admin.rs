@@ -10,7 +10,7 @@ use garrison_client::policy::{AdminOp, Scope};
 use garrison_client::{Keypair, Player};
 
 use super::{connect, home, Cli};
-use crate::access::RoleSpec;
+use crate::security::access::RoleSpec;
 
 /// Exit code when the cluster refused the administrative transaction.
 pub const EXIT_REFUSED: i32 = 2;

@@ -4,11 +4,11 @@
 //!
 //! Apply trusts that ingress verified the signature (every node does before
 //! it proposes) and re-checks everything that depends on state or on the
-//! log: canonical decoding, location, sequence number ([`crate::sequence`]),
+//! log: canonical decoding, location, sequence number ([`crate::security::sequence`]),
 //! and then, operation by operation, the signer's permission under the
-//! location's copy of the access policy ([`crate::access`]). The outcome is
+//! location's copy of the access policy ([`crate::security::access`]). The outcome is
 //! remembered for resubmissions and appended to the audit trail
-//! ([`crate::audit`]).
+//! ([`crate::security::audit`]).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -20,11 +20,11 @@ use garrison_client::tx::{PlayerKey, SignedTransaction};
 use garrison_raft::{codec, ApplyContext, GroupApp, GroupId};
 use serde::{Deserialize, Serialize};
 
-use crate::access::Policy;
-use crate::audit::AuditLog;
 use crate::cache::EntityCache;
-use crate::sequence::{self, Admission, Players};
-use crate::state::Fragment;
+use crate::security::access::Policy;
+use crate::security::audit::AuditLog;
+use crate::security::sequence::{self, Admission, Players};
+use crate::state::fragment::Fragment;
 
 /// Most bytes of entities one location read returns (below the client
 /// port's default frame limit of 1 MiB); the reply says when it stopped.
@@ -369,6 +369,6 @@ impl garrison_raft::AppFactory for LocationFactory {
     }
 
     fn meta_extension(&self) -> Box<dyn garrison_raft::MetaExtension> {
-        Box::new(crate::admin::AdminApp::default())
+        Box::new(crate::security::admin::AdminApp::default())
     }
 }

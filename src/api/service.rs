@@ -35,13 +35,13 @@ type AuditReply = Result<(Vec<AuditEntry>, bool, Option<u64>), Rejection>;
 /// How long an administrative transaction waits for the local meta replica.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-use crate::admin::{AdminCommand, AdminQuery, AdminReply};
+use crate::api::limits::{Connection, PlayerLimiter};
 use crate::cache::EntityCache;
-use crate::limits::{Connection, PlayerLimiter};
-use crate::location::{LocationCommand, LocationQuery};
-use crate::propagate;
+use crate::security::admin::{AdminCommand, AdminQuery, AdminReply};
+use crate::security::propagate;
+use crate::security::session::Sessions;
 use crate::server::ApiLimits;
-use crate::session::Sessions;
+use crate::state::location::{LocationCommand, LocationQuery};
 
 /// Serves one client connection's requests against this node.
 #[derive(Clone)]
@@ -243,7 +243,8 @@ impl ApiService {
             .map_err(api_error)?;
         if let Some(hit) = cache.get(group, &key, applied) {
             let owner = hit.entity.as_ref().map(|e| &e.owner);
-            let allowed = crate::location::may_read(&hit.policy, location, &reader, &key, owner);
+            let allowed =
+                crate::state::location::may_read(&hit.policy, location, &reader, &key, owner);
             return Ok((hit.index, allowed.map(|()| hit.entity)));
         }
         // The replica has applied `applied` already: no second read index.

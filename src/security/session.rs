@@ -31,8 +31,8 @@ use garrison_raft::{codec, Node, META_GROUP};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminApp, AdminCommand, Revocation};
-use crate::service::api_error;
+use crate::api::service::api_error;
+use crate::security::admin::{AdminApp, AdminCommand, Revocation};
 
 /// How often the meta leader's node ticks the session clock.
 pub const SESSION_TICK_MS: u64 = 1_000;

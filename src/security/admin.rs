@@ -25,10 +25,10 @@ use garrison_raft::meta::Directory;
 use garrison_raft::{codec, ApplyContext, MetaExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::access::Policy;
-use crate::audit::AuditLog;
-use crate::location::decode_image;
-use crate::sequence::{self, Admission, Players};
+use crate::security::access::Policy;
+use crate::security::audit::AuditLog;
+use crate::security::sequence::{self, Admission, Players};
+use crate::state::location::decode_image;
 
 /// Version of [`AdminImage`].
 pub const ADMIN_FORMAT_VERSION: u16 = 1;

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use garrison_client::api::{CacheStats, Entity};
 use garrison_raft::{codec, GroupId};
 
-use crate::access::Policy;
+use crate::security::access::Policy;
 
 /// Bytes of entity data a node caches unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;

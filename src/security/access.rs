@@ -3,10 +3,10 @@
 //! player may do something.
 //!
 //! The policy is replicated twice over, on purpose. Its source of truth is
-//! the meta group (see [`crate::admin`]), where administrative transactions
+//! the meta group (see [`crate::security::admin`]), where administrative transactions
 //! change it; every change gets a new `version` (the meta log index that made
 //! it). Each location's log then receives the whole policy as an entry of its
-//! own ([`crate::location::LocationCommand::Policy`]), and location apply
+//! own ([`crate::state::location::LocationCommand::Policy`]), and location apply
 //! checks every transaction against the policy as of that log index. So all
 //! replicas of a location decide the same, and a revocation binds every
 //! transaction ordered after it in that location's log. An administrative
@@ -25,7 +25,7 @@ pub use garrison_client::policy::{Policy, ADMIN_ROLE};
 use serde::Deserialize;
 
 /// The default roles file, shipped with garrison (`policy/roles.toml`).
-pub const DEFAULT_ROLES_TOML: &str = include_str!("../policy/roles.toml");
+pub const DEFAULT_ROLES_TOML: &str = include_str!("../../policy/roles.toml");
 
 /// One role in a roles file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -21,9 +21,9 @@ use garrison_client::tx::PlayerKey;
 use garrison_raft::{codec, Error, GroupId, Node, META_GROUP};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Policy;
-use crate::admin::{AdminApp, AdminCommand, AdminReply};
-use crate::location::{LocationApp, LocationCommand};
+use crate::security::access::Policy;
+use crate::security::admin::{AdminApp, AdminCommand, AdminReply};
+use crate::state::location::{LocationApp, LocationCommand};
 
 /// How often a node checks whether the meta group's policy changed (or its
 /// last sweep left locations behind), and sweeps its locations if so.

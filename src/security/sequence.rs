@@ -13,7 +13,7 @@ use garrison_client::api::{Outcome, Rejection, TxReceipt};
 use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditLog;
+use crate::security::audit::AuditLog;
 
 /// Outcomes remembered per player (and location), for resubmissions.
 pub const MAX_REMEMBERED_OUTCOMES: usize = 64;
