@@ -13,6 +13,8 @@
 //! - [`security`] (AccessControlManager, TransactionAuthenticator): roles
 //!   and the access check, administrative transactions, policy propagation,
 //!   sequence numbers, the audit trail, session tokens.
+//! - [`events`] (EventManager): events from the applied log, their
+//!   retention, named consumers, observers inside the node, event reads.
 //! - [`cache`] (CacheManager): the entity cache for reads, kept current by
 //!   apply.
 //! - [`api`]: the client API a node serves: ingress checks, routing, reads;
@@ -29,6 +31,7 @@ pub use garrison_raft as raft;
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod events;
 pub mod logging;
 pub mod security;
 pub mod server;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::StreamExt;
 use garrison_client::api::Garrison;
+use garrison_client::events::EventRetention;
 use garrison_client::tls::ServerTls;
 use garrison_client::tx::PlayerKey;
 use garrison_raft::network::TlsFiles;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::service::ApiService;
 use crate::cache::{EntityCache, DEFAULT_CACHE_BYTES};
+use crate::events::observers::EventHub;
 use crate::security::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
 use crate::security::propagate;
 use crate::security::session::{self, Sessions};
@@ -67,6 +69,11 @@ pub struct ApiLimits {
     pub handshake_timeout_ms: u64,
     /// A connection with no request for this long is closed.
     pub idle_timeout_ms: u64,
+    /// Event reads (long polls) one connection may have waiting at once.
+    pub max_event_polls_per_connection: u32,
+    /// Event reads (long polls) this node keeps waiting at once, over every
+    /// connection.
+    pub max_event_polls: u32,
 }
 
 impl Default for ApiLimits {
@@ -81,7 +88,44 @@ impl Default for ApiLimits {
             player_burst: 4_000,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
+            max_event_polls_per_connection: 8,
+            max_event_polls: 1024,
         }
+    }
+}
+
+/// How many events each location keeps: the cluster's, set when it is
+/// bootstrapped (by the first node that bootstraps it; later edits change
+/// nothing in a running cluster). Every replica trims at the same event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Most events a location keeps.
+    pub max_retained_events: u64,
+    /// Most bytes of encoded events a location keeps (the newest entry's
+    /// events are kept whole beyond it).
+    pub max_retained_event_bytes: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let retention = EventRetention::default();
+        Self {
+            max_retained_events: retention.max_events,
+            max_retained_event_bytes: retention.max_bytes,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The retention it sets, checked.
+    pub fn retention(&self) -> anyhow::Result<EventRetention> {
+        let retention = EventRetention {
+            max_events: self.max_retained_events,
+            max_bytes: self.max_retained_event_bytes,
+        };
+        retention.check().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(retention)
     }
 }
 
@@ -122,6 +166,9 @@ pub struct ServerConfig {
     /// `policy/roles.toml`). Read at bootstrap only.
     #[serde(default)]
     pub roles_file: Option<PathBuf>,
+    /// How many events each location keeps. Read at bootstrap only.
+    #[serde(default)]
+    pub events: EventsConfig,
     /// The cluster's session-token key (a key file, the same on every node;
     /// `garrison certs` writes one as `token.key`). Required: reads need tokens.
     pub token_key: PathBuf,
@@ -179,6 +226,7 @@ impl ServerConfig {
         config.check()?;
         config.admins()?;
         config.roles()?;
+        config.events.retention()?;
         if let Some(tls) = &config.api_tls {
             tls.load()?;
         }
@@ -220,7 +268,9 @@ impl ServerConfig {
             None => DEFAULT_ROLES_TOML.to_string(),
         };
         let file = RolesFile::parse(&text).map_err(|e| anyhow::anyhow!("roles file: {e}"))?;
-        Ok(file.policy())
+        let mut policy = file.policy();
+        policy.events = self.events.retention()?;
+        Ok(policy)
     }
 
     /// This node's entry in `members`.
@@ -238,6 +288,8 @@ pub struct Server {
     pub node: Node,
     /// The bound client API address.
     pub api_addr: SocketAddr,
+    /// The node's event hub: components observe applied events through it.
+    pub hub: Arc<EventHub>,
     stop: CancellationToken,
 }
 
@@ -292,8 +344,10 @@ impl Server {
         };
         let cache =
             (config.cache_bytes > 0).then(|| Arc::new(EntityCache::new(config.cache_bytes)));
+        let hub = EventHub::new();
         let factory = Arc::new(LocationFactory {
             cache: cache.clone(),
+            hub: hub.clone(),
         });
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
         let api_addrs: BTreeMap<u64, String> = config
@@ -308,6 +362,7 @@ impl Server {
             &config.api,
             sessions.clone(),
             cache,
+            hub.clone(),
         );
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));
@@ -330,6 +385,7 @@ impl Server {
         Ok(Self {
             node,
             api_addr,
+            hub,
             stop,
         })
     }

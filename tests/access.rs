@@ -24,16 +24,22 @@
 //! - `apply NAME`: applies a transaction signed earlier.
 //! - `check PLAYER LOCATION|- ACTION [ENTITY [OWNER]]`: asks the meta
 //!   group's policy directly (`-`: an administrative action).
+//! - `events LOCATION [AFTER]`: the location's retained events after the
+//!   cursor AFTER (`INDEX.POSITION`; default: all), one per line.
+//!
+//! Entity operations also include `emit KIND [FIELD=N...]`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use garrison::events::log::RetainedEvent;
 use garrison::security::access::{RolesFile, DEFAULT_ROLES_TOML};
 use garrison::security::admin::{AdminApp, AdminCommand, AdminReply};
 use garrison::state::location::{LocationApp, LocationCommand};
 use garrison_client::api::{Outcome, TxReceipt};
+use garrison_client::events::{Cursor, EventBody, EventFilter};
 use garrison_client::policy::{Action, AdminOp, Owner, Permission, Scope, ADMIN_LOCATION};
-use garrison_client::tx::{Op, SignedTransaction, Transaction, Value};
+use garrison_client::tx::{Op, PlayerKey, SignedTransaction, Transaction, Value};
 use garrison_client::Keypair;
 use garrison_raft::meta::Directory;
 use garrison_raft::typ::{Membership, Node};
@@ -59,6 +65,7 @@ struct World {
     sequences: BTreeMap<(String, String), u64>,
     signed: BTreeMap<String, (String, SignedTransaction)>,
     membership: Membership,
+    names: BTreeMap<PlayerKey, String>,
 }
 
 impl World {
@@ -73,6 +80,7 @@ impl World {
             sequences: BTreeMap::new(),
             signed: BTreeMap::new(),
             membership: Membership::new(vec![(1..=3).collect()], nodes),
+            names: BTreeMap::new(),
         }
     }
 
@@ -122,6 +130,7 @@ impl World {
             ops,
         };
         *next += 1;
+        self.names.insert(key(player).public(), player.to_string());
         tx.sign(key(player).signing_key())
     }
 
@@ -187,6 +196,22 @@ impl World {
                     Err(e) => format!("denied: {e}"),
                 }
             }
+            ["events", location, rest @ ..] => {
+                let after: Cursor = rest.first().map_or(Cursor::START, |c| c.parse().unwrap());
+                let app = &self.locations[*location];
+                match app
+                    .events()
+                    .read(after, &EventFilter::default(), 1000, |_| true)
+                {
+                    Ok(found) if found.events.is_empty() => "no events".into(),
+                    Ok(found) => {
+                        let lines: Vec<String> =
+                            found.events.iter().map(|e| self.describe(e)).collect();
+                        lines.join("\n> ")
+                    }
+                    Err(trimmed) => format!("trimmed: {trimmed:?}"),
+                }
+            }
             [who, rest @ ..] if who.contains('@') => {
                 let (player, location) = who.split_once('@').unwrap();
                 let (name, op) = match rest {
@@ -208,6 +233,56 @@ impl World {
             }
             _ => panic!("cannot parse {line:?}"),
         }
+    }
+}
+
+impl World {
+    /// One event on one line: position, player, what happened.
+    fn describe(&self, e: &RetainedEvent) -> String {
+        let who = e
+            .player
+            .and_then(|p| self.names.get(&p).cloned())
+            .unwrap_or_else(|| "?".into());
+        let fields = |f: &mut dyn Iterator<Item = (&String, &Value)>| {
+            let parts: Vec<String> = f.map(|(k, v)| format!("{k}={v}")).collect();
+            parts.join(" ")
+        };
+        let what = match &e.body {
+            EventBody::Created {
+                entity, fields: f, ..
+            } => format!("created {entity} {}", fields(&mut f.iter())),
+            EventBody::Changed {
+                entity, changes, ..
+            } => {
+                let changes: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        let old = c.old.as_ref().map_or("-".into(), |v| v.to_string());
+                        format!("{}: {old} -> {}", c.field, c.new)
+                    })
+                    .collect();
+                format!("changed {entity} {}", changes.join(", "))
+            }
+            EventBody::Deleted {
+                entity, fields: f, ..
+            } => format!("deleted {entity} {}", fields(&mut f.iter())),
+            EventBody::Emitted { kind, fields: f } => {
+                format!(
+                    "emitted {kind} {}",
+                    fields(&mut f.iter().map(|(k, v)| (k, v)))
+                )
+            }
+            EventBody::Committed { sequence } => format!("committed sequence {sequence}"),
+            EventBody::Rejected {
+                sequence,
+                op,
+                reason,
+            } => {
+                let at = op.map(|o| format!(" op {o}")).unwrap_or_default();
+                format!("rejected sequence {sequence}{at}: {reason}")
+            }
+        };
+        format!("{}.{} {who} {}", e.index, e.position, what.trim_end())
     }
 }
 
@@ -278,6 +353,16 @@ fn entity_op(words: &[&str]) -> Op {
             entity: entity.to_string(),
             version: version.parse().unwrap(),
         },
+        ["emit", kind, fields @ ..] => Op::Emit {
+            kind: kind.to_string(),
+            fields: fields
+                .iter()
+                .map(|f| {
+                    let (field, n) = f.split_once('=').expect("FIELD=N");
+                    (field.to_string(), Value::Int(n.parse().unwrap()))
+                })
+                .collect(),
+        },
         _ => panic!("cannot parse operation {words:?}"),
     }
 }
@@ -289,10 +374,11 @@ fn outcome(receipt: &TxReceipt) -> String {
         ""
     };
     match &receipt.outcome {
-        Outcome::Committed { events } => {
+        Outcome::Committed { events, emitted } => {
             let events: Vec<String> = events
                 .iter()
                 .map(|e| format!("{:?} {}", e.kind, e.entity))
+                .chain(emitted.iter().map(|kind| format!("Emitted {kind}")))
                 .collect();
             format!("committed at {}{dup}: {}", receipt.index, events.join(", "))
         }

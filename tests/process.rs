@@ -115,6 +115,7 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             api: Default::default(),
             admin_keys: vec![hex::encode(common::admin_key().public())],
             roles_file: None,
+            events: Default::default(),
             tls: TlsFiles::in_dir(&tls, m.id),
             token_key: tls.join("token.key"),
             token_ttl_ms: garrison::server::default_token_ttl_ms(),

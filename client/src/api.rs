@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::{Cursor, EventBatch, EventQuery};
 use crate::policy::Action;
 use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 3;
+pub const API_VERSION: u16 = 4;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -205,6 +206,9 @@ pub enum Outcome {
     Committed {
         /// What changed.
         events: Vec<Event>,
+        /// The kinds of the game events it emitted (`Op::Emit`), in
+        /// operation order; their fields are in the event stream.
+        emitted: Vec<String>,
     },
     /// Nothing changed: the operation `op` (if the failure was in one) failed for `reason`.
     Rejected {
@@ -425,6 +429,22 @@ pub enum ApiError {
     /// The token's player may not do this; the rejection says what is missing.
     #[error("{0}")]
     Forbidden(Rejection),
+    /// The location no longer holds events right after the reader's
+    /// cursor (it keeps only its most recent ones); nothing was skipped.
+    /// Resume from `oldest` knowing that events between were missed, or
+    /// from a fresh read of the state.
+    #[error(
+        "events of {location:?} after {after} are no longer held; the oldest held is {}",
+        oldest.map_or("none (no event held yet)".to_string(), |c| format!("{location}@{}.{}", c.index, c.position))
+    )]
+    EventsTrimmed {
+        /// The location.
+        location: String,
+        /// The reader's cursor.
+        after: Cursor,
+        /// The oldest event the location holds (`None`: none yet).
+        oldest: Option<Cursor>,
+    },
     /// Too many requests from this connection, or transactions from this
     /// player; retry after the given time. Nothing was done.
     #[error("rate limited ({what}); retry in {retry_after_ms} ms")]
@@ -496,4 +516,31 @@ pub trait Garrison {
         group: Option<u64>,
         at: Option<u64>,
     ) -> Result<Vec<GroupConsistency>, ApiError>;
+    /// Events of one or more locations after a cursor each, that the
+    /// token's player may read, waiting up to `query.wait_ms` for one (a
+    /// long poll: tarpc has no streams). Served by a replica that has
+    /// applied each cursor's index (see [`crate::events`]).
+    async fn read_events(
+        version: u16,
+        token: SessionToken,
+        query: EventQuery,
+    ) -> Result<EventBatch, ApiError>;
+    /// Saves the cursor of the token's player's consumer `consumer` at
+    /// `location`, in the location's log; returns the entry's index.
+    async fn save_cursor(
+        version: u16,
+        token: SessionToken,
+        location: String,
+        consumer: String,
+        cursor: Cursor,
+    ) -> Result<u64, ApiError>;
+    /// The last cursor the token's player's consumer `consumer` saved at
+    /// `location` (`None`: never).
+    async fn load_cursor(
+        version: u16,
+        token: SessionToken,
+        location: String,
+        consumer: String,
+        mode: ReadMode,
+    ) -> Result<Option<Cursor>, ApiError>;
 }

@@ -25,6 +25,7 @@ use crate::api::{
     LocationRead, NodeStatus, Outcome, ReadMode, Rejection, TxReceipt, API_VERSION,
 };
 use crate::error::ClientError;
+use crate::events::{Cursor, EventBatch, EventFilter, EventQuery, StartAt, StreamEvent};
 use crate::keys::Keypair;
 use crate::policy::{AdminOp, ADMIN_LOCATION};
 use crate::tls::ClientTls;
@@ -441,6 +442,72 @@ impl Client {
         }
     }
 
+    /// One read of events (a long poll of up to `query.wait_ms`); see
+    /// [`Client::subscribe`] for a stream that keeps its cursors.
+    pub async fn read_events(&self, query: &EventQuery) -> Result<EventBatch, ClientError> {
+        let timeout = self.options.request_timeout + Duration::from_millis(query.wait_ms);
+        self.with_session(|c, token| {
+            let query = query.clone();
+            async move {
+                c.read_events(ctx_for(timeout), API_VERSION, token, query)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Follows the events of `locations` (each from where its [`StartAt`]
+    /// says) that pass `filter`: see [`Subscription`].
+    pub fn subscribe(
+        &self,
+        locations: Vec<(String, StartAt)>,
+        filter: EventFilter,
+    ) -> Subscription<'_> {
+        Subscription::new(self, locations, filter)
+    }
+
+    /// Saves the cursor of this session's consumer `consumer` at
+    /// `location`, in the location's log; returns the entry's index.
+    pub async fn save_cursor(
+        &self,
+        location: &str,
+        consumer: &str,
+        cursor: Cursor,
+    ) -> Result<u64, ClientError> {
+        self.with_session(|c, token| {
+            let (location, consumer) = (location.to_string(), consumer.to_string());
+            async move {
+                c.save_cursor(self.ctx(), API_VERSION, token, location, consumer, cursor)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// The cursor this session's consumer `consumer` saved last at
+    /// `location` (`None`: never), linearizable.
+    pub async fn load_cursor(
+        &self,
+        location: &str,
+        consumer: &str,
+    ) -> Result<Option<Cursor>, ClientError> {
+        self.with_session(|c, token| {
+            let (location, consumer) = (location.to_string(), consumer.to_string());
+            async move {
+                c.load_cursor(
+                    self.ctx(),
+                    API_VERSION,
+                    token,
+                    location,
+                    consumer,
+                    ReadMode::Linearizable,
+                )
+                .await
+            }
+        })
+        .await
+    }
+
     /// Audit trail entries of `location` (`@cluster` for administrative
     /// transactions) from `from_index`, of `player` only if given; needs a
     /// session (a player may read its own entries, others need the audit
@@ -709,5 +776,114 @@ impl Player {
                 self.next.insert(location.to_string(), receipt.sequence + 1);
             }
         }
+    }
+}
+
+/// A subscription to the events of one or more locations: a sequence of
+/// long polls ([`Client::read_events`]) that carries each location's
+/// cursor from one to the next. A failed node or a leader change only
+/// moves the next poll to another node (the client's usual retries), which
+/// resumes after the same cursors: events have the same ids on every
+/// replica, so nothing is missed and nothing comes twice. An error (all
+/// nodes unreachable for the client's deadline, events trimmed past the
+/// cursor) is returned and the subscription stays where it was: calling
+/// [`Subscription::next`] again retries.
+pub struct Subscription<'a> {
+    client: &'a Client,
+    /// Each location, where the next poll starts.
+    places: Vec<(String, StartAt)>,
+    filter: EventFilter,
+    /// Events fetched and not yet handed out.
+    buffered: std::collections::VecDeque<StreamEvent>,
+    /// The last event handed out, per location.
+    delivered: HashMap<String, Cursor>,
+    /// Events per poll (1 to `MAX_EVENTS_PER_READ`).
+    pub max_events: u32,
+    /// How long one poll waits for a new event, in milliseconds.
+    pub wait_ms: u64,
+}
+
+impl<'a> Subscription<'a> {
+    fn new(client: &'a Client, places: Vec<(String, StartAt)>, filter: EventFilter) -> Self {
+        let delivered = places
+            .iter()
+            .filter_map(|(l, s)| match s {
+                StartAt::After(c) => Some((l.clone(), *c)),
+                _ => None,
+            })
+            .collect();
+        Self {
+            client,
+            places,
+            filter,
+            buffered: Default::default(),
+            delivered,
+            max_events: 256,
+            wait_ms: 10_000,
+        }
+    }
+
+    /// The next event, waiting as long as it takes.
+    pub async fn next(&mut self) -> Result<StreamEvent, ClientError> {
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return Ok(event);
+            }
+            self.poll().await?;
+        }
+    }
+
+    /// The next event already fetched, if any.
+    pub fn next_buffered(&mut self) -> Option<StreamEvent> {
+        let event = self.buffered.pop_front()?;
+        self.delivered
+            .insert(event.id.location.clone(), event.id.cursor());
+        Some(event)
+    }
+
+    /// One poll: fetches what is there (waiting up to `wait_ms` if nothing
+    /// is), and returns how many events it fetched.
+    pub async fn poll(&mut self) -> Result<usize, ClientError> {
+        let query = EventQuery {
+            locations: self.places.clone(),
+            filter: self.filter.clone(),
+            max_events: self.max_events,
+            wait_ms: self.wait_ms,
+        };
+        let batch = self.client.read_events(&query).await?;
+        for (location, start) in &mut self.places {
+            if let Some(cursor) = batch.cursor(location) {
+                *start = StartAt::After(cursor);
+            }
+        }
+        let n = batch.events.len();
+        self.buffered.extend(batch.events);
+        Ok(n)
+    }
+
+    /// Where a reader that has handled every event handed out so far
+    /// resumes in `location` (what a named consumer saves): past every
+    /// event examined if none is waiting in the buffer, else after the last
+    /// one handed out. `None`: nothing is known yet.
+    pub fn cursor(&self, location: &str) -> Option<Cursor> {
+        if self.buffered.iter().any(|e| e.id.location == location) {
+            return self.delivered.get(location).copied();
+        }
+        self.places
+            .iter()
+            .find(|(l, _)| l == location)
+            .and_then(|(_, s)| match s {
+                StartAt::After(c) => Some(*c),
+                _ => None,
+            })
+    }
+
+    /// The subscription as a [`futures::Stream`]; an error is an item, and
+    /// the stream goes on after it (from the same cursors).
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<StreamEvent, ClientError>> + 'a {
+        futures::stream::unfold(self, |mut s| async move {
+            let item = s.next().await;
+            Some((item, s))
+        })
     }
 }

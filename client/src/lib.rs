@@ -16,6 +16,7 @@
 //!
 //! - [`tx`]: transactions, their canonical bytes, signing and ingress checks.
 //! - [`api`]: the tarpc service nodes serve to clients, and its types.
+//! - [`events`]: events of the applied log, cursors, filters and reads.
 //! - [`keys`]: generating, saving and loading player keys.
 //! - [`token`]: session tokens and login challenges.
 //! - [`policy`]: access-control vocabulary and administrative operations.
@@ -27,6 +28,7 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod policy;
 pub mod tls;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Rejection;
+use crate::events::EventRetention;
 use crate::tx::PlayerKey;
 
 /// The pseudo-location of administrative transactions: they are ordered by
@@ -62,6 +63,9 @@ pub enum Action {
     Audit,
     /// Deploying plugins and rules (reserved for the plugin manager).
     DeployPlugins,
+    /// `Emit`: recording a game event whose kind matches the permission's
+    /// pattern (its owner is ignored).
+    Emit,
 }
 
 impl Action {
@@ -87,6 +91,7 @@ impl std::fmt::Display for Action {
             Action::RevokeTokens => "revoke_tokens",
             Action::Audit => "audit",
             Action::DeployPlugins => "deploy_plugins",
+            Action::Emit => "emit",
         };
         f.write_str(name)
     }
@@ -345,6 +350,8 @@ pub struct Policy {
     pub assignments: BTreeMap<PlayerKey, BTreeSet<(String, Scope)>>,
     /// The role of players without an assignment where they act.
     pub default_role: Option<String>,
+    /// How many events each location keeps (set at bootstrap).
+    pub events: EventRetention,
 }
 
 impl Policy {
@@ -362,7 +369,9 @@ impl Policy {
             roles: roles.roles.clone(),
             assignments: BTreeMap::new(),
             default_role: roles.default_role.clone(),
+            events: roles.events,
         };
+        policy.events.check()?;
         for admin in admins {
             policy
                 .assignments
@@ -418,12 +427,15 @@ impl Policy {
                 if !p.actions.contains(&action) {
                     continue;
                 }
-                if !action.is_entity_action() {
+                if !action.is_entity_action() && action != Action::Emit {
                     return Ok(());
                 }
                 let key = entity.unwrap_or_default();
                 if !pattern_matches(&p.entities, key) {
                     continue;
+                }
+                if action == Action::Emit {
+                    return Ok(());
                 }
                 match (p.owner, owner) {
                     (Owner::Any, _) | (Owner::Own, None) => return Ok(()),

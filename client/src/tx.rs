@@ -30,6 +30,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::events::{MAX_EMIT_KIND_BYTES, MAX_FIELDS_PER_EMIT};
 use crate::policy::{Action, AdminOp, ADMIN_LOCATION};
 
 /// Prefix of every signed message: the transaction format's name and version.
@@ -125,6 +126,16 @@ pub enum Op {
     /// An administrative operation; only in transactions for
     /// [`ADMIN_LOCATION`], which hold nothing else.
     Admin(AdminOp),
+    /// Records a game event (`attack`, `capture`, `unit_lost`...) with
+    /// typed fields in the location's event stream and the receipt; changes
+    /// no entity. Needs the `emit` permission for the kind.
+    Emit {
+        /// The event's kind: 1 to [`MAX_EMIT_KIND_BYTES`] letters, digits
+        /// and `_ . / : -`.
+        kind: String,
+        /// Its fields (at most [`MAX_FIELDS_PER_EMIT`], each named once).
+        fields: Vec<(String, Value)>,
+    },
 }
 
 impl Op {
@@ -136,7 +147,16 @@ impl Op {
             | Op::Increment { entity, .. }
             | Op::ExpectVersion { entity, .. }
             | Op::ExpectField { entity, .. } => Some(entity),
-            Op::Admin(_) => None,
+            Op::Admin(_) | Op::Emit { .. } => None,
+        }
+    }
+
+    /// What the permission's pattern is matched against: the entity's key,
+    /// or an emitted event's kind.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Op::Emit { kind, .. } => Some(kind),
+            op => op.entity(),
         }
     }
 
@@ -148,6 +168,7 @@ impl Op {
             Op::Increment { .. } => Action::Increment,
             Op::ExpectVersion { .. } | Op::ExpectField { .. } => Action::Read,
             Op::Admin(op) => op.action(),
+            Op::Emit { .. } => Action::Emit,
         }
     }
 }
@@ -280,7 +301,8 @@ impl Transaction {
                 | (false, Op::Delete { .. })
                 | (false, Op::Increment { .. })
                 | (false, Op::ExpectVersion { .. })
-                | (false, Op::ExpectField { .. }) => {}
+                | (false, Op::ExpectField { .. })
+                | (false, Op::Emit { .. }) => {}
                 (true, _) => {
                     return limit(format!(
                         "operation {i}: a transaction for {ADMIN_LOCATION} holds only administrative operations"
@@ -311,53 +333,16 @@ impl Transaction {
 fn check_op(op: &Op) -> Result<(), String> {
     let entity = match op {
         Op::Admin(admin) => return admin.check_limits(),
+        Op::Emit { kind, fields } => return check_emit(kind, fields),
         op => op.entity().unwrap_or_default(),
     };
-    if entity.is_empty() || entity.len() > MAX_ENTITY_KEY_BYTES {
-        return Err(format!(
-            "entity key must be 1 to {MAX_ENTITY_KEY_BYTES} bytes"
-        ));
-    }
-    if let Some(c) = entity
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_./:-".contains(*c)))
-    {
-        return Err(format!(
-            "entity key {entity:?} contains {c:?}; use letters, digits and _ . / : -"
-        ));
-    }
-    let check_field = |field: &str| {
-        if field.is_empty() || field.len() > MAX_FIELD_NAME_BYTES {
-            return Err(format!(
-                "field name must be 1 to {MAX_FIELD_NAME_BYTES} bytes"
-            ));
-        }
-        Ok(())
-    };
-    let check_value = |value: &Value| match value {
-        Value::Str(s) if s.len() > MAX_VALUE_BYTES => Err(format!(
-            "value of {} bytes exceeds {MAX_VALUE_BYTES}",
-            s.len()
-        )),
-        Value::Bytes(b) if b.len() > MAX_VALUE_BYTES => Err(format!(
-            "value of {} bytes exceeds {MAX_VALUE_BYTES}",
-            b.len()
-        )),
-        _ => Ok(()),
-    };
+    check_word("entity key", entity, MAX_ENTITY_KEY_BYTES, "_./:-")?;
     match op {
         Op::Put { fields, .. } => {
             if fields.is_empty() || fields.len() > MAX_FIELDS_PER_PUT {
                 return Err(format!("a put sets 1 to {MAX_FIELDS_PER_PUT} fields"));
             }
-            let mut seen = BTreeMap::new();
-            for (field, value) in fields {
-                check_field(field)?;
-                check_value(value)?;
-                if seen.insert(field.as_str(), ()).is_some() {
-                    return Err(format!("field {field:?} is set twice"));
-                }
-            }
+            check_fields(fields)?;
         }
         Op::Delete { .. } | Op::ExpectVersion { .. } => {}
         Op::Increment {
@@ -376,9 +361,74 @@ fn check_op(op: &Op) -> Result<(), String> {
                 check_value(value)?;
             }
         }
-        Op::Admin(_) => unreachable!("checked above"),
+        Op::Admin(_) | Op::Emit { .. } => unreachable!("checked above"),
     }
     Ok(())
+}
+
+/// Checks a name of the kind keys, kinds and consumers have: 1 to `max`
+/// bytes of ASCII letters, digits and the characters of `punctuation`. The
+/// error names `what` and the first character that is not allowed.
+pub fn check_word(what: &str, word: &str, max: usize, punctuation: &str) -> Result<(), String> {
+    if word.is_empty() || word.len() > max {
+        return Err(format!("{what} must be 1 to {max} bytes"));
+    }
+    if let Some(c) = word
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || punctuation.contains(*c)))
+    {
+        let allowed: Vec<String> = punctuation.chars().map(String::from).collect();
+        return Err(format!(
+            "{what} {word:?} contains {c:?}; use letters, digits and {}",
+            allowed.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+fn check_field(field: &str) -> Result<(), String> {
+    if field.is_empty() || field.len() > MAX_FIELD_NAME_BYTES {
+        return Err(format!(
+            "field name must be 1 to {MAX_FIELD_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn check_value(value: &Value) -> Result<(), String> {
+    let len = match value {
+        Value::Int(_) => return Ok(()),
+        Value::Str(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+    };
+    if len > MAX_VALUE_BYTES {
+        return Err(format!("value of {len} bytes exceeds {MAX_VALUE_BYTES}"));
+    }
+    Ok(())
+}
+
+/// Each field named once, with a valid name and value.
+fn check_fields(fields: &[(String, Value)]) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    for (field, value) in fields {
+        check_field(field)?;
+        check_value(value)?;
+        if seen.insert(field.as_str(), ()).is_some() {
+            return Err(format!("field {field:?} is set twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_emit(kind: &str, fields: &[(String, Value)]) -> Result<(), String> {
+    check_word("event kind", kind, MAX_EMIT_KIND_BYTES, "_./:-")?;
+    if fields.len() > MAX_FIELDS_PER_EMIT {
+        return Err(format!(
+            "an emitted event has at most {MAX_FIELDS_PER_EMIT} fields, not {}",
+            fields.len()
+        ));
+    }
+    check_fields(fields)
 }
 
 fn signed_message(canonical: &[u8]) -> Vec<u8> {

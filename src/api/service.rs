@@ -7,6 +7,7 @@
 //! decided in apply, identically on every replica.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use garrison_client::api::{
 use garrison_client::api::{
     AuditEntry, AuditQuery, AuditRead, Rejection, MAX_AUDIT_ENTRIES_PER_READ,
 };
+use garrison_client::events::{Cursor, EventBatch, EventQuery};
 use garrison_client::policy::ADMIN_LOCATION;
 use garrison_client::token::{Challenge, SessionToken, TokenClaims};
 use garrison_client::tx::{KeyCache, Op};
@@ -37,11 +39,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 use crate::api::limits::{Connection, PlayerLimiter};
 use crate::cache::EntityCache;
+use crate::events::consumers;
+use crate::events::log::Trimmed;
+use crate::events::observers::EventHub;
+use crate::events::serve::{self, EventSource};
 use crate::security::admin::{AdminCommand, AdminQuery, AdminReply};
 use crate::security::propagate;
 use crate::security::session::Sessions;
 use crate::server::ApiLimits;
-use crate::state::location::{LocationCommand, LocationQuery};
+use crate::state::location::{EventsReply, LocationCommand, LocationQuery};
 
 /// Serves one client connection's requests against this node.
 #[derive(Clone)]
@@ -58,6 +64,14 @@ pub struct ApiService {
     cache: Option<Arc<EntityCache>>,
     /// Player keys already checked at ingress (shared by every connection).
     keys: Arc<KeyCache>,
+    /// The node's event hub: long polls wait on it.
+    hub: Arc<EventHub>,
+    /// Event reads waiting on this node, and the most allowed.
+    polls: Arc<AtomicU32>,
+    max_polls: u32,
+    /// Event reads waiting on this connection, and the most allowed.
+    connection_polls: Arc<AtomicU32>,
+    max_connection_polls: u32,
 }
 
 /// Maps the consensus layer's errors to what a client can act on.
@@ -121,6 +135,7 @@ impl ApiService {
         limits: &ApiLimits,
         sessions: Arc<Sessions>,
         cache: Option<Arc<EntityCache>>,
+        hub: Arc<EventHub>,
     ) -> Self {
         let service = Self {
             node,
@@ -134,6 +149,11 @@ impl ApiService {
             sessions,
             cache,
             keys: Arc::new(KeyCache::new()),
+            hub,
+            polls: Arc::new(AtomicU32::new(0)),
+            max_polls: limits.max_event_polls,
+            connection_polls: Arc::new(AtomicU32::new(0)),
+            max_connection_polls: limits.max_event_polls_per_connection,
         };
         service.for_connection(limits)
     }
@@ -148,6 +168,7 @@ impl ApiService {
         );
         Self {
             connection: Arc::new(connection),
+            connection_polls: Arc::new(AtomicU32::new(0)),
             ..self.clone()
         }
     }
@@ -360,6 +381,27 @@ impl ApiService {
         signed.verify_cached(&self.keys)?;
         self.players.admit(&tx.player)?;
         Ok((group, tx))
+    }
+}
+
+impl EventSource for ApiService {
+    async fn group(&self, location: &str) -> Result<(GroupId, bool), ApiError> {
+        if location == ADMIN_LOCATION {
+            return Err(ApiError::InvalidRequest(format!(
+                "{ADMIN_LOCATION} has no event stream; its audit trail is read with `audit`"
+            )));
+        }
+        let group = self.group_of(location).await?;
+        Ok((group, self.node.hosts(group)))
+    }
+
+    async fn read(
+        &self,
+        group: GroupId,
+        query: &LocationQuery,
+        mode: ReadMode,
+    ) -> Result<(u64, Result<EventsReply, Trimmed>), ApiError> {
+        self.read_group(group, query, mode).await
     }
 }
 
@@ -606,5 +648,76 @@ impl Garrison for ApiService {
             });
         }
         Ok(reports)
+    }
+
+    async fn read_events(
+        self,
+        _: context::Context,
+        version: u16,
+        token: SessionToken,
+        query: EventQuery,
+    ) -> Result<EventBatch, ApiError> {
+        self.admit_request(version)?;
+        let reader = self.sessions.verify(&self.node, &token)?.player;
+        serve::check_query(&query)?;
+        let _connection = serve::take_poll(
+            &self.connection_polls,
+            self.max_connection_polls,
+            "this connection",
+        )?;
+        let _node = serve::take_poll(&self.polls, self.max_polls, "this node")?;
+        serve::read_events(&self, &self.hub, reader, query).await
+    }
+
+    async fn save_cursor(
+        self,
+        _: context::Context,
+        version: u16,
+        token: SessionToken,
+        location: String,
+        consumer: String,
+        cursor: Cursor,
+    ) -> Result<u64, ApiError> {
+        self.admit_request(version)?;
+        let player = self.sessions.verify(&self.node, &token)?.player;
+        consumers::check_name(&consumer).map_err(ApiError::InvalidRequest)?;
+        // A save costs a log entry: charged like a transaction.
+        self.players.admit(&player)?;
+        let (group, _) = EventSource::group(&self, &location).await?;
+        let command = LocationCommand::SaveCursor {
+            player,
+            consumer,
+            cursor,
+        };
+        let written = self
+            .node
+            .write(group, codec::encode(&command))
+            .await
+            .map_err(api_error)?;
+        let saved: Result<(), String> = decode(&written.reply)?;
+        saved.map_err(ApiError::InvalidRequest)?;
+        Ok(written.index)
+    }
+
+    async fn load_cursor(
+        self,
+        _: context::Context,
+        version: u16,
+        token: SessionToken,
+        location: String,
+        consumer: String,
+        mode: ReadMode,
+    ) -> Result<Option<Cursor>, ApiError> {
+        self.admit_request(version)?;
+        let player = self.sessions.verify(&self.node, &token)?.player;
+        consumers::check_name(&consumer).map_err(ApiError::InvalidRequest)?;
+        let (_, cursor) = self
+            .query(
+                &location,
+                LocationQuery::Consumer { player, consumer },
+                mode,
+            )
+            .await?;
+        Ok(cursor)
     }
 }

@@ -163,7 +163,7 @@ pub async fn run(cli: &Cli, args: &AdminArgs) -> anyhow::Result<i32> {
     let mut admin = Player::new(key);
     let receipt = admin.admin(&client, vec![op]).await?;
     match &receipt.outcome {
-        Outcome::Committed { events } => {
+        Outcome::Committed { events, .. } => {
             println!("done at meta index {}", receipt.index);
             for e in events {
                 println!("  {:?} {}", e.kind, e.entity);

@@ -67,6 +67,7 @@ fn node_config(args: &DevArgs, dir: &Path, id: u64, admin: &Keypair) -> ServerCo
         api: Default::default(),
         admin_keys: vec![hex::encode(admin.public())],
         roles_file: None,
+        events: Default::default(),
         tls: TlsFiles::in_dir(&dir.join("tls"), id),
         token_key: dir.join("tls").join(super::certs::TOKEN_KEY_FILE),
         token_ttl_ms: crate::server::default_token_ttl_ms(),

@@ -66,6 +66,10 @@ pub struct TxArgs {
     /// Require a field's value: ENTITY:FIELD=VALUE, or ENTITY:FIELD= for absent.
     #[arg(long)]
     pub expect: Vec<String>,
+    /// Record a game event: KIND or KIND:FIELD=VALUE[,FIELD=VALUE...]
+    /// (needs the emit permission for KIND).
+    #[arg(long)]
+    pub emit: Vec<String>,
 }
 
 fn parse_value(text: &str) -> Value {
@@ -152,18 +156,33 @@ fn parse_op(flag: &str, spec: &str) -> anyhow::Result<Op> {
                 value: (!value.is_empty()).then(|| parse_value(&value)),
             }
         }
+        "emit" => {
+            let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+            let mut fields = Vec::new();
+            for part in rest.split(',').filter(|p| !p.is_empty()) {
+                let (field, value) = part.split_once('=').with_context(|| {
+                    format!("--emit {spec:?}: expected FIELD=VALUE, got {part:?}")
+                })?;
+                fields.push((field.to_string(), parse_value(value)));
+            }
+            Op::Emit {
+                kind: kind.to_string(),
+                fields,
+            }
+        }
         other => unreachable!("no operation flag {other}"),
     })
 }
 
 /// The operations in the order their flags appear on the command line.
 fn ordered_ops(args: &TxArgs, matches: Option<&clap::ArgMatches>) -> anyhow::Result<Vec<Op>> {
-    let flags: [(&str, &Vec<String>); 5] = [
+    let flags: [(&str, &Vec<String>); 6] = [
         ("put", &args.put),
         ("delete", &args.delete),
         ("incr", &args.incr),
         ("expect_version", &args.expect_version),
         ("expect", &args.expect),
+        ("emit", &args.emit),
     ];
     let mut positioned = Vec::new();
     for (flag, values) in flags {
@@ -181,7 +200,7 @@ fn ordered_ops(args: &TxArgs, matches: Option<&clap::ArgMatches>) -> anyhow::Res
     positioned.sort_by_key(|(at, _)| *at);
     let ops: Vec<Op> = positioned.into_iter().map(|(_, op)| op).collect();
     if ops.is_empty() {
-        bail!("no operations: give at least one of --put, --delete, --incr, --expect-version, --expect");
+        bail!("no operations: give at least one of --put, --delete, --incr, --expect-version, --expect, --emit");
     }
     Ok(ops)
 }
@@ -216,13 +235,16 @@ pub async fn tx(
         ""
     };
     match &receipt.outcome {
-        Outcome::Committed { events } => {
+        Outcome::Committed { events, emitted } => {
             println!(
                 "committed at index {} (sequence {}){dup}",
                 receipt.index, receipt.sequence
             );
             for e in events {
                 println!("  {:?} {}", e.kind, e.entity);
+            }
+            for kind in emitted {
+                println!("  Emitted {kind}");
             }
             Ok(0)
         }
@@ -334,7 +356,7 @@ pub async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<i32> {
             ),
         };
         let outcome = match &e.outcome {
-            Outcome::Committed { events } => format!("committed, {} event(s)", events.len()),
+            Outcome::Committed { events, .. } => format!("committed, {} event(s)", events.len()),
             Outcome::Rejected { reason, .. } => format!("rejected: {reason}"),
         };
         println!(

@@ -70,6 +70,7 @@ impl RolesFile {
                 .collect(),
             assignments: BTreeMap::new(),
             default_role: self.default_role.clone(),
+            events: Default::default(),
         }
     }
 }

@@ -233,7 +233,10 @@ impl AdminApp {
                 Ok(c) => {
                     self.state.revoked = c.revoked;
                     (
-                        Outcome::Committed { events: c.events },
+                        Outcome::Committed {
+                            events: c.events,
+                            emitted: Vec::new(),
+                        },
                         Some((c.policy, c.directory, c.created)),
                     )
                 }

@@ -158,7 +158,10 @@ mod tests {
             location: "l".into(),
             index,
             sequence: index,
-            outcome: Outcome::Committed { events: vec![] },
+            outcome: Outcome::Committed {
+                events: vec![],
+                emitted: vec![],
+            },
             duplicate: false,
         }
     }

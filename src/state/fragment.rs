@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use garrison_client::api::{Entity, Event, EventKind, Outcome, Rejection};
+use garrison_client::events::{EventBody, FieldChange};
 use garrison_client::tx::{Op, PlayerKey, Value};
 use serde::{Deserialize, Serialize};
 
@@ -27,10 +28,57 @@ pub struct Fragment {
     pub entities: BTreeMap<String, Entity>,
 }
 
-/// The entities a transaction has touched so far: `None` means deleted.
+/// The entities a transaction has touched so far (`None` means deleted),
+/// and the game events it has emitted.
 struct Overlay<'a> {
     base: &'a BTreeMap<String, Entity>,
     touched: BTreeMap<String, Option<Entity>>,
+    emitted: Vec<(String, Vec<(String, Value)>)>,
+}
+
+/// What a transaction did: its outcome, and the events it produced (entity
+/// events in key order, then emitted events in operation order; none if it
+/// was rejected).
+pub struct Applied {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The events, without the outcome event.
+    pub events: Vec<EventBody>,
+}
+
+/// The change of one entity as an event: `before` and `after` are the
+/// entity's states (`None`: absent).
+fn entity_event(key: &str, before: Option<&Entity>, after: Option<&Entity>) -> Option<EventBody> {
+    let entity = key.to_string();
+    Some(match (before, after) {
+        (None, None) => return None,
+        (None, Some(e)) => EventBody::Created {
+            entity,
+            owner: e.owner,
+            version: e.version,
+            fields: e.fields.clone(),
+        },
+        (Some(b), Some(e)) => EventBody::Changed {
+            entity,
+            owner: e.owner,
+            version: e.version,
+            changes: e
+                .fields
+                .iter()
+                .filter(|(f, v)| b.fields.get(*f) != Some(*v))
+                .map(|(f, v)| FieldChange {
+                    field: f.clone(),
+                    old: b.fields.get(f).cloned(),
+                    new: v.clone(),
+                })
+                .collect(),
+        },
+        (Some(b), None) => EventBody::Deleted {
+            entity,
+            owner: b.owner,
+            fields: b.fields.clone(),
+        },
+    })
 }
 
 impl Overlay<'_> {
@@ -54,10 +102,15 @@ impl Fragment {
         ops: &[Op],
         index: u64,
         authorize: Authorize<'_>,
-    ) -> Outcome {
+    ) -> Applied {
+        let rejected = |outcome| Applied {
+            outcome,
+            events: Vec::new(),
+        };
         let mut overlay = Overlay {
             base: &self.entities,
             touched: BTreeMap::new(),
+            emitted: Vec::new(),
         };
         for (i, op) in ops.iter().enumerate() {
             let owner = op
@@ -67,10 +120,10 @@ impl Fragment {
             let done =
                 authorize(op, owner).and_then(|()| apply_op(&mut overlay, player, op, index));
             if let Err(reason) = done {
-                return Outcome::Rejected {
+                return rejected(Outcome::Rejected {
                     op: Some(i as u32),
                     reason,
-                };
+                });
             }
         }
         let created = overlay
@@ -84,23 +137,29 @@ impl Fragment {
             .filter(|(k, v)| v.is_none() && self.entities.contains_key(*k))
             .count();
         if self.entities.len() + created - deleted > MAX_ENTITIES_PER_LOCATION {
-            return Outcome::Rejected {
+            return rejected(Outcome::Rejected {
                 op: None,
                 reason: Rejection::TooManyEntities {
                     max: MAX_ENTITIES_PER_LOCATION as u64,
                 },
-            };
+            });
         }
+        let Overlay {
+            touched, emitted, ..
+        } = overlay;
+        let mut summary = Vec::new();
         let mut events = Vec::new();
-        for (key, after) in overlay.touched {
-            let existed = self.entities.contains_key(&key);
-            let kind = match (existed, &after) {
-                (false, None) => continue,
-                (false, Some(_)) => EventKind::Created,
-                (true, Some(_)) => EventKind::Changed,
-                (true, None) => EventKind::Deleted,
+        for (key, after) in touched {
+            let Some(event) = entity_event(&key, self.entities.get(&key), after.as_ref()) else {
+                continue;
             };
-            events.push(Event {
+            let kind = match event {
+                EventBody::Created { .. } => EventKind::Created,
+                EventBody::Deleted { .. } => EventKind::Deleted,
+                _ => EventKind::Changed,
+            };
+            events.push(event);
+            summary.push(Event {
                 location: location.to_string(),
                 index,
                 entity: key.clone(),
@@ -111,7 +170,19 @@ impl Fragment {
                 None => self.entities.remove(&key),
             };
         }
-        Outcome::Committed { events }
+        let kinds = emitted.iter().map(|(kind, _)| kind.clone()).collect();
+        events.extend(
+            emitted
+                .into_iter()
+                .map(|(kind, fields)| EventBody::Emitted { kind, fields }),
+        );
+        Applied {
+            outcome: Outcome::Committed {
+                events: summary,
+                emitted: kinds,
+            },
+            events,
+        }
     }
 }
 
@@ -221,6 +292,9 @@ fn apply_op(
                 });
             }
         }
+        Op::Emit { kind, fields } => {
+            overlay.emitted.push((kind.clone(), fields.clone()));
+        }
         Op::Admin(_) => {
             return Err(Rejection::Malformed(
                 "an administrative operation in a location's transaction".into(),
@@ -233,7 +307,7 @@ fn apply_op(
 #[cfg(test)]
 mod tests {
     fn apply(f: &mut Fragment, l: &str, p: &PlayerKey, ops: &[Op], index: u64) -> Outcome {
-        f.apply(l, p, ops, index, &|_, _| Ok(()))
+        f.apply(l, p, ops, index, &|_, _| Ok(())).outcome
     }
 
     use super::*;
@@ -259,7 +333,7 @@ mod tests {
 
     fn committed(outcome: &Outcome) -> &Vec<Event> {
         match outcome {
-            Outcome::Committed { events } => events,
+            Outcome::Committed { events, .. } => events,
             other => panic!("expected a commit, got {other:?}"),
         }
     }
@@ -454,5 +528,87 @@ mod tests {
         .clone();
         assert!(events.is_empty());
         assert!(f.entities.is_empty());
+    }
+
+    #[test]
+    fn events_carry_values_and_emits_follow_entity_events() {
+        let mut f = Fragment::default();
+        let ok = |_: &Op, _: Option<&PlayerKey>| Ok(());
+        let first = f.apply("l", &P, &[put("unit/1", "hp", 10)], 2, &ok);
+        match &first.events[..] {
+            [EventBody::Created {
+                entity,
+                owner,
+                version: 2,
+                fields,
+            }] => {
+                assert_eq!((entity.as_str(), owner), ("unit/1", &P));
+                assert_eq!(fields["hp"], Value::Int(10));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ops = [
+            Op::Emit {
+                kind: "attack".into(),
+                fields: vec![("target".into(), Value::Str("unit/1".into()))],
+            },
+            incr("unit/1", "hp", -3, Some(0), None),
+            Op::Put {
+                entity: "unit/1".into(),
+                fields: vec![("name".into(), Value::Str("scout".into()))],
+            },
+        ];
+        let applied = f.apply("l", &P, &ops, 3, &ok);
+        match &applied.outcome {
+            Outcome::Committed { emitted, .. } => assert_eq!(emitted, &["attack"]),
+            other => panic!("{other:?}"),
+        }
+        match &applied.events[..] {
+            [EventBody::Changed {
+                changes,
+                version: 3,
+                ..
+            }, EventBody::Emitted { kind, fields }] => {
+                let hp = FieldChange {
+                    field: "hp".into(),
+                    old: Some(Value::Int(10)),
+                    new: Value::Int(7),
+                };
+                let name = FieldChange {
+                    field: "name".into(),
+                    old: None,
+                    new: Value::Str("scout".into()),
+                };
+                assert_eq!(changes, &[hp, name]);
+                assert_eq!(kind, "attack");
+                assert_eq!(fields[0].1, Value::Str("unit/1".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let gone = f.apply(
+            "l",
+            &P,
+            &[Op::Delete {
+                entity: "unit/1".into(),
+            }],
+            4,
+            &ok,
+        );
+        match &gone.events[..] {
+            [EventBody::Deleted { fields, .. }] => {
+                assert_eq!(fields["hp"], Value::Int(7));
+                assert_eq!(fields.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A rejected transaction has no events of its own (only its
+        // outcome, which the location adds), and an emit alone changes
+        // nothing.
+        let denied = f.apply("l", &P, &ops[..1], 5, &|_, _| Err(Rejection::PolicyPending));
+        assert!(denied.events.is_empty());
+        let before = f.clone();
+        let alone = f.apply("l", &P, &ops[..1], 6, &ok);
+        assert_eq!(alone.events.len(), 1);
+        assert_eq!(f, before);
     }
 }

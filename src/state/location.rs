@@ -15,12 +15,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
+use garrison_client::events::{Cursor, EventFilter, StartAt};
 use garrison_client::policy::Action;
-use garrison_client::tx::{PlayerKey, SignedTransaction};
+use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
 use garrison_raft::{codec, ApplyContext, GroupApp, GroupId};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::EntityCache;
+use crate::events::consumers::Consumers;
+use crate::events::log::{EventLog, Found, RetainedEvent, Trimmed};
+use crate::events::observers::EventHub;
+use crate::events::outcome_event;
 use crate::security::access::Policy;
 use crate::security::audit::AuditLog;
 use crate::security::sequence::{self, Admission, Players};
@@ -31,7 +36,7 @@ use crate::state::fragment::Fragment;
 pub const MAX_READ_REPLY_BYTES: usize = 512 * 1024;
 
 /// Version of [`LocationImage`].
-pub const LOCATION_FORMAT_VERSION: u16 = 2;
+pub const LOCATION_FORMAT_VERSION: u16 = 3;
 
 /// What a location group's log entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +47,16 @@ pub enum LocationCommand {
     /// proposed by a node (never by a client). Applied only if newer than
     /// the location's; the reply is the location's policy version after it.
     Policy(Policy),
+    /// Saves a named consumer's cursor, proposed by the node that checked
+    /// the player's session token. The reply is `Result<(), String>`.
+    SaveCursor {
+        /// The token's player.
+        player: PlayerKey,
+        /// The consumer's name.
+        consumer: String,
+        /// The cursor.
+        cursor: Cursor,
+    },
 }
 
 /// Reads of a location's state.
@@ -80,6 +95,34 @@ pub enum LocationQuery {
         /// How many at most.
         max: u32,
     },
+    /// Up to `max` retained events after `start` that pass `filter` and
+    /// that `reader` may read; the reply is `Result<EventsReply, Trimmed>`.
+    Events {
+        /// Who asks (from a verified session token).
+        reader: PlayerKey,
+        /// Where to start.
+        start: StartAt,
+        /// Which events.
+        filter: EventFilter,
+        /// How many at most.
+        max: u32,
+    },
+    /// A named consumer's saved cursor; the reply is `Option<Cursor>`.
+    Consumer {
+        /// Its player.
+        player: PlayerKey,
+        /// Its name.
+        consumer: String,
+    },
+}
+
+/// The answer to [`LocationQuery::Events`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsReply {
+    /// The cursor the read started after (`StartAt` resolved).
+    pub start: Cursor,
+    /// What it found.
+    pub found: Found,
 }
 
 /// A location's whole replicated state, as snapshots store it.
@@ -95,6 +138,10 @@ pub struct LocationImage {
     pub policy: Policy,
     /// The transactions carried out here, newest last.
     pub audit: AuditLog,
+    /// The most recent events, oldest first.
+    pub events: EventLog,
+    /// Named consumers' saved cursors.
+    pub consumers: Consumers,
 }
 
 /// The [`GroupApp`] of a location group.
@@ -104,12 +151,18 @@ pub struct LocationApp {
     /// The node's entity cache and this location's group, told of every
     /// change; never read here.
     cache: Option<(GroupId, Arc<EntityCache>)>,
+    /// The node's event hub, told after each entry's events are retained;
+    /// never read here.
+    hub: Option<(GroupId, Arc<EventHub>)>,
 }
 
 impl Drop for LocationApp {
     fn drop(&mut self) {
         if let Some((group, cache)) = &self.cache {
             cache.closed(*group);
+        }
+        if let Some((group, hub)) = &self.hub {
+            hub.closed(*group);
         }
     }
 }
@@ -137,7 +190,19 @@ impl LocationApp {
                 ..Default::default()
             },
             cache: None,
+            hub: None,
         }
+    }
+
+    /// Tells `hub`, as group `group`, whenever events are retained.
+    pub fn with_hub(mut self, group: GroupId, hub: Arc<EventHub>) -> Self {
+        self.hub = Some((group, hub));
+        self
+    }
+
+    /// The location's retained events.
+    pub fn events(&self) -> &EventLog {
+        &self.state.events
     }
 
     /// Reports this location's changes, as group `group`, to `cache`.
@@ -163,7 +228,8 @@ impl LocationApp {
     }
 
     /// Carries out a signed transaction at log `index` and `log_time_ms`;
-    /// the receipt is the reply.
+    /// the receipt is the reply. Its events (and its outcome's) are
+    /// retained, except for a duplicate, which changes nothing.
     pub fn submit(
         &mut self,
         index: u64,
@@ -171,35 +237,119 @@ impl LocationApp {
         signed: &SignedTransaction,
     ) -> TxReceipt {
         let fresh = match sequence::admit(&self.state.players, &self.location, index, signed) {
-            Admission::Done(receipt) => return receipt,
+            Admission::Done(receipt) => {
+                // Refused by its sequence number (a replay, a gap) or its
+                // location: player behaviour too. A duplicate changes
+                // nothing, and neither does what ingress would have
+                // refused (only a forged proposal gets that far).
+                let malformed = matches!(
+                    receipt.outcome,
+                    Outcome::Rejected {
+                        reason: Rejection::Malformed(_),
+                        ..
+                    }
+                );
+                if !(receipt.duplicate || malformed) {
+                    // Decoded again on this rare path.
+                    let player = Transaction::from_canonical_bytes(&signed.transaction)
+                        .ok()
+                        .map(|tx| tx.player);
+                    self.retain(index, log_time_ms, player, vec![outcome_event(&receipt)]);
+                }
+                return receipt;
+            }
             Admission::Fresh(fresh) => fresh,
         };
         let tx = &fresh.tx;
-        let outcome = if self.state.policy.version == 0 {
-            Outcome::Rejected {
+        let player = tx.player;
+        let (outcome, mut events) = if self.state.policy.version == 0 {
+            let pending = Outcome::Rejected {
                 op: None,
                 reason: Rejection::PolicyPending,
-            }
+            };
+            (pending, Vec::new())
         } else {
             let policy = &self.state.policy;
             let location = self.location.as_str();
-            let player = tx.player;
-            self.state
-                .fragment
-                .apply(location, &player, &tx.ops, index, &|op, owner| {
-                    policy.check(&player, Some(location), op.action(), op.entity(), owner)
-                })
+            let applied =
+                self.state
+                    .fragment
+                    .apply(location, &player, &tx.ops, index, &|op, owner| {
+                        policy.check(&player, Some(location), op.action(), op.subject(), owner)
+                    });
+            (applied.outcome, applied.events)
         };
-        if let (Some((group, cache)), Outcome::Committed { events }) = (&self.cache, &outcome) {
+        if let (Some((group, cache)), Outcome::Committed { events, .. }) = (&self.cache, &outcome) {
             cache.changed(*group, index, events.iter().map(|e| e.entity.as_str()));
         }
-        fresh.decide(
+        let receipt = fresh.decide(
             &mut self.state.players,
             &mut self.state.audit,
             log_time_ms,
             signed,
             outcome,
-        )
+        );
+        events.push(outcome_event(&receipt));
+        self.retain(index, log_time_ms, Some(player), events);
+        receipt
+    }
+
+    /// Retains the events of the entry at `index` and tells the hub.
+    fn retain(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        player: Option<PlayerKey>,
+        events: Vec<garrison_client::events::EventBody>,
+    ) {
+        let retention = self.state.policy.events;
+        self.state
+            .events
+            .append(index, log_time_ms, player, events, &retention);
+        if let Some((group, hub)) = &self.hub {
+            hub.notify_observers(*group, &self.location, index);
+        }
+    }
+
+    /// May `reader` see `event` here, as of this state? Entity events as
+    /// the entity could be read; other events by their own player, and by
+    /// whoever may read every entity of that player.
+    fn may_see(&self, reader: &PlayerKey, event: &RetainedEvent) -> bool {
+        match event.body.entity() {
+            Some((entity, owner)) => self.may_read(reader, entity, Some(owner)).is_ok(),
+            None => {
+                event.player.as_ref() == Some(reader)
+                    || self
+                        .state
+                        .policy
+                        .check(
+                            reader,
+                            Some(&self.location),
+                            Action::Read,
+                            None,
+                            event.player.as_ref(),
+                        )
+                        .is_ok()
+            }
+        }
+    }
+
+    /// The events after `start` that pass `filter` and `reader` may see.
+    fn read_events(
+        &self,
+        reader: &PlayerKey,
+        start: StartAt,
+        filter: &EventFilter,
+        max: u32,
+    ) -> Result<EventsReply, Trimmed> {
+        let log = &self.state.events;
+        let start = match start {
+            StartAt::After(cursor) => cursor,
+            StartAt::Oldest => log.oldest_start(),
+            StartAt::Latest => log.newest().unwrap_or(log.oldest_start()),
+        };
+        let found = log.read(start, filter, max as usize, |e| self.may_see(reader, e))?;
+        Ok(EventsReply { start, found })
     }
 
     /// Takes `policy` if it is newer than the location's; returns the
@@ -274,6 +424,15 @@ impl LocationApp {
                 }
                 self.state.audit.reply(player.as_ref(), from_index, max)
             }
+            LocationQuery::Events {
+                reader,
+                start,
+                filter,
+                max,
+            } => codec::encode(&self.read_events(&reader, start, &filter, max)),
+            LocationQuery::Consumer { player, consumer } => {
+                codec::encode(&self.state.consumers.load(&player, &consumer))
+            }
         }
     }
 }
@@ -294,6 +453,16 @@ impl GroupApp for LocationApp {
                 }
                 codec::encode(&after)
             }
+            Ok(LocationCommand::SaveCursor {
+                player,
+                consumer,
+                cursor,
+            }) => codec::encode(
+                &self
+                    .state
+                    .consumers
+                    .save(player, &consumer, cursor, ctx.index),
+            ),
             Err(e) => codec::encode(&sequence::rejected(
                 &self.location,
                 ctx.index,
@@ -328,6 +497,9 @@ impl GroupApp for LocationApp {
         if let Some((group, cache)) = &self.cache {
             cache.restored(*group, index, &self.state.policy);
         }
+        if let Some((group, hub)) = &self.hub {
+            hub.notify_observers(*group, &self.location, index);
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -353,15 +525,17 @@ pub(crate) fn decode_image<T: serde::de::DeserializeOwned>(
 }
 
 /// Makes [`LocationApp`]s, each reporting to the node's entity cache if
-/// it has one.
+/// it has one, and to its event hub.
 pub struct LocationFactory {
     /// The node's entity cache.
     pub cache: Option<Arc<EntityCache>>,
+    /// The node's event hub.
+    pub hub: Arc<EventHub>,
 }
 
 impl garrison_raft::AppFactory for LocationFactory {
     fn create(&self, group: GroupId, location: &str) -> Box<dyn GroupApp> {
-        let app = LocationApp::new(location);
+        let app = LocationApp::new(location).with_hub(group, self.hub.clone());
         Box::new(match &self.cache {
             Some(cache) => app.with_cache(group, cache.clone()),
             None => app,

@@ -118,6 +118,7 @@ impl Servers {
                 api: Default::default(),
                 admin_keys: vec![hex::encode(admin_key().public())],
                 roles_file: None,
+                events: Default::default(),
                 tls: TlsFiles::in_dir(certs.path(), i as u64 + 1),
                 token_key: certs.path().join("token.key"),
                 token_ttl_ms: garrison::server::default_token_ttl_ms(),

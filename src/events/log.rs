@@ -1,0 +1,323 @@
+//! A location's retained events: the most recent ones, in log order, as
+//! part of its replicated state.
+//!
+//! Apply appends each entry's events and then trims the oldest beyond the
+//! cluster's [`EventRetention`] (a count and a byte budget of encoded
+//! events). Trimming is part of apply, so every replica holds the same
+//! events and snapshots carry them. The newest entry's events are never
+//! trimmed, even beyond the budget (one entry's events are bounded by the
+//! transaction and entity limits), so a reader that keeps up never loses
+//! one. The log remembers the newest event it trimmed, and a read from a
+//! cursor before it is refused ([`Trimmed`]) rather than silently skipped.
+
+use std::collections::VecDeque;
+
+use garrison_client::events::{
+    Cursor, EventBody, EventFilter, EventId, EventRetention, StreamEvent, MAX_EVENT_READ_BYTES,
+};
+use garrison_client::tx::PlayerKey;
+use serde::{Deserialize, Serialize};
+
+/// One event as a location keeps it (the location is the log's own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedEvent {
+    /// Its log index.
+    pub index: u64,
+    /// Its position within the entry.
+    pub position: u32,
+    /// The entry's log time.
+    pub log_time_ms: u64,
+    /// The transaction's signer (`None`: the entry did not decode).
+    pub player: Option<PlayerKey>,
+    /// What happened.
+    pub body: EventBody,
+}
+
+impl RetainedEvent {
+    /// Its place in the stream.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            index: self.index,
+            position: self.position,
+        }
+    }
+
+    /// The event as readers get it.
+    pub fn to_stream(&self, location: &str) -> StreamEvent {
+        StreamEvent {
+            id: EventId {
+                location: location.to_string(),
+                index: self.index,
+                position: self.position,
+            },
+            log_time_ms: self.log_time_ms,
+            player: self.player,
+            body: self.body.clone(),
+        }
+    }
+}
+
+fn weight(event: &RetainedEvent) -> u64 {
+    garrison_raft::codec::encode(event).len() as u64
+}
+
+/// A read from before the oldest retained event: the events right after
+/// the cursor are gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trimmed {
+    /// The oldest event still held (`None`: none).
+    pub oldest: Option<Cursor>,
+    /// The newest event trimmed: a reader that accepts the loss goes on
+    /// after it.
+    pub resume_after: Cursor,
+}
+
+/// What a read found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    /// The matching, visible events, oldest first.
+    pub events: Vec<RetainedEvent>,
+    /// Where the scan stopped, if it stopped before the newest event (a
+    /// count or byte limit); `None`: it examined every event held.
+    pub stopped_at: Option<Cursor>,
+}
+
+/// The retained events of one location, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventLog {
+    events: VecDeque<RetainedEvent>,
+    /// Bytes of the encoded events held.
+    bytes: u64,
+    /// The newest event trimmed (`None`: none yet).
+    trimmed_through: Option<Cursor>,
+}
+
+impl EventLog {
+    /// Appends the events of the entry at `index`, numbered from 0 in
+    /// order, then trims to `retention`.
+    pub fn append(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        player: Option<PlayerKey>,
+        bodies: Vec<EventBody>,
+        retention: &EventRetention,
+    ) {
+        debug_assert!(
+            self.events.back().is_none_or(|e| e.index < index),
+            "events are appended in log order"
+        );
+        for (position, body) in bodies.into_iter().enumerate() {
+            let event = RetainedEvent {
+                index,
+                position: position as u32,
+                log_time_ms,
+                player,
+                body,
+            };
+            self.bytes += weight(&event);
+            self.events.push_back(event);
+        }
+        self.trim(retention);
+    }
+
+    fn trim(&mut self, retention: &EventRetention) {
+        let newest = self.events.back().map(|e| e.index);
+        while self.events.len() as u64 > retention.max_events || self.bytes > retention.max_bytes {
+            match self.events.front() {
+                Some(oldest) if Some(oldest.index) != newest => {}
+                _ => break,
+            }
+            let gone = self.events.pop_front().expect("checked above");
+            self.bytes -= weight(&gone);
+            self.trimmed_through = Some(gone.cursor());
+        }
+    }
+
+    /// The oldest event held.
+    pub fn oldest(&self) -> Option<Cursor> {
+        self.events.front().map(RetainedEvent::cursor)
+    }
+
+    /// The newest event held.
+    pub fn newest(&self) -> Option<Cursor> {
+        self.events.back().map(RetainedEvent::cursor)
+    }
+
+    /// How many events are held.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True when no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The cursor that reads from the oldest event held: every trimmed
+    /// event counts as seen.
+    pub fn oldest_start(&self) -> Cursor {
+        self.trimmed_through.unwrap_or(Cursor::START)
+    }
+
+    /// Up to `max` events after `after` that pass `filter` and `visible`,
+    /// within [`MAX_EVENT_READ_BYTES`] (at least one, if any matches).
+    pub fn read(
+        &self,
+        after: Cursor,
+        filter: &EventFilter,
+        max: usize,
+        visible: impl Fn(&RetainedEvent) -> bool,
+    ) -> Result<Found, Trimmed> {
+        if let Some(trimmed) = self.trimmed_through.filter(|t| after < *t) {
+            return Err(Trimmed {
+                oldest: self.oldest(),
+                resume_after: trimmed,
+            });
+        }
+        let start = self.events.partition_point(|e| e.cursor() <= after);
+        let mut found = Found::default();
+        let mut bytes = 0;
+        for event in self.events.range(start..) {
+            if !(filter.matches(event.player.as_ref(), &event.body) && visible(event)) {
+                continue;
+            }
+            let size = weight(event) as usize;
+            if found.events.len() == max
+                || (!found.events.is_empty() && bytes + size > MAX_EVENT_READ_BYTES)
+            {
+                found.stopped_at = found.events.last().map(RetainedEvent::cursor);
+                break;
+            }
+            bytes += size;
+            found.events.push(event.clone());
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use garrison_client::events::EventType;
+
+    fn emitted(n: i64) -> EventBody {
+        EventBody::Emitted {
+            kind: "attack".into(),
+            fields: vec![("n".into(), garrison_client::Value::Int(n))],
+        }
+    }
+
+    fn cursor(index: u64, position: u32) -> Cursor {
+        Cursor { index, position }
+    }
+
+    fn small(max_events: u64) -> EventRetention {
+        EventRetention {
+            max_events,
+            max_bytes: EventRetention::MIN_BYTES,
+        }
+    }
+
+    fn all(log: &EventLog, after: Cursor) -> Result<Vec<Cursor>, Trimmed> {
+        let found = log.read(after, &EventFilter::default(), 1000, |_| true)?;
+        Ok(found.events.iter().map(RetainedEvent::cursor).collect())
+    }
+
+    #[test]
+    fn events_are_numbered_within_their_entry_and_read_after_a_cursor() {
+        let mut log = EventLog::default();
+        let r = small(100);
+        log.append(3, 10, None, vec![emitted(0), emitted(1)], &r);
+        log.append(5, 11, None, vec![emitted(2)], &r);
+        assert_eq!(
+            all(&log, Cursor::START).unwrap(),
+            [cursor(3, 0), cursor(3, 1), cursor(5, 0)]
+        );
+        assert_eq!(
+            all(&log, cursor(3, 0)).unwrap(),
+            [cursor(3, 1), cursor(5, 0)]
+        );
+        assert_eq!(all(&log, Cursor::end_of(3)).unwrap(), [cursor(5, 0)]);
+        assert_eq!(all(&log, cursor(4, 7)).unwrap(), [cursor(5, 0)]);
+        assert!(all(&log, Cursor::end_of(5)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reader_behind_retention_is_told_the_oldest_held_event() {
+        let mut log = EventLog::default();
+        let r = small(3);
+        for index in 1..=5 {
+            log.append(index, 0, None, vec![emitted(index as i64)], &r);
+        }
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.oldest(), Some(cursor(3, 0)));
+        let trimmed = Trimmed {
+            oldest: Some(cursor(3, 0)),
+            resume_after: cursor(2, 0),
+        };
+        assert_eq!(all(&log, Cursor::START), Err(trimmed.clone()));
+        assert_eq!(all(&log, cursor(1, 0)), Err(trimmed));
+        // Exactly at the last trimmed event: nothing was missed.
+        assert_eq!(
+            all(&log, cursor(2, 0)).unwrap(),
+            [cursor(3, 0), cursor(4, 0), cursor(5, 0)]
+        );
+        assert_eq!(log.oldest_start(), cursor(2, 0));
+    }
+
+    #[test]
+    fn the_newest_entry_is_kept_whole_beyond_the_budget() {
+        let mut log = EventLog::default();
+        let r = small(2);
+        log.append(1, 0, None, vec![emitted(0)], &r);
+        log.append(2, 0, None, (0..5).map(emitted).collect(), &r);
+        assert_eq!(log.len(), 5, "entry 2 stays whole");
+        assert_eq!(log.oldest(), Some(cursor(2, 0)));
+        log.append(3, 0, None, vec![emitted(9)], &r);
+        assert_eq!(log.len(), 2);
+        assert_eq!(log.oldest(), Some(cursor(2, 4)));
+    }
+
+    #[test]
+    fn the_byte_budget_trims_too() {
+        let mut log = EventLog::default();
+        let big = |i: u64| EventBody::Emitted {
+            kind: "blob".into(),
+            fields: vec![(
+                "b".into(),
+                garrison_client::Value::Bytes(vec![i as u8; 4000]),
+            )],
+        };
+        let r = small(1_000_000);
+        for index in 1..=200 {
+            log.append(index, 0, None, vec![big(index)], &r);
+        }
+        assert!(log.bytes <= r.max_bytes, "{} bytes held", log.bytes);
+        assert!(log.len() < 200);
+        assert_eq!(log.oldest(), Some(cursor(201 - log.len() as u64, 0)));
+    }
+
+    #[test]
+    fn reads_stop_at_the_count_and_say_where() {
+        let mut log = EventLog::default();
+        let r = small(100);
+        for index in 1..=10 {
+            log.append(index, 0, None, vec![emitted(0)], &r);
+        }
+        let found = log
+            .read(Cursor::START, &EventFilter::default(), 4, |_| true)
+            .unwrap();
+        assert_eq!(found.events.len(), 4);
+        assert_eq!(found.stopped_at, Some(cursor(4, 0)));
+        let none = EventFilter {
+            types: vec![EventType::Created],
+            ..Default::default()
+        };
+        let found = log.read(Cursor::START, &none, 4, |_| true).unwrap();
+        assert!(found.events.is_empty());
+        assert_eq!(found.stopped_at, None, "examined everything");
+        let hidden = log.read(Cursor::START, &EventFilter::default(), 4, |e| e.index > 8);
+        assert_eq!(hidden.unwrap().events.len(), 2);
+    }
+}

@@ -1,0 +1,255 @@
+//! Observers inside a node: components (the complex event processor,
+//! plugins, analytics) that receive every event the node's replicas apply,
+//! in log order per location.
+//!
+//! Apply does not hand events to observers: it appends them to the
+//! location's retained events ([`crate::events::log`]) and then calls
+//! [`EventHub::notify_observers`], which only records the group's newest
+//! index and bumps a generation counter (a mutex held for an insert, and a
+//! `tokio::sync::watch` send). Each [`Observer`] pulls from the replica's
+//! retained events after its own cursor when it is ready. So a slow
+//! observer never blocks apply and holds no queue of its own: it falls
+//! behind and catches up from retention, or, if retention has moved past
+//! it, is told that it lost its place ([`Notice::Lost`]) and where the
+//! oldest event held is.
+//!
+//! The long polls of the client API wait on the same hub.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use garrison_client::events::{Cursor, EventFilter, StreamEvent};
+use garrison_raft::{GroupId, Node};
+use tokio::sync::watch;
+
+use crate::events::log::Found;
+use crate::state::location::LocationApp;
+
+/// Most events an observer takes from one location per read.
+const OBSERVER_READ_EVENTS: usize = 256;
+
+/// What an observer receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The next event of a location.
+    Event(StreamEvent),
+    /// The observer fell behind `location`'s retention: events after its
+    /// cursor are gone. It goes on from `resumed_after` (every event up to
+    /// it is lost to it).
+    Lost {
+        /// The location.
+        location: String,
+        /// The observer's cursor when it found out.
+        after: Cursor,
+        /// Where it resumes: before the oldest event held.
+        resumed_after: Cursor,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Groups {
+    /// Each location group's name and the newest index it applied events at.
+    newest: BTreeMap<GroupId, (String, u64)>,
+}
+
+/// The node's one point where apply tells observers that events exist.
+#[derive(Debug)]
+pub struct EventHub {
+    groups: Mutex<Groups>,
+    generation: watch::Sender<u64>,
+    observers: AtomicU64,
+    delivered: AtomicU64,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self {
+            groups: Mutex::default(),
+            generation: watch::Sender::new(0),
+            observers: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EventHub {
+    /// A hub with no observers.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Called by apply after the events of the entry at `index` of
+    /// `group` (location `location`) were appended, and after a snapshot
+    /// was restored. Never blocks on an observer.
+    pub fn notify_observers(&self, group: GroupId, location: &str, index: u64) {
+        {
+            let mut groups = self.groups.lock().expect("event hub lock");
+            let entry = groups
+                .newest
+                .entry(group)
+                .or_insert_with(|| (location.to_string(), 0));
+            entry.1 = entry.1.max(index);
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Called when a location group closes on this node.
+    pub fn closed(&self, group: GroupId) {
+        self.groups
+            .lock()
+            .expect("event hub lock")
+            .newest
+            .remove(&group);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The newest index `group` applied events at (0: none seen).
+    pub fn newest(&self, group: GroupId) -> u64 {
+        let groups = self.groups.lock().expect("event hub lock");
+        groups.newest.get(&group).map_or(0, |(_, i)| *i)
+    }
+
+    /// A receiver that changes whenever any group applies events.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Registers an observer of every location group on `node`, receiving
+    /// the events that pass `filter` and are applied from now on (a group
+    /// opened later: from its first event).
+    pub fn add_observer(self: &Arc<Self>, node: Node, filter: EventFilter) -> Observer {
+        let mut changes = self.changes();
+        changes.mark_changed();
+        let start: BTreeMap<GroupId, Cursor> = {
+            let groups = self.groups.lock().expect("event hub lock");
+            groups
+                .newest
+                .iter()
+                .map(|(g, (_, i))| (*g, Cursor::end_of(*i)))
+                .collect()
+        };
+        self.observers.fetch_add(1, Ordering::Relaxed);
+        Observer {
+            hub: self.clone(),
+            node,
+            filter,
+            cursors: start,
+            pending: VecDeque::new(),
+            changes,
+        }
+    }
+
+    /// Unregisters an observer (the same as dropping it).
+    pub fn remove_observer(&self, observer: Observer) {
+        drop(observer);
+    }
+
+    /// Observers registered now.
+    pub fn observer_count(&self) -> u64 {
+        self.observers.load(Ordering::Relaxed)
+    }
+
+    /// Events handed to observers and readers since the node started.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` events handed to a reader.
+    pub fn count_delivered(&self, n: usize) {
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Vec<(GroupId, String, u64)> {
+        let groups = self.groups.lock().expect("event hub lock");
+        groups
+            .newest
+            .iter()
+            .map(|(g, (l, i))| (*g, l.clone(), *i))
+            .collect()
+    }
+}
+
+/// One registered observer: pulls events from the node's replicas after
+/// its cursors. Dropping it unregisters it.
+pub struct Observer {
+    hub: Arc<EventHub>,
+    node: Node,
+    filter: EventFilter,
+    cursors: BTreeMap<GroupId, Cursor>,
+    pending: VecDeque<Notice>,
+    changes: watch::Receiver<u64>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.hub.observers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Observer {
+    /// The next event (or loss of place), waiting until there is one.
+    /// `None` once the hub is gone.
+    pub async fn next(&mut self) -> Option<Notice> {
+        loop {
+            if let Some(notice) = self.pending.pop_front() {
+                return Some(notice);
+            }
+            self.changes.changed().await.ok()?;
+            self.pull();
+        }
+    }
+
+    /// This observer's cursor in `group` (`None`: it has seen nothing there).
+    pub fn cursor(&self, group: GroupId) -> Option<Cursor> {
+        self.cursors.get(&group).copied()
+    }
+
+    /// Reads what every group holds after this observer's cursors.
+    fn pull(&mut self) {
+        for (group, location, newest) in self.hub.snapshot() {
+            let mut after = self.cursors.get(&group).copied().unwrap_or(Cursor::START);
+            while after < Cursor::end_of(newest) {
+                let read = self.node.read_local(group, |s| {
+                    let app = s.app.as_any().downcast_ref::<LocationApp>()?;
+                    Some(
+                        app.events()
+                            .read(after, &self.filter, OBSERVER_READ_EVENTS, |_| true),
+                    )
+                });
+                // A group closed or not a location: nothing to read.
+                let Ok(Some(read)) = read else {
+                    break;
+                };
+                match read {
+                    Ok(Found { events, stopped_at }) => {
+                        self.hub.count_delivered(events.len());
+                        let last = events.last().map(|e| e.cursor());
+                        self.pending
+                            .extend(events.iter().map(|e| Notice::Event(e.to_stream(&location))));
+                        match stopped_at {
+                            Some(at) => after = at,
+                            None => {
+                                // Apply may have gone past `newest` since;
+                                // never fall back behind a delivered event.
+                                after = last.map_or(Cursor::end_of(newest), |l| {
+                                    l.max(Cursor::end_of(newest))
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    Err(trimmed) => {
+                        self.pending.push_back(Notice::Lost {
+                            location: location.clone(),
+                            after,
+                            resumed_after: trimmed.resume_after,
+                        });
+                        after = trimmed.resume_after;
+                    }
+                }
+            }
+            self.cursors.insert(group, after);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The node's side of event reads: checking a query, answering it from a
+//! replica, and the long poll.
+//!
+//! A read of location L after cursor (i, p) is answered by a replica that
+//! has applied i: this node's own if it hosts L (waiting for it to catch
+//! up, within the read's wait), else one that the router picks
+//! (`Node::read` with a stale minimum index). Such a replica holds every
+//! event of i and of what it applied before, and events are the same on
+//! every replica, so whichever answers, the reader sees the same stream.
+//! The answer's cursor for L is past every event the replica examined: the
+//! last one returned when a limit stopped the read, else the end of the
+//! replica's applied index.
+//!
+//! A long poll re-reads when the event hub says this node applied events in
+//! one of the named groups, until an event matches or the wait ends. A
+//! location this node does not host is polled every
+//! [`REMOTE_POLL_INTERVAL`] instead.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use garrison_client::api::{ApiError, ReadMode};
+use garrison_client::events::{
+    Cursor, EventBatch, EventQuery, StartAt, MAX_EVENTS_PER_READ, MAX_EVENT_WAIT_MS,
+    MAX_LOCATIONS_PER_EVENT_READ,
+};
+use garrison_client::tx::PlayerKey;
+use garrison_raft::GroupId;
+use tokio::time::Instant;
+
+use crate::events::log::Trimmed;
+use crate::events::observers::EventHub;
+use crate::state::location::{EventsReply, LocationQuery};
+
+/// How often a long poll re-reads a location this node does not host.
+pub const REMOTE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checks a query's size and arguments; the error says what is wrong.
+pub fn check_query(query: &EventQuery) -> Result<(), ApiError> {
+    let invalid = |why: String| Err(ApiError::InvalidRequest(why));
+    let n = query.locations.len();
+    if n == 0 || n > MAX_LOCATIONS_PER_EVENT_READ {
+        return invalid(format!(
+            "an event read names 1 to {MAX_LOCATIONS_PER_EVENT_READ} locations, not {n}"
+        ));
+    }
+    for (i, (location, _)) in query.locations.iter().enumerate() {
+        if query.locations[..i].iter().any(|(l, _)| l == location) {
+            return invalid(format!("location {location:?} is named twice"));
+        }
+    }
+    if query.max_events == 0 || query.max_events > MAX_EVENTS_PER_READ {
+        return invalid(format!(
+            "max_events must be 1 to {MAX_EVENTS_PER_READ}, not {}",
+            query.max_events
+        ));
+    }
+    if query.wait_ms > MAX_EVENT_WAIT_MS {
+        return invalid(format!(
+            "wait_ms must be at most {MAX_EVENT_WAIT_MS}, not {}",
+            query.wait_ms
+        ));
+    }
+    query.filter.check().map_err(ApiError::InvalidRequest)
+}
+
+/// A place among the node's (or one connection's) waiting long polls; the
+/// place is given back when dropped.
+pub struct PollPermit(Arc<AtomicU32>);
+
+impl Drop for PollPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes a place among at most `max` waiting polls counted by `count`.
+pub fn take_poll(count: &Arc<AtomicU32>, max: u32, what: &str) -> Result<PollPermit, ApiError> {
+    let taken = count.fetch_add(1, Ordering::AcqRel);
+    let permit = PollPermit(count.clone());
+    if taken >= max {
+        return Err(ApiError::RateLimited {
+            what: format!("{what}: at most {max} event reads waiting at once"),
+            retry_after_ms: 100,
+        });
+    }
+    Ok(permit)
+}
+
+/// What the reader of one location needs from a replica.
+pub(crate) trait EventSource {
+    /// The group of `location`, and whether this node hosts it.
+    async fn group(&self, location: &str) -> Result<(GroupId, bool), ApiError>;
+    /// Answers `query` for `group` from a replica that has applied
+    /// `min_index`, waiting for it at most until `deadline`; the answer and
+    /// the applied index it reflects.
+    async fn read(
+        &self,
+        group: GroupId,
+        query: &LocationQuery,
+        mode: ReadMode,
+    ) -> Result<(u64, Result<EventsReply, Trimmed>), ApiError>;
+}
+
+struct Place {
+    location: String,
+    group: GroupId,
+    hosted: bool,
+    start: StartAt,
+}
+
+/// Answers `query` for `reader`: at once if an event matches, else when
+/// one is applied or the wait ends.
+pub(crate) async fn read_events(
+    source: &impl EventSource,
+    hub: &EventHub,
+    reader: PlayerKey,
+    query: EventQuery,
+) -> Result<EventBatch, ApiError> {
+    let deadline = Instant::now() + Duration::from_millis(query.wait_ms);
+    let mut places = Vec::with_capacity(query.locations.len());
+    for (location, start) in query.locations {
+        let (group, hosted) = source.group(&location).await?;
+        places.push(Place {
+            location,
+            group,
+            hosted,
+            start,
+        });
+    }
+    let mut changes = hub.changes();
+    loop {
+        changes.borrow_and_update();
+        let mut batch = EventBatch {
+            events: Vec::new(),
+            cursors: Vec::new(),
+        };
+        for place in &mut places {
+            let room = query.max_events as usize - batch.events.len();
+            let cursor = if room == 0 {
+                // The batch is full: this location was not read, so the
+                // reader resumes where it was.
+                match &place.start {
+                    StartAt::After(c) => *c,
+                    _ => continue,
+                }
+            } else {
+                read_place(source, reader, &query.filter, room, place, &mut batch).await?
+            };
+            place.start = StartAt::After(cursor);
+            batch.cursors.push((place.location.clone(), cursor));
+        }
+        let now = Instant::now();
+        if !batch.events.is_empty() || now >= deadline {
+            hub.count_delivered(batch.events.len());
+            return Ok(batch);
+        }
+        let hosted_only = places.iter().all(|p| p.hosted);
+        let wake = if hosted_only {
+            deadline
+        } else {
+            deadline.min(now + REMOTE_POLL_INTERVAL)
+        };
+        // Woken by any group's events; a spurious wake only re-reads.
+        let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+    }
+}
+
+/// Reads one location into `batch`; returns its cursor after.
+async fn read_place(
+    source: &impl EventSource,
+    reader: PlayerKey,
+    filter: &garrison_client::events::EventFilter,
+    room: usize,
+    place: &Place,
+    batch: &mut EventBatch,
+) -> Result<Cursor, ApiError> {
+    let min_index = match &place.start {
+        StartAt::After(c) => c.index,
+        _ => 0,
+    };
+    let query = LocationQuery::Events {
+        reader,
+        start: place.start.clone(),
+        filter: filter.clone(),
+        max: room as u32,
+    };
+    let (applied, reply) = source
+        .read(place.group, &query, ReadMode::Stale { min_index })
+        .await?;
+    let EventsReply { start, found } = reply.map_err(|t| ApiError::EventsTrimmed {
+        location: place.location.clone(),
+        after: match &place.start {
+            StartAt::After(c) => *c,
+            _ => Cursor::START,
+        },
+        oldest: t.oldest,
+    })?;
+    let last = found.events.last().map(|e| e.cursor());
+    batch
+        .events
+        .extend(found.events.iter().map(|e| e.to_stream(&place.location)));
+    Ok(match found.stopped_at {
+        Some(at) => at,
+        None => [Some(start), last, Some(Cursor::end_of(applied))]
+            .into_iter()
+            .flatten()
+            .max()
+            .expect("start is always there"),
+    })
+}
