@@ -349,6 +349,19 @@ pub struct NodeStatus {
     pub groups: Vec<GroupInfo>,
     /// The node's entity cache.
     pub cache: CacheStats,
+    /// The node's event readers.
+    pub events: EventStats,
+}
+
+/// What a node's event readers (EventManager) are doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStats {
+    /// Observers registered inside the node.
+    pub observers: u64,
+    /// Event reads (long polls) waiting now.
+    pub waiting_polls: u64,
+    /// Events handed to observers and readers since the node started.
+    pub delivered: u64,
 }
 
 /// What a node's entity cache (CacheManager) did and holds.

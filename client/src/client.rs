@@ -456,6 +456,27 @@ impl Client {
         .await
     }
 
+    /// One read of events at the node `addr`, with no retry elsewhere or
+    /// later (a rate limit is returned, not waited out).
+    pub async fn read_events_at(
+        &self,
+        addr: &str,
+        query: &EventQuery,
+    ) -> Result<EventBatch, ClientError> {
+        let token = self
+            .token()
+            .ok_or(ClientError::Api(ApiError::Token(TokenError::Missing)))?;
+        let timeout = self.options.request_timeout + Duration::from_millis(query.wait_ms);
+        self.call_one(addr, |c| {
+            let query = query.clone();
+            async move {
+                c.read_events(ctx_for(timeout), API_VERSION, token, query)
+                    .await
+            }
+        })
+        .await
+    }
+
     /// Follows the events of `locations` (each from where its [`StartAt`]
     /// says) that pass `filter`: see [`Subscription`].
     pub fn subscribe(

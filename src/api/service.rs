@@ -7,13 +7,13 @@
 //! decided in apply, identically on every replica.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use garrison_client::api::{
-    ApiError, EntityRead, Garrison, GroupConsistency, GroupInfo, LocationInfo, LocationRead,
-    NodeStatus, ReadMode, TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
+    ApiError, EntityRead, EventStats, Garrison, GroupConsistency, GroupInfo, LocationInfo,
+    LocationRead, NodeStatus, ReadMode, TxReceipt, API_VERSION, MAX_ENTITIES_PER_READ,
 };
 use garrison_client::api::{
     AuditEntry, AuditQuery, AuditRead, Rejection, MAX_AUDIT_ENTRIES_PER_READ,
@@ -619,6 +619,11 @@ impl Garrison for ApiService {
             api_addrs: self.api_addrs.clone(),
             groups,
             cache: self.cache.as_ref().map(|c| c.stats()).unwrap_or_default(),
+            events: EventStats {
+                observers: self.hub.observer_count(),
+                waiting_polls: u64::from(self.polls.load(Ordering::Relaxed)),
+                delivered: self.hub.delivered(),
+            },
         })
     }
 

@@ -15,6 +15,7 @@ pub mod certs;
 pub mod dev;
 #[allow(rustdoc::broken_intra_doc_links)]
 pub mod ops;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,8 @@ pub enum Command {
     Get(ops::GetArgs),
     /// Show a location's audit trail: who did what, at which index, with which outcome.
     Audit(ops::AuditArgs),
+    /// Print the events of one or more locations as they are applied.
+    Watch(watch::WatchArgs),
     /// Administrative transactions: locations, roles.
     Admin(admin::AdminArgs),
     /// List the locations.
@@ -194,6 +197,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         Command::Tx(args) => ops::tx(&cli, args, matches.subcommand_matches("tx")).await,
         Command::Get(args) => ops::get(&cli, args).await,
         Command::Audit(args) => ops::audit(&cli, args).await,
+        Command::Watch(args) => watch::run(&cli, args).await,
         Command::Admin(args) => admin::run(&cli, args).await,
         Command::Locations => ops::locations(&cli).await,
         Command::Status => ops::status(&cli).await,

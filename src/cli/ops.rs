@@ -296,6 +296,12 @@ fn reader_key(given: &Option<PathBuf>) -> anyhow::Result<Keypair> {
     })
 }
 
+/// Connects and logs in with the reader's key (`given`, else the player
+/// key, else the dev cluster's admin key).
+pub(crate) async fn connect_reader(cli: &Cli, given: &Option<PathBuf>) -> anyhow::Result<Client> {
+    connect_as(cli, given).await
+}
+
 /// Connects and logs in with the reader's key.
 async fn connect_as(cli: &Cli, key: &Option<PathBuf>) -> anyhow::Result<Client> {
     let client = connect(cli).await?;
