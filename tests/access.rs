@@ -177,7 +177,7 @@ impl World {
                 format!("policy version {version}")
             }
             ["apply", name] => {
-                let (location, signed) = self.signed.remove(*name).expect("signed earlier");
+                let (location, signed) = self.signed.get(*name).cloned().expect("signed earlier");
                 let reply = self.location_apply(&location, &LocationCommand::Submit(signed));
                 outcome(&codec::decode(&reply).unwrap())
             }

@@ -278,6 +278,84 @@ async fn acknowledged_transactions_survive_kill_9_of_the_leader_and_of_every_nod
     assert!(verdict.1.contains("front"), "{}", verdict.1);
 }
 
+/// `garrison watch`, a separate process, follows a location's commits while
+/// the location's leader is killed with `kill -9` and comes back: it prints
+/// every acknowledged transaction's commit exactly once, in log order, and
+/// nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_every_commit_once_in_order_across_kill_9_of_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, endpoints) = write_configs(dir.path(), 3);
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let client = connect(&endpoints).await;
+    Player::new(common::admin_key())
+        .create_location(&client, "front")
+        .await
+        .unwrap();
+    let key_file = dir.path().join("admin.key");
+    common::admin_key().save(&key_file).unwrap();
+    let out = dir.path().join("watch.out");
+    let mut watch = Command::new(BIN)
+        .args([
+            "watch",
+            "-l",
+            "front",
+            "--from",
+            "start",
+            "--kind",
+            "committed",
+        ])
+        .args(["--json", "--cluster", &endpoints.join(","), "--key"])
+        .arg(&key_file)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut player = Player::new(Keypair::generate());
+    let mut receipts = Vec::new();
+    let mut write_some = async |client: &Client, range: std::ops::Range<i64>| {
+        for i in range {
+            let op = Op::Put {
+                entity: "unit/1".into(),
+                fields: vec![("n".into(), Value::Int(i))],
+            };
+            let r = player.transact(client, "front", vec![op]).await.unwrap();
+            receipts.push((r.index, r.sequence));
+        }
+    };
+    write_some(&client, 0..15).await;
+    let leader_addr = client.find_leader("front").await.unwrap();
+    let leader = endpoints.iter().position(|e| *e == leader_addr).unwrap();
+    procs[leader].kill();
+    write_some(&client, 15..30).await;
+    procs[leader].start();
+    write_some(&client, 30..40).await;
+    let seen = |out: &Path| -> Vec<(u64, u64)> {
+        std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+                (
+                    v["index"].as_u64().unwrap(),
+                    v["sequence"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expected = receipts.len();
+    eventually("the watcher to print every commit", || {
+        let n = seen(&out).len();
+        async move { n >= expected }
+    })
+    .await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(seen(&out), receipts, "every commit once, in log order");
+}
+
 /// `garrison dev --client-tls`: every client port speaks TLS, and the other
 /// commands, finding the dev cluster by themselves, find its CA too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

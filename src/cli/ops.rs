@@ -459,6 +459,11 @@ pub async fn status(cli: &Cli) -> anyhow::Result<i32> {
                     c.bytes,
                     c.capacity_bytes
                 );
+                let e = &s.events;
+                println!(
+                    "  events: {} delivered, {} reads waiting, {} observers",
+                    e.delivered, e.waiting_polls, e.observers
+                );
                 for g in s.groups {
                     names.insert(
                         g.group,
