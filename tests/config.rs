@@ -25,6 +25,11 @@ fn the_example_configuration_loads_and_states_the_defaults() {
         ApiLimits::default(),
         "the example's [api] section should show the defaults"
     );
+    assert_eq!(
+        config.events,
+        garrison::server::EventsConfig::default(),
+        "the example's [events] section should show the defaults"
+    );
     config.raft.validate().unwrap();
 }
 
@@ -59,6 +64,15 @@ fn bad_configurations_say_what_is_wrong() {
         (
             valid(1, "[api_tls]\ncert = \"/nonexistent/api.pem\"\nkey = \"k\""),
             "api_tls: cannot read the certificate /nonexistent/api.pem",
+        ),
+        // The cluster's event retention has bounds.
+        (
+            valid(1, "[events]\nmax_retained_events = 0"),
+            "events.max_retained_events must be 1 to",
+        ),
+        (
+            valid(1, "[events]\nmax_retained_event_bytes = 1000"),
+            "events.max_retained_event_bytes must be 524288 to",
         ),
     ];
     for (i, (text, words)) in cases.iter().enumerate() {

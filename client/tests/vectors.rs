@@ -9,6 +9,7 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
     let seed1: [u8; 32] = std::array::from_fn(|i| i as u8);
     let seed2 = [0x42; 32];
     let seed3 = [0xa5; 32];
+    let seed4 = [0x07; 32];
     let tx = |seed: &[u8; 32], location: &str, sequence, ops| Transaction {
         cluster: "dev".into(),
         location: location.into(),
@@ -71,6 +72,26 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
                         entity: "unit/2".into(),
                         field: "hp".into(),
                         value: None,
+                    },
+                ],
+            ),
+        ),
+        (
+            seed4,
+            tx(
+                &seed4,
+                "alpha",
+                2,
+                vec![
+                    Op::Emit {
+                        kind: "unit_lost".into(),
+                        fields: vec![
+                            ("unit".into(), Value::Str("unit/9".into())),
+                            ("by".into(), Value::Int(3)),
+                        ],
+                    },
+                    Op::Delete {
+                        entity: "unit/9".into(),
                     },
                 ],
             ),
