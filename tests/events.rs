@@ -535,3 +535,64 @@ async fn a_slow_observer_never_blocks_apply_and_is_told_when_it_lost_its_place()
     assert_eq!(server.hub.observer_count(), 1);
     servers.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_batch_still_fixes_where_every_other_location_starts() {
+    let servers = Servers::start(3, "events-full").await;
+    let client = servers.client().await;
+    servers.create_location(&client, "east").await;
+    servers.create_location(&client, "west").await;
+    let mut admin = Player::new(admin_key());
+    for i in 0..3 {
+        admin
+            .transact(&client, "east", vec![put("unit/1", i)])
+            .await
+            .unwrap();
+    }
+    // East has events to fill every batch; west starts at its latest.
+    let mut subscription = client.subscribe(
+        vec![
+            ("east".into(), StartAt::After(Cursor::START)),
+            ("west".into(), StartAt::Latest),
+        ],
+        EventFilter::default(),
+    );
+    subscription.max_events = 1;
+    subscription.wait_ms = 200;
+    subscription.poll().await.unwrap();
+    // Written after the first poll: the subscription must see them, though
+    // that poll returned east's events only.
+    let r = admin
+        .transact(&client, "west", vec![put("unit/1", 9)])
+        .await
+        .unwrap();
+    let mut west = Vec::new();
+    let started = std::time::Instant::now();
+    while west.len() < 2 {
+        assert!(
+            started.elapsed() < WAIT,
+            "west's events never came: {west:?}"
+        );
+        match subscription.next_buffered() {
+            Some(e) if e.id.location == "west" => west.push(e.id.cursor()),
+            Some(_) => {}
+            None => {
+                subscription.poll().await.unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        west,
+        [
+            Cursor {
+                index: r.index,
+                position: 0
+            },
+            Cursor {
+                index: r.index,
+                position: 1
+            }
+        ]
+    );
+    servers.shutdown().await;
+}

@@ -15,6 +15,12 @@
 //!   then measures each `garrison dev` node's CPU and resident memory over
 //!   D idle seconds (from `/proc`, via the nodes' pid files).
 //!
+//! With `--watchers N` (put mode), N more clients each follow every bench
+//! location's events (a [`garrison_client::client::Subscription`] from the
+//! start of the run) and report how many they received and their lag: from
+//! the entry's log time (stamped by the leader when it proposed, on this
+//! machine's clock) to delivery.
+//!
 //! Progress is printed each second; then operations/s and latency percentiles.
 
 use std::path::{Path, PathBuf};
@@ -69,6 +75,14 @@ pub struct BenchArgs {
     /// cluster's).
     #[arg(long)]
     pub admin_key: Option<PathBuf>,
+    /// With `--mode put`: this many more clients follow every bench
+    /// location's events meanwhile, and their lag is reported.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: u32,
+    /// With `--watchers`: only the events of these types (created, changed,
+    /// deleted, emitted, committed, rejected; default: all).
+    #[arg(long)]
+    pub watch_kind: Vec<String>,
     /// With `--mode failover` or `idle`: the `garrison dev` directory whose
     /// `node-N/pid` files name the processes (default: $GARRISON_HOME/dev).
     #[arg(long)]
@@ -186,12 +200,14 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
             anyhow::Ok(latencies)
         }));
     }
+    let watchers = spawn_watchers(args, &endpoints, &options, deadline).await?;
     let progress = tokio::spawn(print_progress(tally.clone(), started));
     let mut latencies = Vec::new();
     for w in workers {
         latencies.extend(w.await??);
     }
     progress.abort();
+    report_watchers(watchers).await?;
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let what = match args.mode {
@@ -223,6 +239,83 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
     );
     Ok(0)
+}
+
+/// What one watcher saw: events received, and each commit's lag in
+/// microseconds.
+type Watched = (u64, Vec<u64>);
+
+/// Starts `--watchers` followers of every bench location, each with its
+/// own connection and session, from the events applied after now, until
+/// `deadline`.
+async fn spawn_watchers(
+    args: &BenchArgs,
+    endpoints: &[String],
+    options: &garrison_client::ClientOptions,
+    deadline: Instant,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<Watched>>>> {
+    use garrison_client::events::{EventFilter, EventType, StartAt};
+    let types = args
+        .watch_kind
+        .iter()
+        .map(|k| k.parse::<EventType>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut handles = Vec::new();
+    for _ in 0..args.watchers {
+        let client = Client::connect_with(endpoints, options.clone()).await?;
+        client.login(&Keypair::generate()).await?;
+        let places: Vec<(String, StartAt)> = (0..args.locations)
+            .map(|l| (format!("bench-{l}"), StartAt::Latest))
+            .collect();
+        let filter = EventFilter {
+            types: types.clone(),
+            ..Default::default()
+        };
+        handles.push(tokio::spawn(async move {
+            let mut subscription = client.subscribe(places, filter);
+            subscription.wait_ms = 500;
+            let (mut received, mut lags) = (0u64, Vec::new());
+            while Instant::now() < deadline {
+                subscription.poll().await?;
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                while let Some(e) = subscription.next_buffered() {
+                    received += 1;
+                    if e.body.event_type() == EventType::Committed {
+                        lags.push(now_ms.saturating_sub(e.log_time_ms * 1000));
+                    }
+                }
+            }
+            anyhow::Ok((received, lags))
+        }));
+    }
+    Ok(handles)
+}
+
+/// Prints what the watchers received and their lag percentiles.
+async fn report_watchers(
+    watchers: Vec<tokio::task::JoinHandle<anyhow::Result<Watched>>>,
+) -> anyhow::Result<()> {
+    if watchers.is_empty() {
+        return Ok(());
+    }
+    let n = watchers.len();
+    let (mut received, mut lags) = (0, Vec::new());
+    for w in watchers {
+        let (r, l) = w.await??;
+        received += r;
+        lags.extend(l);
+    }
+    lags.sort_unstable();
+    println!(
+        "{n} watchers: {received} events received, {} commits; lag from log time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lags.len(),
+        percentile(&lags, 50.0) as f64 / 1000.0,
+        percentile(&lags, 99.0) as f64 / 1000.0,
+        lags.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
+    Ok(())
 }
 
 async fn print_progress(tally: Arc<Tally>, started: Instant) {

@@ -130,6 +130,7 @@ pub(crate) async fn read_events(
         });
     }
     let mut changes = hub.changes();
+    let mut first = true;
     loop {
         changes.borrow_and_update();
         let mut batch = EventBatch {
@@ -138,19 +139,19 @@ pub(crate) async fn read_events(
         };
         for place in &mut places {
             let room = query.max_events as usize - batch.events.len();
-            let cursor = if room == 0 {
-                // The batch is full: this location was not read, so the
-                // reader resumes where it was.
-                match &place.start {
-                    StartAt::After(c) => *c,
-                    _ => continue,
+            let cursor = match &place.start {
+                // Nothing new here since the last look: no need to read.
+                StartAt::After(c)
+                    if !first && place.hosted && hub.newest(place.group) <= c.index =>
+                {
+                    *c
                 }
-            } else {
-                read_place(source, reader, &query.filter, room, place, &mut batch).await?
+                _ => read_place(source, reader, &query.filter, room, place, &mut batch).await?,
             };
             place.start = StartAt::After(cursor);
             batch.cursors.push((place.location.clone(), cursor));
         }
+        first = false;
         let now = Instant::now();
         if !batch.events.is_empty() || now >= deadline {
             hub.count_delivered(batch.events.len());
@@ -167,7 +168,10 @@ pub(crate) async fn read_events(
     }
 }
 
-/// Reads one location into `batch`; returns its cursor after.
+/// Reads up to `room` events of one location into `batch`; returns its
+/// cursor after. With no room left it only resolves where the reader
+/// starts (so `Oldest` and `Latest` become a cursor the next read goes on
+/// from).
 async fn read_place(
     source: &impl EventSource,
     reader: PlayerKey,
@@ -184,7 +188,7 @@ async fn read_place(
         reader,
         start: place.start.clone(),
         filter: filter.clone(),
-        max: room as u32,
+        max: room.max(1) as u32,
     };
     let (applied, reply) = source
         .read(place.group, &query, ReadMode::Stale { min_index })
@@ -197,6 +201,9 @@ async fn read_place(
         },
         oldest: t.oldest,
     })?;
+    if room == 0 {
+        return Ok(start);
+    }
     let last = found.events.last().map(|e| e.cursor());
     batch
         .events
