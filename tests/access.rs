@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use garrison::events::log::RetainedEvent;
+use garrison::events::log::{ReadLimits, RetainedEvent};
 use garrison::security::access::{RolesFile, DEFAULT_ROLES_TOML};
 use garrison::security::admin::{AdminApp, AdminCommand, AdminReply};
 use garrison::state::location::{LocationApp, LocationCommand};
@@ -199,9 +199,14 @@ impl World {
             ["events", location, rest @ ..] => {
                 let after: Cursor = rest.first().map_or(Cursor::START, |c| c.parse().unwrap());
                 let app = &self.locations[*location];
+                let limits = ReadLimits {
+                    max_events: 1000,
+                    max_bytes: 1 << 20,
+                    per_event_bytes: 0,
+                };
                 match app
                     .events()
-                    .read(after, &EventFilter::default(), 1000, |_| true)
+                    .read(after, &EventFilter::default(), limits, |_| true)
                 {
                     Ok(found) if found.events.is_empty() => "no events".into(),
                     Ok(found) => {

@@ -471,6 +471,15 @@ async fn a_slow_observer_never_blocks_apply_and_is_told_when_it_lost_its_place()
     let client = servers.client().await;
     servers.create_location(&client, LOCATION).await;
     let server = servers.server(0);
+    let mut admin = Player::new(admin_key());
+    // The location has events before the observers register: they start
+    // after them (a location first seen later starts at its oldest event).
+    let r = admin
+        .transact(&client, LOCATION, vec![put("unit/0", 0)])
+        .await
+        .unwrap();
+    let group = common::group_of(&client, LOCATION).await;
+    server.node.wait_applied(group, r.index, WAIT).await.unwrap();
     let mut prompt = server
         .hub
         .add_observer(server.node.clone(), EventFilter::default());
@@ -478,7 +487,6 @@ async fn a_slow_observer_never_blocks_apply_and_is_told_when_it_lost_its_place()
         .hub
         .add_observer(server.node.clone(), EventFilter::default());
     assert_eq!(server.hub.observer_count(), 2);
-    let mut admin = Player::new(admin_key());
     let mut last = 0;
     for i in 0..30 {
         // Two events each (changed/created, committed): 60 in all, more
@@ -593,6 +601,58 @@ async fn a_full_batch_still_fixes_where_every_other_location_starts() {
                 position: 1
             }
         ]
+    );
+    servers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_of_several_locations_fits_in_one_frame_and_loses_nothing() {
+    let servers = Servers::start(3, "events-bytes").await;
+    let client = servers.client().await;
+    let mut admin = Player::new(admin_key());
+    let big = |i: usize| Op::Put {
+        entity: format!("unit/{i}"),
+        fields: (0..3)
+            .map(|f| (format!("f{f}"), Value::Str("x".repeat(4000))))
+            .collect(),
+    };
+    // About 12 KiB an event: more than 512 KiB in each location, more
+    // than the client port's 1 MiB frame in the two together.
+    for location in ["north", "south"] {
+        servers.create_location(&client, location).await;
+        for i in 0..50 {
+            admin.transact(&client, location, vec![big(i)]).await.unwrap();
+        }
+    }
+    let query = EventQuery {
+        locations: vec![
+            ("north".into(), StartAt::After(Cursor::START)),
+            ("south".into(), StartAt::After(Cursor::START)),
+        ],
+        filter: EventFilter::default(),
+        max_events: MAX_EVENTS_PER_READ,
+        wait_ms: 0,
+    };
+    let batch = client.read_events(&query).await.expect("one frame");
+    assert!(!batch.events.is_empty() && batch.events.len() < 200);
+    let mut subscription = client.subscribe(query.locations.clone(), EventFilter::default());
+    let mut created = 0;
+    while created < 100 {
+        let e = tokio::time::timeout(WAIT, subscription.next()).await.unwrap().unwrap();
+        if e.body.event_type() == EventType::Created {
+            created += 1;
+        }
+    }
+    // A cursor past the log is refused, not waited for.
+    let past = client
+        .read_events(&EventQuery {
+            locations: vec![("north".into(), StartAt::After(Cursor::end_of(1 << 40)))],
+            ..query.clone()
+        })
+        .await;
+    assert!(
+        matches!(&past, Err(ClientError::Api(ApiError::InvalidRequest(m))) if m.contains("past")),
+        "{past:?}"
     );
     servers.shutdown().await;
 }

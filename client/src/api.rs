@@ -444,8 +444,9 @@ pub enum ApiError {
     Forbidden(Rejection),
     /// The location no longer holds events right after the reader's
     /// cursor (it keeps only its most recent ones); nothing was skipped.
-    /// Resume from `oldest` knowing that events between were missed, or
-    /// from a fresh read of the state.
+    /// Go on with `StartAt::Oldest` (from `oldest` on, knowing that the
+    /// events between were missed: `Subscription::skip_trimmed`), or from
+    /// a fresh read of the state.
     #[error(
         "events of {location:?} after {after} are no longer held; the oldest held is {}",
         oldest.map_or("none (no event held yet)".to_string(), |c| format!("{location}@{}.{}", c.index, c.position))

@@ -800,6 +800,10 @@ impl Player {
     }
 }
 
+/// How long a [`Subscription`] waits before it polls again after a failed
+/// poll (the client's own retries have already tried every node).
+pub const FAILED_POLL_PAUSE: Duration = Duration::from_millis(200);
+
 /// A subscription to the events of one or more locations: a sequence of
 /// long polls ([`Client::read_events`]) that carries each location's
 /// cursor from one to the next. A failed node or a leader change only
@@ -818,6 +822,8 @@ pub struct Subscription<'a> {
     buffered: std::collections::VecDeque<StreamEvent>,
     /// The last event handed out, per location.
     delivered: HashMap<String, Cursor>,
+    /// The last poll failed: the next one waits a little first.
+    failed: bool,
     /// Events per poll (1 to `MAX_EVENTS_PER_READ`).
     pub max_events: u32,
     /// How long one poll waits for a new event, in milliseconds.
@@ -839,6 +845,7 @@ impl<'a> Subscription<'a> {
             filter,
             buffered: Default::default(),
             delivered,
+            failed: false,
             max_events: 256,
             wait_ms: 10_000,
         }
@@ -871,7 +878,16 @@ impl<'a> Subscription<'a> {
             max_events: self.max_events,
             wait_ms: self.wait_ms,
         };
-        let batch = self.client.read_events(&query).await?;
+        if std::mem::take(&mut self.failed) {
+            tokio::time::sleep(FAILED_POLL_PAUSE).await;
+        }
+        let batch = match self.client.read_events(&query).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.failed = true;
+                return Err(e);
+            }
+        };
         for (location, start) in &mut self.places {
             if let Some(cursor) = batch.cursor(location) {
                 *start = StartAt::After(cursor);
@@ -899,8 +915,20 @@ impl<'a> Subscription<'a> {
             })
     }
 
+    /// Accepts the loss that `ApiError::EventsTrimmed` reported for
+    /// `location`: the subscription goes on there from the oldest event the
+    /// location holds.
+    pub fn skip_trimmed(&mut self, location: &str) {
+        for (l, start) in &mut self.places {
+            if l == location {
+                *start = StartAt::Oldest;
+            }
+        }
+    }
+
     /// The subscription as a [`futures::Stream`]; an error is an item, and
-    /// the stream goes on after it (from the same cursors).
+    /// the stream goes on after it (from the same cursors, after
+    /// [`FAILED_POLL_PAUSE`]).
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<StreamEvent, ClientError>> + 'a {
         futures::stream::unfold(self, |mut s| async move {
             let item = s.next().await;

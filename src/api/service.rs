@@ -401,6 +401,29 @@ impl EventSource for ApiService {
         query: &LocationQuery,
         mode: ReadMode,
     ) -> Result<(u64, Result<EventsReply, Trimmed>), ApiError> {
+        // A cursor beyond what this replica applied: either the replica is
+        // behind, or the cursor is past the log (made up, or from another
+        // cluster). Ask the leader's read index which, rather than wait
+        // out a stale read that can never be served.
+        if let ReadMode::Stale { min_index } = mode {
+            let applied = self
+                .node
+                .group_status(group)
+                .and_then(|s| s.applied_index)
+                .unwrap_or(0);
+            if self.node.hosts(group) && min_index > applied {
+                let committed = self
+                    .node
+                    .catch_up(group, ReadConsistency::Linearizable)
+                    .await
+                    .map_err(api_error)?;
+                if min_index > committed {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "the cursor's index {min_index} is past the location's log (index {committed})"
+                    )));
+                }
+            }
+        }
         self.read_group(group, query, mode).await
     }
 }

@@ -277,13 +277,13 @@ async fn spawn_watchers(
             let (mut received, mut lags) = (0u64, Vec::new());
             while Instant::now() < deadline {
                 subscription.poll().await?;
-                let now_ms = std::time::SystemTime::now()
+                let now_us = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros() as u64);
                 while let Some(e) = subscription.next_buffered() {
                     received += 1;
                     if e.body.event_type() == EventType::Committed {
-                        lags.push(now_ms.saturating_sub(e.log_time_ms * 1000));
+                        lags.push(now_us.saturating_sub(e.log_time_ms * 1000));
                     }
                 }
             }

@@ -66,7 +66,8 @@ pub struct TxArgs {
     /// Require a field's value: ENTITY:FIELD=VALUE, or ENTITY:FIELD= for absent.
     #[arg(long)]
     pub expect: Vec<String>,
-    /// Record a game event: KIND or KIND:FIELD=VALUE[,FIELD=VALUE...]
+    /// Record a game event: KIND or KIND:FIELD=VALUE[,FIELD=VALUE...] (on the
+    /// command line KIND holds no `:` and values no `,`)
     /// (needs the emit permission for KIND).
     #[arg(long)]
     pub emit: Vec<String>,

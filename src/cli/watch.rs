@@ -134,16 +134,17 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<i32> {
     }
     let mut subscription = client.subscribe(places, filter);
     let mut printed = 0u64;
+    let mut saved = std::collections::HashMap::new();
     loop {
         while let Some(event) = subscription.next_buffered() {
             print_event(&event, args.json);
             printed += 1;
             if args.count.is_some_and(|n| printed >= n) {
-                save(&client, args, &subscription).await?;
+                save(&client, args, &subscription, &mut saved).await?;
                 return Ok(0);
             }
         }
-        save(&client, args, &subscription).await?;
+        save(&client, args, &subscription, &mut saved).await?;
         match subscription.poll().await {
             Ok(_) => {}
             Err(ClientError::Api(e @ ApiError::EventsTrimmed { .. })) => {
@@ -168,22 +169,28 @@ fn retryable(e: &ApiError) -> bool {
     )
 }
 
-/// Saves the consumer's cursors, if it has a name.
+/// Saves the consumer's cursors that moved since `saved`, if it has a name.
 async fn save(
     client: &garrison_client::Client,
     args: &WatchArgs,
     subscription: &garrison_client::client::Subscription<'_>,
+    saved: &mut std::collections::HashMap<String, Cursor>,
 ) -> anyhow::Result<()> {
     let Some(consumer) = &args.consumer else {
         return Ok(());
     };
     for location in &args.location {
-        if let Some(cursor) = subscription.cursor(location) {
-            client
-                .save_cursor(location, consumer, cursor)
-                .await
-                .with_context(|| format!("saving consumer {consumer:?} at {location}"))?;
+        let Some(cursor) = subscription.cursor(location) else {
+            continue;
+        };
+        if saved.get(location) == Some(&cursor) {
+            continue;
         }
+        client
+            .save_cursor(location, consumer, cursor)
+            .await
+            .with_context(|| format!("saving consumer {consumer:?} at {location}"))?;
+        saved.insert(location.clone(), cursor);
     }
     Ok(())
 }

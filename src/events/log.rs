@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 
 use garrison_client::events::{
-    Cursor, EventBody, EventFilter, EventId, EventRetention, StreamEvent, MAX_EVENT_READ_BYTES,
+    Cursor, EventBody, EventFilter, EventId, EventRetention, StreamEvent,
 };
 use garrison_client::tx::PlayerKey;
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,24 @@ fn weight(event: &RetainedEvent) -> u64 {
     garrison_raft::codec::encode(event).len() as u64
 }
 
+/// Most events one read examines, matching or not: a read whose filter
+/// passes little stops there (saying where) rather than hold the state's
+/// lock for a scan of the whole retention.
+pub const MAX_EVENTS_SCANNED_PER_READ: usize = 4_096;
+
+/// What a read may return: a count and a byte budget.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Most events.
+    pub max_events: usize,
+    /// Most bytes of events, each counted as its encoding plus
+    /// `per_event_bytes`; at least one event is returned if one matches.
+    pub max_bytes: usize,
+    /// What each event costs beyond its encoding (the location's name, when
+    /// it is sent).
+    pub per_event_bytes: usize,
+}
+
 /// A read from before the oldest retained event: the events right after
 /// the cursor are gone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +96,11 @@ pub struct Found {
     /// The matching, visible events, oldest first.
     pub events: Vec<RetainedEvent>,
     /// Where the scan stopped, if it stopped before the newest event (a
-    /// count or byte limit); `None`: it examined every event held.
+    /// count, byte or scan limit): the last event it returned or examined;
+    /// `None`: it examined every event held.
     pub stopped_at: Option<Cursor>,
+    /// The bytes the returned events count for.
+    pub bytes: u64,
 }
 
 /// The retained events of one location, oldest first.
@@ -160,13 +181,14 @@ impl EventLog {
         self.trimmed_through.unwrap_or(Cursor::START)
     }
 
-    /// Up to `max` events after `after` that pass `filter` and `visible`,
-    /// within [`MAX_EVENT_READ_BYTES`] (at least one, if any matches).
+    /// The events after `after` that pass `filter` and `visible`, within
+    /// `limits` (at least one, if any matches), examining at most
+    /// [`MAX_EVENTS_SCANNED_PER_READ`].
     pub fn read(
         &self,
         after: Cursor,
         filter: &EventFilter,
-        max: usize,
+        limits: ReadLimits,
         visible: impl Fn(&RetainedEvent) -> bool,
     ) -> Result<Found, Trimmed> {
         if let Some(trimmed) = self.trimmed_through.filter(|t| after < *t) {
@@ -177,19 +199,23 @@ impl EventLog {
         }
         let start = self.events.partition_point(|e| e.cursor() <= after);
         let mut found = Found::default();
-        let mut bytes = 0;
-        for event in self.events.range(start..) {
+        for (examined, event) in self.events.range(start..).enumerate() {
+            if examined == MAX_EVENTS_SCANNED_PER_READ {
+                // The previous event is the last one examined.
+                found.stopped_at = Some(self.events[start + examined - 1].cursor());
+                break;
+            }
             if !(filter.matches(event.player.as_ref(), &event.body) && visible(event)) {
                 continue;
             }
-            let size = weight(event) as usize;
-            if found.events.len() == max
-                || (!found.events.is_empty() && bytes + size > MAX_EVENT_READ_BYTES)
+            let size = weight(event) + limits.per_event_bytes as u64;
+            if found.events.len() >= limits.max_events
+                || (!found.events.is_empty() && found.bytes + size > limits.max_bytes as u64)
             {
                 found.stopped_at = found.events.last().map(RetainedEvent::cursor);
                 break;
             }
-            bytes += size;
+            found.bytes += size;
             found.events.push(event.clone());
         }
         Ok(found)
@@ -208,6 +234,14 @@ mod tests {
         }
     }
 
+    fn limits(max_events: usize) -> ReadLimits {
+        ReadLimits {
+            max_events,
+            max_bytes: 512 * 1024,
+            per_event_bytes: 0,
+        }
+    }
+
     fn cursor(index: u64, position: u32) -> Cursor {
         Cursor { index, position }
     }
@@ -220,7 +254,7 @@ mod tests {
     }
 
     fn all(log: &EventLog, after: Cursor) -> Result<Vec<Cursor>, Trimmed> {
-        let found = log.read(after, &EventFilter::default(), 1000, |_| true)?;
+        let found = log.read(after, &EventFilter::default(), limits(1000), |_| true)?;
         Ok(found.events.iter().map(RetainedEvent::cursor).collect())
     }
 
@@ -306,7 +340,7 @@ mod tests {
             log.append(index, 0, None, vec![emitted(0)], &r);
         }
         let found = log
-            .read(Cursor::START, &EventFilter::default(), 4, |_| true)
+            .read(Cursor::START, &EventFilter::default(), limits(4), |_| true)
             .unwrap();
         assert_eq!(found.events.len(), 4);
         assert_eq!(found.stopped_at, Some(cursor(4, 0)));
@@ -314,10 +348,55 @@ mod tests {
             types: vec![EventType::Created],
             ..Default::default()
         };
-        let found = log.read(Cursor::START, &none, 4, |_| true).unwrap();
+        let found = log.read(Cursor::START, &none, limits(4), |_| true).unwrap();
         assert!(found.events.is_empty());
         assert_eq!(found.stopped_at, None, "examined everything");
-        let hidden = log.read(Cursor::START, &EventFilter::default(), 4, |e| e.index > 8);
+        let hidden = log.read(Cursor::START, &EventFilter::default(), limits(4), |e| {
+            e.index > 8
+        });
         assert_eq!(hidden.unwrap().events.len(), 2);
+    }
+
+    #[test]
+    fn a_read_examines_a_bounded_number_of_events_and_says_where_it_stopped() {
+        let mut log = EventLog::default();
+        let r = small(100_000);
+        for index in 1..=(MAX_EVENTS_SCANNED_PER_READ as u64 + 10) {
+            log.append(index, 0, None, vec![emitted(0)], &r);
+        }
+        let none = EventFilter {
+            types: vec![EventType::Created],
+            ..Default::default()
+        };
+        let found = log.read(Cursor::START, &none, limits(4), |_| true).unwrap();
+        assert!(found.events.is_empty());
+        let at = found.stopped_at.expect("the scan stopped early");
+        assert_eq!(at, cursor(MAX_EVENTS_SCANNED_PER_READ as u64, 0));
+        let rest = log.read(at, &none, limits(4), |_| true).unwrap();
+        assert_eq!(
+            rest.stopped_at, None,
+            "the rest is examined in one more read"
+        );
+    }
+
+    #[test]
+    fn the_byte_budget_of_a_read_counts_what_is_sent() {
+        let mut log = EventLog::default();
+        let r = small(100);
+        for index in 1..=10 {
+            log.append(index, 0, None, vec![emitted(0)], &r);
+        }
+        let one = weight(&log.events[0]) as usize;
+        let budget = ReadLimits {
+            max_events: 100,
+            max_bytes: 3 * (one + 100),
+            per_event_bytes: 100,
+        };
+        let found = log
+            .read(Cursor::START, &EventFilter::default(), budget, |_| true)
+            .unwrap();
+        assert_eq!(found.events.len(), 3);
+        assert_eq!(found.bytes as usize, 3 * (one + 100));
+        assert_eq!(found.stopped_at, Some(cursor(3, 0)));
     }
 }

@@ -8,7 +8,7 @@
 //! index and bumps a generation counter (a mutex held for an insert, and a
 //! `tokio::sync::watch` send). Each [`Observer`] pulls from the replica's
 //! retained events after its own cursor when it is ready. So a slow
-//! observer never blocks apply and holds no queue of its own: it falls
+//! observer never blocks apply and holds no more than one read of its own: it falls
 //! behind and catches up from retention, or, if retention has moved past
 //! it, is told that it lost its place ([`Notice::Lost`]) and where the
 //! oldest event held is.
@@ -23,10 +23,11 @@ use garrison_client::events::{Cursor, EventFilter, StreamEvent};
 use garrison_raft::{GroupId, Node};
 use tokio::sync::watch;
 
-use crate::events::log::Found;
+use crate::events::log::{Found, ReadLimits};
 use crate::state::location::LocationApp;
 
-/// Most events an observer takes from one location per read.
+/// Most events an observer takes from one location per read, and about
+/// the most it holds fetched and not yet handed out.
 const OBSERVER_READ_EVENTS: usize = 256;
 
 /// What an observer receives.
@@ -117,7 +118,8 @@ impl EventHub {
 
     /// Registers an observer of every location group on `node`, receiving
     /// the events that pass `filter` and are applied from now on (a group
-    /// opened later: from its first event).
+    /// that reaches this node later, created, opened or restored from a
+    /// snapshot: from the oldest event it holds).
     pub fn add_observer(self: &Arc<Self>, node: Node, filter: EventFilter) -> Observer {
         let mut changes = self.changes();
         changes.mark_changed();
@@ -137,6 +139,8 @@ impl EventHub {
             cursors: start,
             pending: VecDeque::new(),
             changes,
+            more: false,
+            next_group: 0,
         }
     }
 
@@ -179,6 +183,10 @@ pub struct Observer {
     cursors: BTreeMap<GroupId, Cursor>,
     pending: VecDeque<Notice>,
     changes: watch::Receiver<u64>,
+    /// Whether the last pull left events to read.
+    more: bool,
+    /// The group the next pull starts at (round robin).
+    next_group: GroupId,
 }
 
 impl Drop for Observer {
@@ -195,8 +203,10 @@ impl Observer {
             if let Some(notice) = self.pending.pop_front() {
                 return Some(notice);
             }
-            self.changes.changed().await.ok()?;
-            self.pull();
+            if !self.more {
+                self.changes.changed().await.ok()?;
+            }
+            self.more = self.pull();
         }
     }
 
@@ -205,51 +215,73 @@ impl Observer {
         self.cursors.get(&group).copied()
     }
 
-    /// Reads what every group holds after this observer's cursors.
-    fn pull(&mut self) {
-        for (group, location, newest) in self.hub.snapshot() {
-            let mut after = self.cursors.get(&group).copied().unwrap_or(Cursor::START);
-            while after < Cursor::end_of(newest) {
-                let read = self.node.read_local(group, |s| {
-                    let app = s.app.as_any().downcast_ref::<LocationApp>()?;
-                    Some(
-                        app.events()
-                            .read(after, &self.filter, OBSERVER_READ_EVENTS, |_| true),
-                    )
-                });
-                // A group closed or not a location: nothing to read.
-                let Ok(Some(read)) = read else {
-                    break;
-                };
-                match read {
-                    Ok(Found { events, stopped_at }) => {
-                        self.hub.count_delivered(events.len());
-                        let last = events.last().map(|e| e.cursor());
-                        self.pending
-                            .extend(events.iter().map(|e| Notice::Event(e.to_stream(&location))));
-                        match stopped_at {
-                            Some(at) => after = at,
-                            None => {
-                                // Apply may have gone past `newest` since;
-                                // never fall back behind a delivered event.
-                                after = last.map_or(Cursor::end_of(newest), |l| {
-                                    l.max(Cursor::end_of(newest))
-                                });
-                                break;
-                            }
+    /// Reads one chunk from each group that holds events after this
+    /// observer's cursor, round robin from where the last pull stopped, until
+    /// about [`OBSERVER_READ_EVENTS`] are pending. Returns whether more may
+    /// be waiting (so the next call should not wait for a change).
+    fn pull(&mut self) -> bool {
+        let groups = self.hub.snapshot();
+        let first = groups.partition_point(|(g, _, _)| *g < self.next_group);
+        let mut more = false;
+        for (group, location, newest) in groups[first..].iter().chain(&groups[..first]) {
+            if self.pending.len() >= OBSERVER_READ_EVENTS {
+                self.next_group = *group;
+                return true;
+            }
+            let known = self.cursors.get(group).copied();
+            if known.is_some_and(|c| c >= Cursor::end_of(*newest)) {
+                continue;
+            }
+            let limits = ReadLimits {
+                max_events: OBSERVER_READ_EVENTS,
+                max_bytes: usize::MAX,
+                per_event_bytes: 0,
+            };
+            let read = self.node.read_local(*group, |s| {
+                let log = s.app.as_any().downcast_ref::<LocationApp>()?.events();
+                // A group first seen here starts with the oldest event it
+                // holds: it was opened, restored or created after this
+                // observer registered.
+                let after = known.unwrap_or(log.oldest_start());
+                Some((after, log.read(after, &self.filter, limits, |_| true)))
+            });
+            // A group closed or not a location: nothing to read.
+            let Ok(Some((after, read))) = read else {
+                continue;
+            };
+            let next = match read {
+                Ok(Found {
+                    events, stopped_at, ..
+                }) => {
+                    self.hub.count_delivered(events.len());
+                    let last = events.last().map(|e| e.cursor());
+                    self.pending
+                        .extend(events.iter().map(|e| Notice::Event(e.to_stream(location))));
+                    match stopped_at {
+                        Some(at) => {
+                            more = true;
+                            at
+                        }
+                        // Apply may have gone past `newest` since; never
+                        // fall back behind a delivered event.
+                        None => {
+                            last.map_or(Cursor::end_of(*newest), |l| l.max(Cursor::end_of(*newest)))
                         }
                     }
-                    Err(trimmed) => {
-                        self.pending.push_back(Notice::Lost {
-                            location: location.clone(),
-                            after,
-                            resumed_after: trimmed.resume_after,
-                        });
-                        after = trimmed.resume_after;
-                    }
                 }
-            }
-            self.cursors.insert(group, after);
+                Err(trimmed) => {
+                    self.pending.push_back(Notice::Lost {
+                        location: location.clone(),
+                        after,
+                        resumed_after: trimmed.resume_after,
+                    });
+                    more = true;
+                    trimmed.resume_after
+                }
+            };
+            self.cursors.insert(*group, next);
         }
+        self.next_group = 0;
+        more
     }
 }

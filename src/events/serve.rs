@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use garrison_client::api::{ApiError, ReadMode};
 use garrison_client::events::{
-    Cursor, EventBatch, EventQuery, StartAt, MAX_EVENTS_PER_READ, MAX_EVENT_WAIT_MS,
-    MAX_LOCATIONS_PER_EVENT_READ,
+    Cursor, EventBatch, EventQuery, StartAt, MAX_EVENTS_PER_READ, MAX_EVENT_READ_BYTES,
+    MAX_EVENT_WAIT_MS, MAX_LOCATIONS_PER_EVENT_READ,
 };
 use garrison_client::tx::PlayerKey;
 use garrison_raft::GroupId;
@@ -108,6 +108,14 @@ struct Place {
     group: GroupId,
     hosted: bool,
     start: StartAt,
+    /// When a location this node does not host was last read.
+    read_at: Option<Instant>,
+}
+
+/// What is left of a batch.
+struct Room {
+    events: usize,
+    bytes: usize,
 }
 
 /// Answers `query` for `reader`: at once if an event matches, else when
@@ -127,6 +135,7 @@ pub(crate) async fn read_events(
             group,
             hosted,
             start,
+            read_at: None,
         });
     }
     let mut changes = hub.changes();
@@ -137,16 +146,35 @@ pub(crate) async fn read_events(
             events: Vec::new(),
             cursors: Vec::new(),
         };
+        let mut room = Room {
+            events: query.max_events as usize,
+            bytes: MAX_EVENT_READ_BYTES,
+        };
         for place in &mut places {
-            let room = query.max_events as usize - batch.events.len();
+            let full = room.events == 0 || room.bytes == 0;
             let cursor = match &place.start {
+                // The batch is full: this location resumes where it was.
+                StartAt::After(c) if full => *c,
                 // Nothing new here since the last look: no need to read.
                 StartAt::After(c)
                     if !first && place.hosted && hub.newest(place.group) <= c.index =>
                 {
                     *c
                 }
-                _ => read_place(source, reader, &query.filter, room, place, &mut batch).await?,
+                // Not hosted: read at most every REMOTE_POLL_INTERVAL.
+                StartAt::After(c)
+                    if place
+                        .read_at
+                        .is_some_and(|at| at.elapsed() < REMOTE_POLL_INTERVAL) =>
+                {
+                    *c
+                }
+                _ => {
+                    if !place.hosted {
+                        place.read_at = Some(Instant::now());
+                    }
+                    read_place(source, reader, &query.filter, &mut room, place, &mut batch).await?
+                }
             };
             place.start = StartAt::After(cursor);
             batch.cursors.push((place.location.clone(), cursor));
@@ -168,31 +196,31 @@ pub(crate) async fn read_events(
     }
 }
 
-/// Reads up to `room` events of one location into `batch`; returns its
+/// Reads what fits in `room` of one location into `batch`; returns its
 /// cursor after. With no room left it only resolves where the reader
 /// starts (so `Oldest` and `Latest` become a cursor the next read goes on
-/// from).
+/// from). Those two are resolved by a linearizable read, so that a replica
+/// that has not caught up cannot place the reader behind the stream.
 async fn read_place(
     source: &impl EventSource,
     reader: PlayerKey,
     filter: &garrison_client::events::EventFilter,
-    room: usize,
+    room: &mut Room,
     place: &Place,
     batch: &mut EventBatch,
 ) -> Result<Cursor, ApiError> {
-    let min_index = match &place.start {
-        StartAt::After(c) => c.index,
-        _ => 0,
+    let mode = match &place.start {
+        StartAt::After(c) => ReadMode::Stale { min_index: c.index },
+        _ => ReadMode::Linearizable,
     };
     let query = LocationQuery::Events {
         reader,
         start: place.start.clone(),
         filter: filter.clone(),
-        max: room.max(1) as u32,
+        max: room.events.max(1) as u32,
+        max_bytes: room.bytes.max(1) as u32,
     };
-    let (applied, reply) = source
-        .read(place.group, &query, ReadMode::Stale { min_index })
-        .await?;
+    let (applied, reply) = source.read(place.group, &query, mode).await?;
     let EventsReply { start, found } = reply.map_err(|t| ApiError::EventsTrimmed {
         location: place.location.clone(),
         after: match &place.start {
@@ -201,9 +229,11 @@ async fn read_place(
         },
         oldest: t.oldest,
     })?;
-    if room == 0 {
+    if room.events == 0 || room.bytes == 0 {
         return Ok(start);
     }
+    room.events = room.events.saturating_sub(found.events.len());
+    room.bytes = room.bytes.saturating_sub(found.bytes as usize);
     let last = found.events.last().map(|e| e.cursor());
     batch
         .events

@@ -31,7 +31,7 @@ use crate::security::sequence::{self, Admission, Players};
 use crate::state::location::decode_image;
 
 /// Version of [`AdminImage`].
-pub const ADMIN_FORMAT_VERSION: u16 = 1;
+pub const ADMIN_FORMAT_VERSION: u16 = 2;
 
 /// What the meta group's extension entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,19 +46,33 @@ pub struct Applied {
     pub events: Vec<EventBody>,
 }
 
-/// The change of one entity as an event: `before` and `after` are the
-/// entity's states (`None`: absent).
-fn entity_event(key: &str, before: Option<&Entity>, after: Option<&Entity>) -> Option<EventBody> {
+/// The change of one entity as events: `before` and `after` are the
+/// entity's states (`None`: absent). An entity deleted and created again
+/// in one transaction (a new owner, or fields gone) is a deletion then a
+/// creation, so that no reader mistakes it for a change of the old one.
+fn entity_events(key: &str, before: Option<&Entity>, after: Option<&Entity>) -> Vec<EventBody> {
     let entity = key.to_string();
-    Some(match (before, after) {
-        (None, None) => return None,
-        (None, Some(e)) => EventBody::Created {
-            entity,
-            owner: e.owner,
-            version: e.version,
-            fields: e.fields.clone(),
-        },
-        (Some(b), Some(e)) => EventBody::Changed {
+    let created = |e: &Entity| EventBody::Created {
+        entity: entity.clone(),
+        owner: e.owner,
+        version: e.version,
+        fields: e.fields.clone(),
+    };
+    let deleted = |b: &Entity| EventBody::Deleted {
+        entity: entity.clone(),
+        owner: b.owner,
+        fields: b.fields.clone(),
+    };
+    match (before, after) {
+        (None, None) => vec![],
+        (None, Some(e)) => vec![created(e)],
+        (Some(b), None) => vec![deleted(b)],
+        (Some(b), Some(e))
+            if b.owner != e.owner || b.fields.keys().any(|f| !e.fields.contains_key(f)) =>
+        {
+            vec![deleted(b), created(e)]
+        }
+        (Some(b), Some(e)) => vec![EventBody::Changed {
             entity,
             owner: e.owner,
             version: e.version,
@@ -72,13 +86,8 @@ fn entity_event(key: &str, before: Option<&Entity>, after: Option<&Entity>) -> O
                     new: v.clone(),
                 })
                 .collect(),
-        },
-        (Some(b), None) => EventBody::Deleted {
-            entity,
-            owner: b.owner,
-            fields: b.fields.clone(),
-        },
-    })
+        }],
+    }
 }
 
 impl Overlay<'_> {
@@ -150,21 +159,20 @@ impl Fragment {
         let mut summary = Vec::new();
         let mut events = Vec::new();
         for (key, after) in touched {
-            let Some(event) = entity_event(&key, self.entities.get(&key), after.as_ref()) else {
-                continue;
-            };
-            let kind = match event {
-                EventBody::Created { .. } => EventKind::Created,
-                EventBody::Deleted { .. } => EventKind::Deleted,
-                _ => EventKind::Changed,
-            };
-            events.push(event);
-            summary.push(Event {
-                location: location.to_string(),
-                index,
-                entity: key.clone(),
-                kind,
-            });
+            for event in entity_events(&key, self.entities.get(&key), after.as_ref()) {
+                let kind = match event {
+                    EventBody::Created { .. } => EventKind::Created,
+                    EventBody::Deleted { .. } => EventKind::Deleted,
+                    _ => EventKind::Changed,
+                };
+                events.push(event);
+                summary.push(Event {
+                    location: location.to_string(),
+                    index,
+                    entity: key.clone(),
+                    kind,
+                });
+            }
             match after {
                 Some(entity) => self.entities.insert(key, entity),
                 None => self.entities.remove(&key),
@@ -601,13 +609,49 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Deleted and made again in one transaction, by another player:
+        // a deletion and a creation, not a change of the old entity.
+        f.apply(
+            "l",
+            &P,
+            &[put("unit/2", "hp", 1), put("unit/2", "ammo", 2)],
+            5,
+            &ok,
+        );
+        let other = [9; 32];
+        let remade = f.apply(
+            "l",
+            &other,
+            &[
+                Op::Delete {
+                    entity: "unit/2".into(),
+                },
+                put("unit/2", "hp", 5),
+            ],
+            6,
+            &ok,
+        );
+        match &remade.events[..] {
+            [EventBody::Deleted {
+                owner: old,
+                fields: gone,
+                ..
+            }, EventBody::Created {
+                owner: new, fields, ..
+            }] => {
+                assert_eq!((old, new), (&P, &other));
+                assert_eq!(gone.len(), 2);
+                assert_eq!(fields.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
         // A rejected transaction has no events of its own (only its
         // outcome, which the location adds), and an emit alone changes
         // nothing.
-        let denied = f.apply("l", &P, &ops[..1], 5, &|_, _| Err(Rejection::PolicyPending));
+        let denied = f.apply("l", &P, &ops[..1], 7, &|_, _| Err(Rejection::PolicyPending));
         assert!(denied.events.is_empty());
         let before = f.clone();
-        let alone = f.apply("l", &P, &ops[..1], 6, &ok);
+        let alone = f.apply("l", &P, &ops[..1], 8, &ok);
         assert_eq!(alone.events.len(), 1);
         assert_eq!(f, before);
     }

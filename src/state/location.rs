@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::EntityCache;
 use crate::events::consumers::Consumers;
-use crate::events::log::{EventLog, Found, RetainedEvent, Trimmed};
+use crate::events::log::{EventLog, Found, ReadLimits, RetainedEvent, Trimmed};
 use crate::events::observers::EventHub;
 use crate::events::outcome_event;
 use crate::security::access::Policy;
@@ -106,6 +106,9 @@ pub enum LocationQuery {
         filter: EventFilter,
         /// How many at most.
         max: u32,
+        /// How many bytes at most (each event counted as its encoding plus
+        /// the location's name and 16), but at least one event.
+        max_bytes: u32,
     },
     /// A named consumer's saved cursor; the reply is `Option<Cursor>`.
     Consumer {
@@ -254,7 +257,9 @@ impl LocationApp {
                     let player = Transaction::from_canonical_bytes(&signed.transaction)
                         .ok()
                         .map(|tx| tx.player);
-                    self.retain(index, log_time_ms, player, vec![outcome_event(&receipt)]);
+                    if player.is_some_and(|p| self.holds_a_role(&p)) {
+                        self.retain(index, log_time_ms, player, vec![outcome_event(&receipt)]);
+                    }
                 }
                 return receipt;
             }
@@ -289,9 +294,23 @@ impl LocationApp {
             signed,
             outcome,
         );
-        events.push(outcome_event(&receipt));
-        self.retain(index, log_time_ms, Some(player), events);
+        // A stranger's refusals leave no event, so that players without a
+        // role here cannot push the others' events out of retention.
+        let committed = matches!(receipt.outcome, Outcome::Committed { .. });
+        if committed || self.holds_a_role(&player) {
+            events.push(outcome_event(&receipt));
+            self.retain(index, log_time_ms, Some(player), events);
+        }
         receipt
+    }
+
+    /// Does `player` hold a role here (its own, or the default role)?
+    fn holds_a_role(&self, player: &PlayerKey) -> bool {
+        !self
+            .state
+            .policy
+            .roles_of(player, Some(&self.location))
+            .is_empty()
     }
 
     /// Retains the events of the entry at `index` and tells the hub.
@@ -341,6 +360,7 @@ impl LocationApp {
         start: StartAt,
         filter: &EventFilter,
         max: u32,
+        max_bytes: u32,
     ) -> Result<EventsReply, Trimmed> {
         let log = &self.state.events;
         let start = match start {
@@ -348,7 +368,12 @@ impl LocationApp {
             StartAt::Oldest => log.oldest_start(),
             StartAt::Latest => log.newest().unwrap_or(log.oldest_start()),
         };
-        let found = log.read(start, filter, max as usize, |e| self.may_see(reader, e))?;
+        let limits = ReadLimits {
+            max_events: max as usize,
+            max_bytes: max_bytes as usize,
+            per_event_bytes: self.location.len() + 16,
+        };
+        let found = log.read(start, filter, limits, |e| self.may_see(reader, e))?;
         Ok(EventsReply { start, found })
     }
 
@@ -429,7 +454,8 @@ impl LocationApp {
                 start,
                 filter,
                 max,
-            } => codec::encode(&self.read_events(&reader, start, &filter, max)),
+                max_bytes,
+            } => codec::encode(&self.read_events(&reader, start, &filter, max, max_bytes)),
             LocationQuery::Consumer { player, consumer } => {
                 codec::encode(&self.state.consumers.load(&player, &consumer))
             }

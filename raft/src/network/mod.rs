@@ -28,7 +28,7 @@ pub use server::PeerListener;
 pub use tls::{PeerTls, TlsFiles};
 
 /// Version of the peer protocol; a node refuses requests of another version.
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 
 /// Sent with every peer request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
