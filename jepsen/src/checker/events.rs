@@ -200,6 +200,36 @@ fn verb(committed: bool) -> &'static str {
     }
 }
 
+/// How `seen` differs from `held` (the same id), briefly.
+fn differences(seen: &StreamEvent, held: &StreamEvent) -> String {
+    let mut out = Vec::new();
+    if seen.player != held.player {
+        out.push(format!(
+            "signer {} against {}",
+            short(seen.player.as_ref()),
+            short(held.player.as_ref())
+        ));
+    }
+    if seen.log_time_ms != held.log_time_ms {
+        out.push(format!(
+            "log time {} against {} ms",
+            seen.log_time_ms, held.log_time_ms
+        ));
+    }
+    if seen.body != held.body {
+        let body = |e: &StreamEvent| match outcome(e) {
+            Some((sequence, committed)) => format!("{} sequence {sequence}", verb(committed)),
+            None => e.body.event_type().name().to_string(),
+        };
+        out.push(format!(
+            "body {} against {} (values differ)",
+            body(seen),
+            body(held)
+        ));
+    }
+    out.join(", ")
+}
+
 /// A check's findings: the first few spelled out, all counted.
 #[derive(Default)]
 struct Problems {
@@ -460,8 +490,10 @@ pub fn no_phantom(history: &[Event], watches: &[Watch], reference: &Reference) -
                         e.body.event_type().name()
                     )),
                     Some(held) if *held != e => problems.push(format!(
-                        "{} received {} as {:?}, the log holds {:?}",
-                        w.name, e.id, e, held
+                        "{} received {} unlike the log: {}",
+                        w.name,
+                        e.id,
+                        differences(e, held)
                     )),
                     Some(_) => {}
                 }
@@ -664,12 +696,15 @@ pub fn watchers_agree(watches: &[Watch]) -> Check {
                         format!("{} ({})", e.id, e.body.event_type().name())
                     })
                 };
+                let how = match (a.get(i), b.get(i)) {
+                    (Some(x), Some(y)) if x.id == y.id => {
+                        format!("{}: {}", x.id, differences(x, y))
+                    }
+                    (x, y) => format!("{} against {}", show(x), show(y)),
+                };
                 problems.push(format!(
-                    "{} and {} differ in {location} at their event {i}: {} against {}",
-                    first.name,
-                    other.name,
-                    show(a.get(i)),
-                    show(b.get(i))
+                    "{} and {} differ in {location} at their event {i}: {how}",
+                    first.name, other.name
                 ));
             }
         }
