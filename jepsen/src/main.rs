@@ -106,7 +106,7 @@ struct WatcherSummary {
     name: String,
     events: usize,
     drained: bool,
-    losses: usize,
+    lost: Vec<checker::events::Lost>,
     failed_polls: u64,
     last_error: String,
 }
@@ -117,7 +117,7 @@ impl WatcherSummary {
             name: w.name.clone(),
             events: w.events.len(),
             drained: w.drained,
-            losses: w.lost.len(),
+            lost: w.lost.clone(),
             failed_polls: w.errors,
             last_error: w.last_error.clone(),
         }
@@ -428,9 +428,10 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     );
     for w in &summary.watchers {
         println!(
-            "   watcher {}: {} events, {} failed polls{}{}",
+            "   watcher {}: {} events, {} losses announced, {} failed polls{}{}",
             w.name,
             w.events,
+            w.lost.len(),
             w.failed_polls,
             if w.drained { "" } else { ", NOT drained" },
             if w.failed_polls > 0 {

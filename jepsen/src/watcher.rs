@@ -24,8 +24,9 @@
 //!
 //! A location keeps only its most recent events (10,000 by default). A
 //! watcher that falls that far behind is told so (`EventsTrimmed`, never a
-//! silent skip): it records the loss and goes on from the oldest event
-//! held. The reference read, likewise, notes that the log was trimmed and
+//! silent skip): it records the loss and goes on at the oldest event held,
+//! named in the error (from just before it, so that anything trimmed in
+//! the meantime is announced in turn). The reference read, likewise, notes that the log was trimmed and
 //! starts at the oldest event held; the checkers compare only what both
 //! hold.
 
@@ -190,8 +191,11 @@ async fn run(
                 after,
                 oldest,
             })) => {
-                // Announced, not silent: note the loss and go on from the
-                // oldest event held there.
+                // Announced, not silent: note the loss and go on at the
+                // oldest event held there. Not `StartAt::Oldest`: while the
+                // workers write, more may be trimmed before the next poll,
+                // and that read would skip them without a word; from just
+                // before `oldest`, a further loss is announced in turn.
                 record.lock().expect("watcher record").lost.push(Lost {
                     location: location.clone(),
                     after,
@@ -200,7 +204,7 @@ async fn run(
                 let mut next = places(Some(&sub), &locations);
                 for (l, start) in &mut next {
                     if *l == location {
-                        *start = StartAt::Oldest;
+                        *start = oldest.map_or(StartAt::Oldest, |o| StartAt::After(just_before(o)));
                     }
                 }
                 sub = subscribe(&client, next);
@@ -211,6 +215,18 @@ async fn run(
                 pause = (pause * 2).min(RETRY_MAX);
             }
         }
+    }
+}
+
+/// The cursor right before the event at `c`: a read after it starts with
+/// that event.
+fn just_before(c: Cursor) -> Cursor {
+    match c.position {
+        0 => Cursor::end_of(c.index.saturating_sub(1)),
+        p => Cursor {
+            index: c.index,
+            position: p - 1,
+        },
     }
 }
 
@@ -328,4 +344,17 @@ pub fn write_events<'a>(
         )?;
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_resumes_at_the_oldest_event_held_not_after_it() {
+        let at = |index, position| Cursor { index, position };
+        assert_eq!(just_before(at(68, 1)), at(68, 0));
+        assert_eq!(just_before(at(68, 0)), Cursor::end_of(67));
+        assert!(Cursor::end_of(67) < at(68, 0));
+    }
 }
