@@ -1,6 +1,13 @@
 //! The recorded history: every operation as an invocation and a completion
 //! (ok, fail, or info when the outcome is unknown), with monotonic
 //! timestamps, written as JSON lines.
+//!
+//! A completion of an operation that signed a transaction also says which
+//! one ([`Submitted`]: location, signer, sequence number) and, when a node
+//! answered, what its receipt said (log index, committed or rejected). The
+//! event checkers ([`crate::checker::events`]) hold the event streams
+//! against these: the history is the harness's own account of what it
+//! asked for and what it was told, independent of what the cluster keeps.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -56,6 +63,37 @@ pub struct Event {
     /// Free text: the error, the log index, the node.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+    /// On a completion: the signed transaction the operation submitted, if
+    /// it got as far as signing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx: Option<Submitted>,
+}
+
+/// A signed transaction an operation submitted, and its receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The location it was for.
+    pub location: String,
+    /// Its signer, in hex.
+    pub player: String,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// What a node answered (`None`: no answer, or a refusal at ingress,
+    /// which the completion's kind tells apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+/// What a receipt said about a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The log index at which its outcome was decided.
+    pub index: u64,
+    /// Committed (true) or rejected (false).
+    pub committed: bool,
+    /// The remembered outcome of an earlier submission of the same bytes.
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// A history being recorded: kept in memory for the checkers, and appended
@@ -87,12 +125,18 @@ impl Recorder {
 
     /// Records one event.
     pub fn record(&self, process: u32, kind: Kind, op: Op, note: String) {
+        self.record_tx(process, kind, op, note, None);
+    }
+
+    /// Records one event, with the transaction the operation submitted.
+    pub fn record_tx(&self, process: u32, kind: Kind, op: Op, note: String, tx: Option<Submitted>) {
         let event = Event {
             process,
             kind,
             op,
             time_ns: self.now_ns(),
             note,
+            tx,
         };
         if let Some(f) = self.file.lock().unwrap().as_mut() {
             let _ = writeln!(

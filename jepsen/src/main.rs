@@ -1,16 +1,19 @@
 //! garrison's fault-injection harness. See `jepsen/README.md`.
 //!
 //! A run: build the network and start the nodes, create the locations,
-//! start the workers, then for the run's duration inject the nemesis's
-//! fault, hold it, heal, stay quiet; then heal everything, wait for the
-//! cluster to accept writes again (liveness), read every register and every
-//! ledger, run `garrison check`, and judge the history.
+//! start the event watchers and the workers, then for the run's duration
+//! inject the nemesis's fault, hold it, heal, stay quiet; then heal
+//! everything, wait for the cluster to accept writes again (liveness), read
+//! every register and every ledger, run `garrison check`, read every log's
+//! events and let the watchers drain to their ends, and judge the history
+//! and the event streams.
 
 mod checker;
 mod cluster;
 mod history;
 mod nemesis;
 mod proxy;
+mod watcher;
 mod workload;
 
 use std::path::PathBuf;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use garrison_client::{Client, Keypair, Op as TxOp, Outcome, Player, Value};
+use garrison_client::{Client, Keypair, Player};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -32,6 +35,10 @@ use nemesis::Injection;
 
 /// How long the cluster may take to accept writes after healing.
 const LIVENESS_BOUND: Duration = Duration::from_secs(30);
+/// The history's process of the final reads.
+const FINAL_READ_PROCESS: u32 = 1000;
+/// The history's process of the liveness probe's writes.
+const PROBE_PROCESS: u32 = 1001;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,7 +93,35 @@ struct Summary {
     injections: Vec<Injection>,
     failover_ms: Vec<Option<u64>>,
     checks: Vec<Check>,
+    watchers: Vec<WatcherSummary>,
+    /// Milliseconds from the start of the final read of the logs' events
+    /// to the last watcher's reaching their ends.
+    events_read_ms: u64,
     valid: bool,
+}
+
+/// What one event watcher did, for the summary.
+#[derive(Serialize)]
+struct WatcherSummary {
+    name: String,
+    events: usize,
+    drained: bool,
+    lost: Vec<checker::events::Lost>,
+    failed_polls: u64,
+    last_error: String,
+}
+
+impl WatcherSummary {
+    fn of(w: &checker::events::Watch) -> Self {
+        Self {
+            name: w.name.clone(),
+            events: w.events.len(),
+            drained: w.drained,
+            lost: w.lost.clone(),
+            failed_polls: w.errors,
+            last_error: w.last_error.clone(),
+        }
+    }
 }
 
 fn counts(events: &[Event]) -> (usize, usize, usize) {
@@ -201,6 +236,13 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
             receipt.outcome
         );
     }
+    // The watchers start before any worker, from the start of every log.
+    let watched: Vec<&str> = workload::REGISTER_LOCATIONS
+        .iter()
+        .copied()
+        .chain([workload::LEDGER_LOCATION])
+        .collect();
+    let watchers = watcher::start(&endpoints, &watched);
     let recorder = Arc::new(Recorder::new(Some(&dir.join("history.jsonl")))?);
     let work = workload::Workload::new(recorder.clone());
     let workers: Vec<_> = (0..args.workers)
@@ -255,21 +297,13 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     cluster.heal_all()?;
     let healed = Instant::now();
     let mut recovered = None;
+    // The probe is a player of its own, in the history like the workers.
     let mut probe = Player::new(Keypair::generate());
     while healed.elapsed() < LIVENESS_BOUND {
         if let Some(c) = connect(&endpoints, Duration::from_secs(2)).await {
-            let op = TxOp::Put {
-                entity: "probe".into(),
-                fields: vec![("t".into(), Value::Int(1))],
-            };
-            if let Ok(r) = probe
-                .transact(&c, workload::LEDGER_LOCATION, vec![op])
-                .await
-            {
-                if matches!(r.outcome, Outcome::Committed { .. }) {
-                    recovered = Some(healed.elapsed().as_millis() as u64);
-                    break;
-                }
+            if workload::game_tx(&c, &mut probe, &recorder, PROBE_PROCESS).await {
+                recovered = Some(healed.elapsed().as_millis() as u64);
+                break;
             }
         }
     }
@@ -285,12 +319,12 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         Some(c) => {
             for key in 0..=work.max_key.load(Ordering::Relaxed) {
                 recorder.record(
-                    1000,
+                    FINAL_READ_PROCESS,
                     Kind::Invoke,
                     Op::Read { key, value: None },
                     "final read".into(),
                 );
-                workload::read(c, &recorder, 1000, key).await;
+                workload::read(c, &recorder, FINAL_READ_PROCESS, key).await;
             }
             workload::ledgers(c).await.unwrap_or_default()
         }
@@ -313,6 +347,36 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         LIVENESS_BOUND.as_millis() as u64,
     ));
 
+    // The event streams: every log's events as the cluster holds them now
+    // (the replicas are identical, events included), then the watchers
+    // read on to those ends.
+    let events_read = Instant::now();
+    let reference = match &client {
+        Some(c) => watcher::reference(c, &watched, watcher::REFERENCE_BOUND)
+            .await
+            .map_err(|e| format!("{e:#}")),
+        None => Err("no node answered after healing".to_string()),
+    };
+    let ends = reference
+        .as_ref()
+        .map(|r| r.logs.iter().map(|(l, log)| (l.clone(), log.end)).collect())
+        .unwrap_or_default();
+    let watches = watcher::finish(watchers, &ends, watcher::DRAIN_BOUND).await;
+    let events_read_ms = events_read.elapsed().as_millis() as u64;
+    for w in &watches {
+        let file = format!("events-{}.jsonl", w.name.split(' ').next().unwrap_or("w"));
+        watcher::write_events(&dir.join(file), w.events.iter())?;
+    }
+    if let Ok(r) = &reference {
+        let held = r.logs.values().flat_map(|l| &l.events);
+        watcher::write_events(&dir.join("events-log.jsonl"), held)?;
+    }
+    checks.extend(checker::events::all(
+        &events,
+        &watches,
+        reference.as_ref().map_err(String::as_str),
+    ));
+
     let (ok, fail, info) = counts(&events);
     let valid = checks.iter().all(|c| c.valid);
     let summary = Summary {
@@ -326,6 +390,8 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         failover_ms: failovers(&events, &injections),
         injections,
         checks,
+        watchers: watches.iter().map(WatcherSummary::of).collect(),
+        events_read_ms,
         valid,
     };
     std::fs::write(
@@ -356,6 +422,25 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         "   failovers (fault to next acknowledged write): [{}]",
         times.join(", ")
     );
+    println!(
+        "   event streams: final read of the logs and watchers drained in {} ms",
+        summary.events_read_ms
+    );
+    for w in &summary.watchers {
+        println!(
+            "   watcher {}: {} events, {} losses announced, {} failed polls{}{}",
+            w.name,
+            w.events,
+            w.lost.len(),
+            w.failed_polls,
+            if w.drained { "" } else { ", NOT drained" },
+            if w.failed_polls > 0 {
+                format!(" (last: {})", w.last_error)
+            } else {
+                String::new()
+            }
+        );
+    }
     cluster.destroy();
     Ok(valid)
 }

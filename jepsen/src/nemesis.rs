@@ -62,11 +62,11 @@ pub async fn leader(cluster: &Cluster) -> Option<u64> {
             continue;
         };
         for g in status.groups {
-            if g.location.as_deref() == Some(REGISTER_LOCATIONS[0]) && g.leader == Some(status.node)
+            if g.location.as_deref() == Some(REGISTER_LOCATIONS[0])
+                && g.leader == Some(status.node)
+                && best.is_none_or(|(term, _)| g.term > term)
             {
-                if best.is_none_or(|(term, _)| g.term > term) {
-                    best = Some((g.term, status.node));
-                }
+                best = Some((g.term, status.node));
             }
         }
     }

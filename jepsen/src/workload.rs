@@ -1,21 +1,26 @@
 //! The workload: concurrent workers, each pinned to one node and acting as
 //! its own player, doing register reads, writes and compare-and-sets on a
 //! small rotating set of keys, and signed game transactions on the player's
-//! own ledger entity. Every operation goes into the history.
+//! own ledger entity. Every operation goes into the history, and so does
+//! each signed transaction's sequence number and receipt, which the event
+//! checkers match against the event streams.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use garrison_client::api::ReadMode;
 use garrison_client::tx::Transaction;
-use garrison_client::{Client, ClientOptions, Keypair, Op as TxOp, Outcome, Player, Value};
+use garrison_client::{
+    Client, ClientError, ClientOptions, Keypair, Op as TxOp, Outcome, Player, SignedTransaction,
+    TxReceipt, Value,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::Ledger;
-use crate::history::{Kind, Op, Recorder};
+use crate::history::{Kind, Op, Receipt, Recorder, Submitted};
 
 /// Locations holding the registers (key k lives in location k mod 3).
 pub const REGISTER_LOCATIONS: [&str; 3] = ["jepsen-r0", "jepsen-r1", "jepsen-r2"];
@@ -91,12 +96,13 @@ impl Workload {
         tokio::spawn(async move {
             let mut rng =
                 StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let mut player = Player::new(worker_key(process));
+            let mut signer = Signer::new(worker_key(process));
             let mut client: Option<Client> = None;
             while !stop.load(Ordering::Relaxed) {
                 let Some(c) = client.as_ref() else {
                     // Reads need a session: log in as this worker.
-                    match Client::connect_with(&[endpoint.clone()], options(true)).await {
+                    match Client::connect_with(std::slice::from_ref(&endpoint), options(true)).await
+                    {
                         Ok(c) if c.login(&worker_key(process)).await.is_ok() => client = Some(c),
                         _ => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
@@ -104,21 +110,79 @@ impl Workload {
                 };
                 let n = ops.fetch_add(1, Ordering::Relaxed);
                 if rng.gen_ratio(1, 4) {
-                    game_tx(c, &mut player, &recorder, process).await;
+                    game_tx(c, &mut signer.player, &recorder, process).await;
                 } else {
                     let key =
                         (n / OPS_PER_ROUND) * KEYS_PER_ROUND + rng.gen_range(0..KEYS_PER_ROUND);
                     max_key.fetch_max(key, Ordering::Relaxed);
-                    register_op(c, &mut player, &recorder, process, key, &mut rng).await;
+                    register_op(c, &mut signer, &recorder, process, key, &mut rng).await;
                 }
             }
         })
     }
 }
 
+/// A worker's player for its register transactions, which says which
+/// sequence number each one carried. Like `Player::transact`, it resubmits
+/// a transaction whose outcome is unknown (the same bytes) before it signs
+/// the next one at that location, so a sequence number is never given to
+/// two different operations.
+pub struct Signer {
+    /// The player (its game transactions sign through it directly).
+    pub player: Player,
+    /// Per location, the signed transaction whose outcome is unknown.
+    pending: HashMap<String, SignedTransaction>,
+}
+
+impl Signer {
+    /// A signer for `key`.
+    pub fn new(key: Keypair) -> Self {
+        Self {
+            player: Player::new(key),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Signs and submits `ops` at `location`: the sequence number of the
+    /// transaction signed for them (`None`: it failed before one was), and
+    /// the result of submitting it.
+    async fn transact(
+        &mut self,
+        client: &Client,
+        location: &str,
+        ops: Vec<TxOp>,
+    ) -> (Option<u64>, Result<TxReceipt, ClientError>) {
+        if let Some(earlier) = self.pending.get(location).cloned() {
+            match client.submit(&earlier).await {
+                Ok(receipt) => {
+                    self.pending.remove(location);
+                    self.player.record(location, &receipt);
+                }
+                Err(e) => return (None, Err(e)),
+            }
+        }
+        let signed = match self.player.sign(client, location, ops).await {
+            Ok(signed) => signed,
+            Err(e) => return (None, Err(e)),
+        };
+        let sequence = Transaction::from_canonical_bytes(&signed.transaction)
+            .expect("a transaction just signed decodes")
+            .sequence;
+        let result = client.submit(&signed).await;
+        match &result {
+            Ok(receipt) => self.player.record(location, receipt),
+            Err(e) if e.outcome_unknown() => {
+                self.pending.insert(location.to_string(), signed);
+            }
+            Err(_) => {}
+        }
+        (Some(sequence), result)
+    }
+}
+
 async fn register_op(
     client: &Client,
-    player: &mut Player,
+    signer: &mut Signer,
     recorder: &Recorder,
     process: u32,
     key: u64,
@@ -143,12 +207,9 @@ async fn register_op(
                 entity: register(key),
                 fields: vec![("v".into(), Value::Int(value))],
             }];
-            finish(
-                player.transact(client, location, ops).await,
-                recorder,
-                process,
-                op,
-            );
+            let (sequence, result) = signer.transact(client, location, ops).await;
+            let tx = sequence.map(|s| submitted(location, signer.player.key(), s));
+            finish(result, recorder, process, op, tx);
         }
         _ => {
             let (old, new) = (rng.gen_range(0..5), rng.gen_range(0..5));
@@ -169,12 +230,9 @@ async fn register_op(
                     fields: vec![("v".into(), Value::Int(new))],
                 },
             ];
-            finish(
-                player.transact(client, location, ops).await,
-                recorder,
-                process,
-                op,
-            );
+            let (sequence, result) = signer.transact(client, location, ops).await;
+            let tx = sequence.map(|s| submitted(location, signer.player.key(), s));
+            finish(result, recorder, process, op, tx);
         }
     }
 }
@@ -207,40 +265,64 @@ pub async fn read(client: &Client, recorder: &Recorder, process: u32, key: u64) 
     }
 }
 
+fn submitted(location: &str, player: &Keypair, sequence: u64) -> Submitted {
+    Submitted {
+        location: location.to_string(),
+        player: hex::encode(player.public()),
+        sequence,
+        receipt: None,
+    }
+}
+
+/// Records how `op` ended, with its transaction `tx` (if one was signed)
+/// and the receipt's index and outcome; returns whether it committed.
 fn finish(
-    result: Result<garrison_client::TxReceipt, garrison_client::ClientError>,
+    result: Result<TxReceipt, ClientError>,
     recorder: &Recorder,
     process: u32,
     op: Op,
-) {
-    match result {
+    mut tx: Option<Submitted>,
+) -> bool {
+    if let (Some(tx), Ok(r)) = (&mut tx, &result) {
+        tx.receipt = Some(Receipt {
+            index: r.index,
+            committed: matches!(r.outcome, Outcome::Committed { .. }),
+            duplicate: r.duplicate,
+        });
+    }
+    let (kind, note) = match result {
         Ok(r) => match r.outcome {
-            Outcome::Committed { .. } => {
-                recorder.record(process, Kind::Ok, op, format!("index {}", r.index))
-            }
-            Outcome::Rejected { reason, .. } => {
-                recorder.record(process, Kind::Fail, op, reason.to_string())
-            }
+            Outcome::Committed { .. } => (Kind::Ok, format!("index {}", r.index)),
+            Outcome::Rejected { reason, .. } => (Kind::Fail, reason.to_string()),
         },
         // Refused at ingress: nothing was proposed.
-        Err(garrison_client::ClientError::Api(e))
+        Err(ClientError::Api(e))
             if !matches!(
                 e,
                 garrison_client::ApiError::Timeout | garrison_client::ApiError::Unavailable(_)
             ) =>
         {
-            recorder.record(process, Kind::Fail, op, e.to_string())
+            (Kind::Fail, e.to_string())
         }
-        Err(e) => recorder.record(process, Kind::Info, op, e.to_string()),
-    }
+        Err(e) => (Kind::Info, e.to_string()),
+    };
+    recorder.record_tx(process, kind, op, note, tx);
+    kind == Kind::Ok
 }
 
 /// One signed game transaction: `last = sequence`, `count += 1` on the
-/// player's ledger entity.
-pub async fn game_tx(client: &Client, player: &mut Player, recorder: &Recorder, process: u32) {
+/// player's ledger entity; returns whether it committed. After an unknown
+/// outcome the next one carries the same sequence number and so the same
+/// bytes: a resubmission, never a second transaction.
+pub async fn game_tx(
+    client: &Client,
+    player: &mut Player,
+    recorder: &Recorder,
+    process: u32,
+) -> bool {
     let entity = ledger(player.key());
     let Ok(sequence) = player.next_sequence(client, LEDGER_LOCATION).await else {
-        return;
+        return false;
     };
     let ops = vec![
         TxOp::Put {
@@ -272,7 +354,8 @@ pub async fn game_tx(client: &Client, player: &mut Player, recorder: &Recorder, 
     if let Ok(receipt) = &result {
         player.record(LEDGER_LOCATION, receipt);
     }
-    finish(result, recorder, process, op);
+    let tx = submitted(LEDGER_LOCATION, player.key(), sequence);
+    finish(result, recorder, process, op, Some(tx))
 }
 
 /// Every ledger as the cluster holds it (a linearizable read).

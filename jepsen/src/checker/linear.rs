@@ -76,8 +76,8 @@ pub fn check_register(calls: &[Call]) -> Verdict {
     let mut next: Vec<usize> = (1..=n + 1).collect();
     next.push(end);
     let mut prev: Vec<usize> = vec![0; n + 2];
-    for i in 0..n {
-        prev[i] = if i == 0 { head } else { i - 1 };
+    for (i, p) in prev.iter_mut().enumerate().take(n) {
+        *p = if i == 0 { head } else { i - 1 };
     }
     next[head] = if n == 0 { end } else { 0 };
     prev[end] = if n == 0 { head } else { n - 1 };
@@ -328,6 +328,7 @@ mod tests {
             op,
             time_ns,
             note: String::new(),
+            tx: None,
         };
         let events = vec![
             ev(0, Kind::Invoke, Op::Write { key: 1, value: 5 }, 0),

@@ -1,6 +1,9 @@
 //! The checkers. Each returns a [`Check`] with a verdict a person can read;
-//! any violation makes the run exit non-zero.
+//! any violation makes the run exit non-zero. The history's checkers are
+//! here; [`linear`] holds the linearizability search, [`events`] the
+//! checkers of what the event watchers saw.
 
+pub mod events;
 pub mod linear;
 
 use std::collections::BTreeMap;
@@ -190,6 +193,7 @@ mod tests {
             },
             time_ns: 0,
             note: String::new(),
+            tx: None,
         }
     }
 
@@ -241,6 +245,7 @@ mod tests {
             op,
             time_ns,
             note: String::new(),
+            tx: None,
         };
         let events = vec![
             r(0, Kind::Invoke, Op::Write { key: 1, value: 1 }, 0),
