@@ -260,7 +260,9 @@ async fn a_reader_behind_retention_is_told_the_oldest_event_held() {
             location,
             after,
             oldest: Some(oldest),
+            resume_after,
         })) => {
+            assert!(resume_after < oldest);
             assert_eq!((location.as_str(), after), (LOCATION, Cursor::START));
             let oldest_first = EventQuery {
                 locations: vec![(LOCATION.into(), StartAt::Oldest)],
@@ -269,6 +271,15 @@ async fn a_reader_behind_retention_is_told_the_oldest_event_held() {
             let batch = client.read_events(&oldest_first).await.unwrap();
             assert_eq!(batch.events.len(), 8, "the retained events");
             assert_eq!(batch.events[0].id.cursor(), oldest);
+            // A subscription told of the loss goes on after it once asked.
+            let mut subscription = client.subscribe(
+                vec![(LOCATION.into(), StartAt::After(Cursor::START))],
+                EventFilter::default(),
+            );
+            let lost = subscription.next().await.unwrap_err();
+            assert!(subscription.skip_trimmed(&lost), "{lost:?}");
+            let first = subscription.next().await.unwrap();
+            assert_eq!(first.id.cursor(), oldest);
         }
         other => panic!("expected EventsTrimmed, got {other:?}"),
     }

@@ -444,9 +444,9 @@ pub enum ApiError {
     Forbidden(Rejection),
     /// The location no longer holds events right after the reader's
     /// cursor (it keeps only its most recent ones); nothing was skipped.
-    /// Go on with `StartAt::Oldest` (from `oldest` on, knowing that the
-    /// events between were missed: `Subscription::skip_trimmed`), or from
-    /// a fresh read of the state.
+    /// Go on after `resume_after`, knowing that the events between were
+    /// missed (`Subscription::skip_trimmed`), or from a fresh read of the
+    /// state.
     #[error(
         "events of {location:?} after {after} are no longer held; the oldest held is {}",
         oldest.map_or("none (no event held yet)".to_string(), |c| format!("{location}@{}.{}", c.index, c.position))
@@ -458,6 +458,10 @@ pub enum ApiError {
         after: Cursor,
         /// The oldest event the location holds (`None`: none yet).
         oldest: Option<Cursor>,
+        /// The newest event no longer held: a reader that accepts the loss
+        /// goes on after it (should more be trimmed meanwhile, it is told
+        /// again, never moved on in silence).
+        resume_after: Cursor,
     },
     /// Too many requests from this connection, or transactions from this
     /// player; retry after the given time. Nothing was done.

@@ -915,15 +915,28 @@ impl<'a> Subscription<'a> {
             })
     }
 
-    /// Accepts the loss that `ApiError::EventsTrimmed` reported for
-    /// `location`: the subscription goes on there from the oldest event the
-    /// location holds.
-    pub fn skip_trimmed(&mut self, location: &str) {
+    /// Accepts the loss that `error` (an `ApiError::EventsTrimmed` this
+    /// subscription's poll returned) reported: the subscription goes on
+    /// after the newest event the location no longer holds. If more are
+    /// trimmed before the next poll, that poll says so again. Returns
+    /// false (and changes nothing) for any other error.
+    pub fn skip_trimmed(&mut self, error: &ClientError) -> bool {
+        let ClientError::Api(ApiError::EventsTrimmed {
+            location,
+            resume_after,
+            ..
+        }) = error
+        else {
+            return false;
+        };
+        let mut skipped = false;
         for (l, start) in &mut self.places {
             if l == location {
-                *start = StartAt::Oldest;
+                *start = StartAt::After(*resume_after);
+                skipped = true;
             }
         }
+        skipped
     }
 
     /// The subscription as a [`futures::Stream`]; an error is an item, and

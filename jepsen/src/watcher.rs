@@ -190,6 +190,7 @@ async fn run(
                 location,
                 after,
                 oldest,
+                ..
             })) => {
                 // Announced, not silent: note the loss and go on at the
                 // oldest event held there. Not `StartAt::Oldest`: while the

@@ -228,6 +228,7 @@ async fn read_place(
             _ => Cursor::START,
         },
         oldest: t.oldest,
+        resume_after: t.resume_after,
     })?;
     if room.events == 0 || room.bytes == 0 {
         return Ok(start);
