@@ -490,7 +490,11 @@ async fn a_slow_observer_never_blocks_apply_and_is_told_when_it_lost_its_place()
         .await
         .unwrap();
     let group = common::group_of(&client, LOCATION).await;
-    server.node.wait_applied(group, r.index, WAIT).await.unwrap();
+    server
+        .node
+        .wait_applied(group, r.index, WAIT)
+        .await
+        .unwrap();
     let mut prompt = server
         .hub
         .add_observer(server.node.clone(), EventFilter::default());
@@ -632,7 +636,10 @@ async fn a_read_of_several_locations_fits_in_one_frame_and_loses_nothing() {
     for location in ["north", "south"] {
         servers.create_location(&client, location).await;
         for i in 0..50 {
-            admin.transact(&client, location, vec![big(i)]).await.unwrap();
+            admin
+                .transact(&client, location, vec![big(i)])
+                .await
+                .unwrap();
         }
     }
     let query = EventQuery {
@@ -649,7 +656,10 @@ async fn a_read_of_several_locations_fits_in_one_frame_and_loses_nothing() {
     let mut subscription = client.subscribe(query.locations.clone(), EventFilter::default());
     let mut created = 0;
     while created < 100 {
-        let e = tokio::time::timeout(WAIT, subscription.next()).await.unwrap().unwrap();
+        let e = tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
         if e.body.event_type() == EventType::Created {
             created += 1;
         }

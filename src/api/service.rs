@@ -47,7 +47,7 @@ use crate::security::admin::{AdminCommand, AdminQuery, AdminReply};
 use crate::security::propagate;
 use crate::security::session::Sessions;
 use crate::server::ApiLimits;
-use crate::state::location::{EventsReply, LocationCommand, LocationQuery};
+use crate::state::location::{EventsReply, LocationApp, LocationCommand, LocationQuery};
 
 /// Serves one client connection's requests against this node.
 #[derive(Clone)]
@@ -423,6 +423,32 @@ impl EventSource for ApiService {
                     )));
                 }
             }
+        }
+        // Hosted: read the replica's events directly, without encoding
+        // them for the app's query and decoding them again here.
+        if let (
+            true,
+            LocationQuery::Events {
+                reader,
+                start,
+                filter,
+                max,
+                max_bytes,
+            },
+        ) = (self.node.hosts(group), query)
+        {
+            self.node
+                .catch_up(group, consistency(mode))
+                .await
+                .map_err(api_error)?;
+            let read = self.node.read_local(group, |s| {
+                let app = s.app.as_any().downcast_ref::<LocationApp>()?;
+                let reply = app.read_events(reader, start.clone(), filter, *max, *max_bytes);
+                Some((s.applied_index(), reply))
+            });
+            return read
+                .map_err(api_error)?
+                .ok_or_else(|| ApiError::Internal(format!("group {group} is not a location")));
         }
         self.read_group(group, query, mode).await
     }

@@ -42,6 +42,20 @@ impl RetainedEvent {
         }
     }
 
+    /// The event as readers get it, taking its body.
+    pub fn into_stream(self, location: &str) -> StreamEvent {
+        StreamEvent {
+            id: EventId {
+                location: location.to_string(),
+                index: self.index,
+                position: self.position,
+            },
+            log_time_ms: self.log_time_ms,
+            player: self.player,
+            body: self.body,
+        }
+    }
+
     /// The event as readers get it.
     pub fn to_stream(&self, location: &str) -> StreamEvent {
         StreamEvent {
@@ -104,16 +118,43 @@ pub struct Found {
 }
 
 /// The retained events of one location, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EventLog {
     events: VecDeque<RetainedEvent>,
     /// Bytes of the encoded events held.
     bytes: u64,
     /// The newest event trimmed (`None`: none yet).
     trimmed_through: Option<Cursor>,
+    /// Each event's encoded size, beside it (not stored: a restored log
+    /// weighs its events again when it is first read or appended to), so
+    /// that reads and trims do not encode every event again.
+    #[serde(skip)]
+    weights: VecDeque<u32>,
 }
 
+impl PartialEq for EventLog {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.events, self.bytes, self.trimmed_through)
+            == (&other.events, other.bytes, other.trimmed_through)
+    }
+}
+
+impl Eq for EventLog {}
+
 impl EventLog {
+    /// The encoded size of the `i`-th event held.
+    fn weight_at(&self, i: usize) -> u64 {
+        match self.weights.get(i) {
+            Some(w) if self.weights.len() == self.events.len() => u64::from(*w),
+            _ => weight(&self.events[i]),
+        }
+    }
+
+    /// Weighs every event held again (after a restore).
+    pub fn reweigh(&mut self) {
+        self.weights = self.events.iter().map(|e| weight(e) as u32).collect();
+    }
+
     /// Appends the events of the entry at `index`, numbered from 0 in
     /// order, then trims to `retention`.
     pub fn append(
@@ -128,6 +169,9 @@ impl EventLog {
             self.events.back().is_none_or(|e| e.index < index),
             "events are appended in log order"
         );
+        if self.weights.len() != self.events.len() {
+            self.reweigh();
+        }
         for (position, body) in bodies.into_iter().enumerate() {
             let event = RetainedEvent {
                 index,
@@ -136,7 +180,9 @@ impl EventLog {
                 player,
                 body,
             };
-            self.bytes += weight(&event);
+            let w = weight(&event);
+            self.bytes += w;
+            self.weights.push_back(w as u32);
             self.events.push_back(event);
         }
         self.trim(retention);
@@ -150,7 +196,8 @@ impl EventLog {
                 _ => break,
             }
             let gone = self.events.pop_front().expect("checked above");
-            self.bytes -= weight(&gone);
+            let w = self.weights.pop_front().expect("weighed beside the events");
+            self.bytes -= u64::from(w);
             self.trimmed_through = Some(gone.cursor());
         }
     }
@@ -200,6 +247,7 @@ impl EventLog {
         let start = self.events.partition_point(|e| e.cursor() <= after);
         let mut found = Found::default();
         for (examined, event) in self.events.range(start..).enumerate() {
+            let i = start + examined;
             if examined == MAX_EVENTS_SCANNED_PER_READ {
                 // The previous event is the last one examined.
                 found.stopped_at = Some(self.events[start + examined - 1].cursor());
@@ -208,7 +256,7 @@ impl EventLog {
             if !(filter.matches(event.player.as_ref(), &event.body) && visible(event)) {
                 continue;
             }
-            let size = weight(event) + limits.per_event_bytes as u64;
+            let size = self.weight_at(i) + limits.per_event_bytes as u64;
             if found.events.len() >= limits.max_events
                 || (!found.events.is_empty() && found.bytes + size > limits.max_bytes as u64)
             {
@@ -398,5 +446,30 @@ mod tests {
         assert_eq!(found.events.len(), 3);
         assert_eq!(found.bytes as usize, 3 * (one + 100));
         assert_eq!(found.stopped_at, Some(cursor(3, 0)));
+    }
+
+    #[test]
+    fn a_restored_log_reads_and_trims_as_the_original() {
+        let mut log = EventLog::default();
+        let r = small(5);
+        for index in 1..=4 {
+            log.append(index, 0, None, vec![emitted(index as i64)], &r);
+        }
+        let bytes = garrison_raft::codec::encode(&log);
+        let mut restored: EventLog = garrison_raft::codec::decode(&bytes).unwrap();
+        assert!(restored.weights.is_empty(), "weights are not stored");
+        assert_eq!(restored, log);
+        assert_eq!(all(&restored, Cursor::START), all(&log, Cursor::START));
+        restored.reweigh();
+        for index in 5..=9 {
+            log.append(index, 0, None, vec![emitted(index as i64)], &r);
+            restored.append(index, 0, None, vec![emitted(index as i64)], &r);
+        }
+        assert_eq!(restored, log);
+        assert_eq!(restored.weights, log.weights);
+        // Appending to a log never weighed weighs it first.
+        let mut unweighed: EventLog = garrison_raft::codec::decode(&bytes).unwrap();
+        unweighed.append(5, 0, None, vec![emitted(5)], &r);
+        assert_eq!(unweighed.weights.len(), unweighed.events.len());
     }
 }

@@ -255,8 +255,11 @@ impl Observer {
                 }) => {
                     self.hub.count_delivered(events.len());
                     let last = events.last().map(|e| e.cursor());
-                    self.pending
-                        .extend(events.iter().map(|e| Notice::Event(e.to_stream(location))));
+                    self.pending.extend(
+                        events
+                            .into_iter()
+                            .map(|e| Notice::Event(e.into_stream(location))),
+                    );
                     match stopped_at {
                         Some(at) => {
                             more = true;

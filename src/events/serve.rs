@@ -236,9 +236,12 @@ async fn read_place(
     room.events = room.events.saturating_sub(found.events.len());
     room.bytes = room.bytes.saturating_sub(found.bytes as usize);
     let last = found.events.last().map(|e| e.cursor());
-    batch
-        .events
-        .extend(found.events.iter().map(|e| e.to_stream(&place.location)));
+    batch.events.extend(
+        found
+            .events
+            .into_iter()
+            .map(|e| e.into_stream(&place.location)),
+    );
     Ok(match found.stopped_at {
         Some(at) => at,
         None => [Some(start), last, Some(Cursor::end_of(applied))]

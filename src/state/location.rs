@@ -353,8 +353,9 @@ impl LocationApp {
         }
     }
 
-    /// The events after `start` that pass `filter` and `reader` may see.
-    fn read_events(
+    /// The events after `start` that pass `filter` and `reader` may see
+    /// (what [`LocationQuery::Events`] answers).
+    pub fn read_events(
         &self,
         reader: &PlayerKey,
         start: StartAt,
@@ -516,6 +517,7 @@ impl GroupApp for LocationApp {
             LOCATION_FORMAT_VERSION,
             |i: &LocationImage| i.format_version,
         )?;
+        self.state.events.reweigh();
         Ok(())
     }
 
