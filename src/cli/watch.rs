@@ -1,7 +1,7 @@
 //! `garrison watch`: prints the events of one or more locations as they are
 //! applied, from a cursor, through node failures, with no gap.
 //!
-//! It is a [`Subscription`] of the Rust client: long polls that carry each
+//! It is a [`garrison_client::client::Subscription`] of the Rust client: long polls that carry each
 //! location's cursor, so a killed node or a new leader only moves the next
 //! poll to another node. With `--consumer NAME` it starts from the cursor
 //! that consumer saved last and saves its cursor after every batch it has
