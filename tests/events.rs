@@ -39,6 +39,7 @@ fn all_after(cursor: Cursor) -> EventQuery {
         filter: EventFilter::default(),
         max_events: MAX_EVENTS_PER_READ,
         wait_ms: 0,
+        linger_ms: 0,
     }
 }
 
@@ -300,6 +301,7 @@ async fn a_long_poll_answers_when_an_event_is_applied_and_honours_its_filter() {
         },
         max_events: 10,
         wait_ms: MAX_EVENT_WAIT_MS,
+        linger_ms: 0,
     };
     let poll = tokio::spawn(async move { poller.read_events(&query).await });
     let mut admin = Player::new(admin_key());
@@ -382,6 +384,14 @@ async fn every_limit_of_an_event_read_is_refused_with_what_was_wrong() {
             ..base.clone()
         },
         "locations",
+    )
+    .await;
+    invalid(
+        EventQuery {
+            linger_ms: garrison_client::events::MAX_EVENT_LINGER_MS + 1,
+            ..base.clone()
+        },
+        "linger_ms",
     )
     .await;
     invalid(
@@ -650,6 +660,7 @@ async fn a_read_of_several_locations_fits_in_one_frame_and_loses_nothing() {
         filter: EventFilter::default(),
         max_events: MAX_EVENTS_PER_READ,
         wait_ms: 0,
+        linger_ms: 0,
     };
     let batch = client.read_events(&query).await.expect("one frame");
     assert!(!batch.events.is_empty() && batch.events.len() < 200);
@@ -674,6 +685,66 @@ async fn a_read_of_several_locations_fits_in_one_frame_and_loses_nothing() {
     assert!(
         matches!(&past, Err(ClientError::Api(ApiError::InvalidRequest(m))) if m.contains("past")),
         "{past:?}"
+    );
+    servers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lingering_poll_waits_for_more_events_before_it_answers() {
+    let servers = Servers::start(3, "events-linger").await;
+    let client = servers.client().await;
+    servers.create_location(&client, LOCATION).await;
+    let poller = servers.pinned_client(1).await;
+    let lingering = EventQuery {
+        locations: vec![(LOCATION.into(), StartAt::Latest)],
+        filter: EventFilter {
+            types: vec![EventType::Committed],
+            ..Default::default()
+        },
+        max_events: 3,
+        wait_ms: MAX_EVENT_WAIT_MS,
+        linger_ms: garrison_client::events::MAX_EVENT_LINGER_MS,
+    };
+    // Resolve the start first, so the poll below waits for new events.
+    let first = poller
+        .read_events(&EventQuery {
+            wait_ms: 0,
+            ..lingering.clone()
+        })
+        .await
+        .unwrap();
+    let query = EventQuery {
+        locations: vec![(
+            LOCATION.into(),
+            StartAt::After(first.cursor(LOCATION).unwrap()),
+        )],
+        ..lingering
+    };
+    let poll = tokio::spawn(async move { poller.read_events(&query).await });
+    let mut admin = Player::new(admin_key());
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        admin
+            .transact(&client, LOCATION, vec![put("unit/1", i)])
+            .await
+            .unwrap();
+    }
+    // Three commits written one after the other, acknowledged each before
+    // the next: a poll that answered at the first would hold one. A poll
+    // that lingers holds all three, unless the machine took longer than
+    // the linger to write them (then it may answer with fewer, and only
+    // then).
+    let batch = tokio::time::timeout(WAIT, poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let linger = std::time::Duration::from_millis(garrison_client::events::MAX_EVENT_LINGER_MS);
+    assert!(
+        batch.events.len() == 3 || (!batch.events.is_empty() && started.elapsed() >= linger),
+        "{} events after {:?}",
+        batch.events.len(),
+        started.elapsed()
     );
     servers.shutdown().await;
 }

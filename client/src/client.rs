@@ -828,6 +828,9 @@ pub struct Subscription<'a> {
     pub max_events: u32,
     /// How long one poll waits for a new event, in milliseconds.
     pub wait_ms: u64,
+    /// How long a poll that has found events waits for more, in
+    /// milliseconds (0: it answers at once).
+    pub linger_ms: u64,
 }
 
 impl<'a> Subscription<'a> {
@@ -848,6 +851,7 @@ impl<'a> Subscription<'a> {
             failed: false,
             max_events: 256,
             wait_ms: 10_000,
+            linger_ms: 0,
         }
     }
 
@@ -877,6 +881,7 @@ impl<'a> Subscription<'a> {
             filter: self.filter.clone(),
             max_events: self.max_events,
             wait_ms: self.wait_ms,
+            linger_ms: self.linger_ms,
         };
         if std::mem::take(&mut self.failed) {
             tokio::time::sleep(FAILED_POLL_PAUSE).await;

@@ -36,6 +36,8 @@ pub const MAX_EVENTS_PER_READ: u32 = 1_000;
 pub const MAX_EVENT_READ_BYTES: usize = 512 * 1024;
 /// Longest a read waits for new events, in milliseconds.
 pub const MAX_EVENT_WAIT_MS: u64 = 30_000;
+/// Longest a read that has found events waits for more, in milliseconds.
+pub const MAX_EVENT_LINGER_MS: u64 = 1_000;
 /// Most locations one read names.
 pub const MAX_LOCATIONS_PER_EVENT_READ: usize = 64;
 /// Most terms in each list of an [`EventFilter`].
@@ -449,13 +451,16 @@ pub struct EventQuery {
     /// If no event matches yet, wait up to this long for one (0 to
     /// [`MAX_EVENT_WAIT_MS`]).
     pub wait_ms: u64,
+    /// Once an event matches, wait up to this long more (within `wait_ms`)
+    /// for the batch to fill (0 to [`MAX_EVENT_LINGER_MS`]; 0: answer at
+    /// once). Fewer, fuller batches cost the node less, at that much lag.
+    pub linger_ms: u64,
 }
 
 /// The answer to an [`EventQuery`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBatch {
-    /// The matching events, in log order per location (locations in the
-    /// query's order).
+    /// The matching events, in log order per location.
     pub events: Vec<StreamEvent>,
     /// Where to resume in each location: past every event examined,
     /// including those filtered out.

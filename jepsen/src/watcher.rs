@@ -292,6 +292,7 @@ pub async fn reference(
             filter: EventFilter::default(),
             max_events: MAX_EVENTS_PER_READ,
             wait_ms: REFERENCE_WAIT_MS,
+            linger_ms: 0,
         };
         match client.read_events(&query).await {
             Ok(batch) => {

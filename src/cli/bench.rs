@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// deleted, emitted, committed, rejected; default: all).
     #[arg(long)]
     pub watch_kind: Vec<String>,
+    /// With `--watchers`: how long a watcher's poll that has found events
+    /// waits for more, in milliseconds (0: it answers at once).
+    #[arg(long, default_value_t = 0)]
+    pub watch_linger_ms: u64,
     /// With `--mode failover` or `idle`: the `garrison dev` directory whose
     /// `node-N/pid` files name the processes (default: $GARRISON_HOME/dev).
     #[arg(long)]
@@ -271,9 +275,11 @@ async fn spawn_watchers(
             types: types.clone(),
             ..Default::default()
         };
+        let linger_ms = args.watch_linger_ms;
         handles.push(tokio::spawn(async move {
             let mut subscription = client.subscribe(places, filter);
             subscription.wait_ms = 500;
+            subscription.linger_ms = linger_ms;
             let (mut received, mut lags) = (0u64, Vec::new());
             while Instant::now() < deadline {
                 subscription.poll().await?;

@@ -12,7 +12,9 @@
 //! replica's applied index.
 //!
 //! A long poll re-reads when the event hub says this node applied events in
-//! one of the named groups, until an event matches or the wait ends. A
+//! one of the named groups, until an event matches or the wait ends (and,
+//! with `linger_ms`, a little longer, until the batch fills or the linger
+//! ends: fewer, fuller batches for readers that can wait). A
 //! location this node does not host is polled every
 //! [`REMOTE_POLL_INTERVAL`] instead.
 
@@ -22,8 +24,8 @@ use std::time::Duration;
 
 use garrison_client::api::{ApiError, ReadMode};
 use garrison_client::events::{
-    Cursor, EventBatch, EventQuery, StartAt, MAX_EVENTS_PER_READ, MAX_EVENT_READ_BYTES,
-    MAX_EVENT_WAIT_MS, MAX_LOCATIONS_PER_EVENT_READ,
+    Cursor, EventBatch, EventQuery, StartAt, MAX_EVENTS_PER_READ, MAX_EVENT_LINGER_MS,
+    MAX_EVENT_READ_BYTES, MAX_EVENT_WAIT_MS, MAX_LOCATIONS_PER_EVENT_READ,
 };
 use garrison_client::tx::PlayerKey;
 use garrison_raft::GroupId;
@@ -60,6 +62,12 @@ pub fn check_query(query: &EventQuery) -> Result<(), ApiError> {
         return invalid(format!(
             "wait_ms must be at most {MAX_EVENT_WAIT_MS}, not {}",
             query.wait_ms
+        ));
+    }
+    if query.linger_ms > MAX_EVENT_LINGER_MS {
+        return invalid(format!(
+            "linger_ms must be at most {MAX_EVENT_LINGER_MS}, not {}",
+            query.linger_ms
         ));
     }
     query.filter.check().map_err(ApiError::InvalidRequest)
@@ -140,16 +148,19 @@ pub(crate) async fn read_events(
     }
     let mut changes = hub.changes();
     let mut first = true;
+    let mut batch = EventBatch {
+        events: Vec::new(),
+        cursors: Vec::new(),
+    };
+    let mut room = Room {
+        events: query.max_events as usize,
+        bytes: MAX_EVENT_READ_BYTES,
+    };
+    // Once an event is in the batch, how long to wait for more.
+    let mut linger_until: Option<Instant> = None;
     loop {
         changes.borrow_and_update();
-        let mut batch = EventBatch {
-            events: Vec::new(),
-            cursors: Vec::new(),
-        };
-        let mut room = Room {
-            events: query.max_events as usize,
-            bytes: MAX_EVENT_READ_BYTES,
-        };
+        batch.cursors.clear();
         for place in &mut places {
             let full = room.events == 0 || room.bytes == 0;
             let cursor = match &place.start {
@@ -181,15 +192,20 @@ pub(crate) async fn read_events(
         }
         first = false;
         let now = Instant::now();
-        if !batch.events.is_empty() || now >= deadline {
+        if !batch.events.is_empty() && linger_until.is_none() {
+            linger_until = Some((now + Duration::from_millis(query.linger_ms)).min(deadline));
+        }
+        let full = room.events == 0 || room.bytes == 0;
+        if full || linger_until.is_some_and(|l| now >= l) || now >= deadline {
             hub.count_delivered(batch.events.len());
             return Ok(batch);
         }
         let hosted_only = places.iter().all(|p| p.hosted);
+        let until = linger_until.unwrap_or(deadline);
         let wake = if hosted_only {
-            deadline
+            until
         } else {
-            deadline.min(now + REMOTE_POLL_INTERVAL)
+            until.min(now + REMOTE_POLL_INTERVAL)
         };
         // Woken by any group's events; a spurious wake only re-reads.
         let _ = tokio::time::timeout_at(wake, changes.changed()).await;
