@@ -55,20 +55,6 @@ impl RetainedEvent {
             body: self.body,
         }
     }
-
-    /// The event as readers get it.
-    pub fn to_stream(&self, location: &str) -> StreamEvent {
-        StreamEvent {
-            id: EventId {
-                location: location.to_string(),
-                index: self.index,
-                position: self.position,
-            },
-            log_time_ms: self.log_time_ms,
-            player: self.player,
-            body: self.body.clone(),
-        }
-    }
 }
 
 fn weight(event: &RetainedEvent) -> u64 {
