@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Cursor, EventBatch, EventQuery};
+use crate::events::{Cursor, EventQuery, PackedBatch};
 use crate::policy::Action;
 use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 4;
+pub const API_VERSION: u16 = 5;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -542,7 +542,7 @@ pub trait Garrison {
         version: u16,
         token: SessionToken,
         query: EventQuery,
-    ) -> Result<EventBatch, ApiError>;
+    ) -> Result<PackedBatch, ApiError>;
     /// Saves the cursor of the token's player's consumer `consumer` at
     /// `location`, in the location's log; returns the entry's index.
     async fn save_cursor(

@@ -453,7 +453,9 @@ impl Client {
                     .await
             }
         })
-        .await
+        .await?
+        .unpack()
+        .map_err(ClientError::Malformed)
     }
 
     /// One read of events at the node `addr`, with no retry elsewhere or
@@ -474,7 +476,9 @@ impl Client {
                     .await
             }
         })
-        .await
+        .await?
+        .unpack()
+        .map_err(ClientError::Malformed)
     }
 
     /// Follows the events of `locations` (each from where its [`StartAt`]

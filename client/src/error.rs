@@ -28,6 +28,10 @@ pub enum ClientError {
     /// The cluster carried the request out and refused it; nothing changed.
     #[error("refused: {0}")]
     Rejected(crate::api::Rejection),
+    /// A node's reply did not decode (a node of another version, or a
+    /// fault on the way).
+    #[error("a node's reply did not decode: {0}")]
+    Malformed(String),
     /// A key file problem.
     #[error("{0}")]
     Key(String),
@@ -44,7 +48,10 @@ impl ClientError {
         match self {
             ClientError::OutcomeUnknown { .. } | ClientError::Unreachable { .. } => true,
             ClientError::Api(e) => matches!(e, ApiError::Timeout | ApiError::Unavailable(_)),
-            ClientError::Rejected(_) | ClientError::Key(_) | ClientError::Config(_) => false,
+            ClientError::Rejected(_)
+            | ClientError::Malformed(_)
+            | ClientError::Key(_)
+            | ClientError::Config(_) => false,
         }
     }
 }

@@ -358,6 +358,46 @@ pub struct StreamEvent {
     pub body: EventBody,
 }
 
+/// An event as its location holds it and a node sends it: a
+/// [`StreamEvent`] without the location's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationEvent {
+    /// Its log index.
+    pub index: u64,
+    /// Its position within the entry.
+    pub position: u32,
+    /// The entry's log time.
+    pub log_time_ms: u64,
+    /// The transaction's signer (`None`: the entry did not decode).
+    pub player: Option<PlayerKey>,
+    /// What happened.
+    pub body: EventBody,
+}
+
+impl LocationEvent {
+    /// Its place in the stream.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            index: self.index,
+            position: self.position,
+        }
+    }
+
+    /// The event as readers get it, taking its body.
+    pub fn into_stream(self, location: &str) -> StreamEvent {
+        StreamEvent {
+            id: EventId {
+                location: location.to_string(),
+                index: self.index,
+                position: self.position,
+            },
+            log_time_ms: self.log_time_ms,
+            player: self.player,
+            body: self.body,
+        }
+    }
+}
+
 /// Which events a reader wants. Every non-empty list must be met; empty
 /// lists ask for nothing in particular.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +507,62 @@ pub struct EventBatch {
     pub cursors: Vec<(String, Cursor)>,
 }
 
+/// Events of one location in a [`PackedBatch`]: `count` encodings of a
+/// [`LocationEvent`], one after another. A node encodes each event once,
+/// when it is applied, and copies those bytes to every reader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedEvents {
+    /// The location.
+    pub location: String,
+    /// How many events `encoded` holds.
+    pub count: u32,
+    /// The events' encodings.
+    #[serde(with = "garrison_wire::byte_run")]
+    pub encoded: Vec<u8>,
+}
+
+/// An [`EventBatch`] as it is sent: its events packed per location, in
+/// order (a location may have more than one part; its parts are in log
+/// order).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedBatch {
+    /// The events.
+    pub parts: Vec<PackedEvents>,
+    /// As [`EventBatch::cursors`].
+    pub cursors: Vec<(String, Cursor)>,
+}
+
+impl PackedBatch {
+    /// The batch with its events decoded; an error says which part did
+    /// not decode.
+    pub fn unpack(self) -> Result<EventBatch, String> {
+        let total: usize = self.parts.iter().map(|p| p.count as usize).sum();
+        let mut events = Vec::with_capacity(total.min(MAX_EVENTS_PER_READ as usize));
+        for part in self.parts {
+            let mut at = 0;
+            for n in 0..part.count {
+                let (event, used) =
+                    garrison_wire::decode_prefix::<LocationEvent>(&part.encoded[at..])
+                        .map_err(|e| format!("event {n} of {:?}'s part: {e}", part.location))?;
+                at += used;
+                events.push(event.into_stream(&part.location));
+            }
+            if at != part.encoded.len() {
+                return Err(format!(
+                    "{:?}'s part has {} bytes after its {} events",
+                    part.location,
+                    part.encoded.len() - at,
+                    part.count
+                ));
+            }
+        }
+        Ok(EventBatch {
+            events,
+            cursors: self.cursors,
+        })
+    }
+}
+
 impl EventBatch {
     /// The cursor to resume `location` at, if the batch names it.
     pub fn cursor(&self, location: &str) -> Option<Cursor> {
@@ -480,6 +576,86 @@ impl EventBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(index: u64, kind: &str) -> LocationEvent {
+        LocationEvent {
+            index,
+            position: 0,
+            log_time_ms: 1_700_000_000_000 + index,
+            player: Some([7; 32]),
+            body: EventBody::Emitted {
+                kind: kind.into(),
+                fields: vec![("n".into(), Value::Int(index as i64))],
+            },
+        }
+    }
+
+    fn packed(location: &str, events: &[LocationEvent]) -> PackedEvents {
+        let mut encoded = Vec::new();
+        for e in events {
+            garrison_wire::encode_into(e, &mut encoded);
+        }
+        PackedEvents {
+            location: location.into(),
+            count: events.len() as u32,
+            encoded,
+        }
+    }
+
+    #[test]
+    fn a_packed_batch_unpacks_to_its_events_in_order() {
+        let (a, b) = ([event(3, "x"), event(4, "y")], [event(9, "z")]);
+        let batch = PackedBatch {
+            parts: vec![packed("a", &a[..1]), packed("b", &b), packed("a", &a[1..])],
+            cursors: vec![("a".into(), a[1].cursor()), ("b".into(), b[0].cursor())],
+        };
+        // Sent as any value is: through the wire encoding.
+        let sent: PackedBatch = garrison_wire::decode(&garrison_wire::encode(&batch)).unwrap();
+        let unpacked = sent.unpack().unwrap();
+        let ids: Vec<String> = unpacked.events.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["a@3.0", "b@9.0", "a@4.0"]);
+        assert_eq!(unpacked.events[1], b[0].clone().into_stream("b"));
+        assert_eq!(unpacked.cursor("a"), Some(a[1].cursor()));
+    }
+
+    #[test]
+    fn a_packed_part_that_does_not_hold_its_count_is_refused() {
+        let mut short = packed("a", &[event(1, "x"), event(2, "x")]);
+        short.count = 3;
+        let err = PackedBatch {
+            parts: vec![short],
+            cursors: vec![],
+        }
+        .unpack()
+        .unwrap_err();
+        assert!(err.contains("event 2 of \"a\"'s part"), "{err}");
+        let mut long = packed("a", &[event(1, "x"), event(2, "x")]);
+        long.count = 1;
+        let err = PackedBatch {
+            parts: vec![long],
+            cursors: vec![],
+        }
+        .unpack()
+        .unwrap_err();
+        assert!(err.contains("bytes after its 1 events"), "{err}");
+    }
+
+    #[test]
+    fn packed_bytes_encode_as_a_byte_vector_does() {
+        let part = packed("a", &[event(1, "x")]);
+        #[derive(Serialize)]
+        struct Plain<'a> {
+            location: &'a str,
+            count: u32,
+            encoded: &'a Vec<u8>,
+        }
+        let plain = Plain {
+            location: &part.location,
+            count: part.count,
+            encoded: &part.encoded,
+        };
+        assert_eq!(garrison_wire::encode(&part), garrison_wire::encode(&plain));
+    }
 
     #[test]
     fn cursors_read_and_print_as_documented() {

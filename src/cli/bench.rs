@@ -247,7 +247,8 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
 
 /// What one watcher saw: events received, and each commit's lag in
 /// microseconds.
-type Watched = (u64, Vec<u64>);
+/// What one watcher saw: events, polls, and each commit's lag in µs.
+type Watched = (u64, u64, Vec<u64>);
 
 /// Starts `--watchers` followers of every bench location, each with its
 /// own connection and session, from the events applied after now, until
@@ -280,9 +281,10 @@ async fn spawn_watchers(
             let mut subscription = client.subscribe(places, filter);
             subscription.wait_ms = 500;
             subscription.linger_ms = linger_ms;
-            let (mut received, mut lags) = (0u64, Vec::new());
+            let (mut received, mut polls, mut lags) = (0u64, 0u64, Vec::new());
             while Instant::now() < deadline {
                 subscription.poll().await?;
+                polls += 1;
                 let now_us = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros() as u64);
@@ -293,7 +295,7 @@ async fn spawn_watchers(
                     }
                 }
             }
-            anyhow::Ok((received, lags))
+            anyhow::Ok((received, polls, lags))
         }));
     }
     Ok(handles)
@@ -307,15 +309,16 @@ async fn report_watchers(
         return Ok(());
     }
     let n = watchers.len();
-    let (mut received, mut lags) = (0, Vec::new());
+    let (mut received, mut polls, mut lags) = (0, 0, Vec::new());
     for w in watchers {
-        let (r, l) = w.await??;
+        let (r, p, l) = w.await??;
         received += r;
+        polls += p;
         lags.extend(l);
     }
     lags.sort_unstable();
     println!(
-        "{n} watchers: {received} events received, {} commits; lag from log time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{n} watchers: {received} events received in {polls} polls, {} commits; lag from log time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         lags.len(),
         percentile(&lags, 50.0) as f64 / 1000.0,
         percentile(&lags, 99.0) as f64 / 1000.0,

@@ -61,6 +61,11 @@ pub struct WatchArgs {
     /// save its cursor after each batch printed.
     #[arg(long)]
     pub consumer: Option<String>,
+    /// Once a poll has found events, wait this long (0 to 1000 ms) for
+    /// more: fewer, fuller batches, at that much more lag (for many
+    /// watchers of a busy stream).
+    #[arg(long, default_value_t = 0)]
+    pub linger_ms: u64,
     /// The key to log in with (default: $GARRISON_HOME/player.key, else the
     /// dev cluster's admin key).
     #[arg(long)]
@@ -133,6 +138,7 @@ pub async fn run(cli: &Cli, args: &WatchArgs) -> anyhow::Result<i32> {
         places.push((location.clone(), start));
     }
     let mut subscription = client.subscribe(places, filter);
+    subscription.linger_ms = args.linger_ms;
     let mut printed = 0u64;
     let mut saved = std::collections::HashMap::new();
     loop {

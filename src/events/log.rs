@@ -12,53 +12,16 @@
 
 use std::collections::VecDeque;
 
-use garrison_client::events::{
-    Cursor, EventBody, EventFilter, EventId, EventRetention, StreamEvent,
-};
+use garrison_client::events::{Cursor, EventBody, EventFilter, EventRetention};
 use garrison_client::tx::PlayerKey;
 use serde::{Deserialize, Serialize};
 
-/// One event as a location keeps it (the location is the log's own).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetainedEvent {
-    /// Its log index.
-    pub index: u64,
-    /// Its position within the entry.
-    pub position: u32,
-    /// The entry's log time.
-    pub log_time_ms: u64,
-    /// The transaction's signer (`None`: the entry did not decode).
-    pub player: Option<PlayerKey>,
-    /// What happened.
-    pub body: EventBody,
-}
+/// One event as a location keeps it (the location is the log's own): the
+/// same record a node sends readers.
+pub use garrison_client::events::LocationEvent as RetainedEvent;
 
-impl RetainedEvent {
-    /// Its place in the stream.
-    pub fn cursor(&self) -> Cursor {
-        Cursor {
-            index: self.index,
-            position: self.position,
-        }
-    }
-
-    /// The event as readers get it, taking its body.
-    pub fn into_stream(self, location: &str) -> StreamEvent {
-        StreamEvent {
-            id: EventId {
-                location: location.to_string(),
-                index: self.index,
-                position: self.position,
-            },
-            log_time_ms: self.log_time_ms,
-            player: self.player,
-            body: self.body,
-        }
-    }
-}
-
-fn weight(event: &RetainedEvent) -> u64 {
-    garrison_raft::codec::encode(event).len() as u64
+fn encoding(event: &RetainedEvent) -> Box<[u8]> {
+    garrison_raft::codec::encode(event).into_boxed_slice()
 }
 
 /// Most events one read examines, matching or not: a read whose filter
@@ -90,11 +53,13 @@ pub struct Trimmed {
     pub resume_after: Cursor,
 }
 
-/// What a read found.
+/// What a read found (the events themselves went to its `take`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Found {
-    /// The matching, visible events, oldest first.
-    pub events: Vec<RetainedEvent>,
+    /// How many matching, visible events were taken, oldest first.
+    pub count: usize,
+    /// The last one taken.
+    pub last: Option<Cursor>,
     /// Where the scan stopped, if it stopped before the newest event (a
     /// count, byte or scan limit): the last event it returned or examined;
     /// `None`: it examined every event held.
@@ -111,11 +76,12 @@ pub struct EventLog {
     bytes: u64,
     /// The newest event trimmed (`None`: none yet).
     trimmed_through: Option<Cursor>,
-    /// Each event's encoded size, beside it (not stored: a restored log
-    /// weighs its events again when it is first read or appended to), so
-    /// that reads and trims do not encode every event again.
+    /// Each event's encoding, beside it (not stored: a restored log
+    /// encodes its events again when it is first read or appended to):
+    /// its weight against the budget, and the bytes sent to every reader,
+    /// made once.
     #[serde(skip)]
-    weights: VecDeque<u32>,
+    encoded: VecDeque<Box<[u8]>>,
 }
 
 impl PartialEq for EventLog {
@@ -128,17 +94,14 @@ impl PartialEq for EventLog {
 impl Eq for EventLog {}
 
 impl EventLog {
-    /// The encoded size of the `i`-th event held.
-    fn weight_at(&self, i: usize) -> u64 {
-        match self.weights.get(i) {
-            Some(w) if self.weights.len() == self.events.len() => u64::from(*w),
-            _ => weight(&self.events[i]),
-        }
+    /// Encodes every event held again (after a restore).
+    pub fn reweigh(&mut self) {
+        self.encoded = self.events.iter().map(encoding).collect();
     }
 
-    /// Weighs every event held again (after a restore).
-    pub fn reweigh(&mut self) {
-        self.weights = self.events.iter().map(|e| weight(e) as u32).collect();
+    /// True when every event held has its encoding beside it.
+    fn encoded(&self) -> bool {
+        self.encoded.len() == self.events.len()
     }
 
     /// Appends the events of the entry at `index`, numbered from 0 in
@@ -155,7 +118,7 @@ impl EventLog {
             self.events.back().is_none_or(|e| e.index < index),
             "events are appended in log order"
         );
-        if self.weights.len() != self.events.len() {
+        if !self.encoded() {
             self.reweigh();
         }
         for (position, body) in bodies.into_iter().enumerate() {
@@ -166,9 +129,9 @@ impl EventLog {
                 player,
                 body,
             };
-            let w = weight(&event);
-            self.bytes += w;
-            self.weights.push_back(w as u32);
+            let encoded = encoding(&event);
+            self.bytes += encoded.len() as u64;
+            self.encoded.push_back(encoded);
             self.events.push_back(event);
         }
         self.trim(retention);
@@ -182,8 +145,8 @@ impl EventLog {
                 _ => break,
             }
             let gone = self.events.pop_front().expect("checked above");
-            let w = self.weights.pop_front().expect("weighed beside the events");
-            self.bytes -= u64::from(w);
+            let encoded = self.encoded.pop_front().expect("encoded beside the events");
+            self.bytes -= encoded.len() as u64;
             self.trimmed_through = Some(gone.cursor());
         }
     }
@@ -214,15 +177,16 @@ impl EventLog {
         self.trimmed_through.unwrap_or(Cursor::START)
     }
 
-    /// The events after `after` that pass `filter` and `visible`, within
-    /// `limits` (at least one, if any matches), examining at most
-    /// [`MAX_EVENTS_SCANNED_PER_READ`].
+    /// Hands `take` each event after `after` that passes `filter` and
+    /// `visible` (with its encoding), within `limits` (at least one, if any
+    /// matches), examining at most [`MAX_EVENTS_SCANNED_PER_READ`].
     pub fn read(
         &self,
         after: Cursor,
         filter: &EventFilter,
         limits: ReadLimits,
         visible: impl Fn(&RetainedEvent) -> bool,
+        mut take: impl FnMut(&RetainedEvent, &[u8]),
     ) -> Result<Found, Trimmed> {
         if let Some(trimmed) = self.trimmed_through.filter(|t| after < *t) {
             return Err(Trimmed {
@@ -230,10 +194,15 @@ impl EventLog {
                 resume_after: trimmed,
             });
         }
+        // Most reads of a reader that keeps up find nothing new.
+        if self.events.back().is_none_or(|e| e.cursor() <= after) {
+            return Ok(Found::default());
+        }
         let start = self.events.partition_point(|e| e.cursor() <= after);
+        // A restored log not yet appended to encodes what it sends.
+        let encoded = self.encoded();
         let mut found = Found::default();
         for (examined, event) in self.events.range(start..).enumerate() {
-            let i = start + examined;
             if examined == MAX_EVENTS_SCANNED_PER_READ {
                 // The previous event is the last one examined.
                 found.stopped_at = Some(self.events[start + examined - 1].cursor());
@@ -242,15 +211,24 @@ impl EventLog {
             if !(filter.matches(event.player.as_ref(), &event.body) && visible(event)) {
                 continue;
             }
-            let size = self.weight_at(i) + limits.per_event_bytes as u64;
-            if found.events.len() >= limits.max_events
-                || (!found.events.is_empty() && found.bytes + size > limits.max_bytes as u64)
+            let fresh;
+            let bytes: &[u8] = if encoded {
+                &self.encoded[start + examined]
+            } else {
+                fresh = encoding(event);
+                &fresh
+            };
+            let size = (bytes.len() + limits.per_event_bytes) as u64;
+            if found.count >= limits.max_events
+                || (found.count > 0 && found.bytes + size > limits.max_bytes as u64)
             {
-                found.stopped_at = found.events.last().map(RetainedEvent::cursor);
+                found.stopped_at = found.last;
                 break;
             }
             found.bytes += size;
-            found.events.push(event.clone());
+            found.count += 1;
+            found.last = Some(event.cursor());
+            take(event, bytes);
         }
         Ok(found)
     }
@@ -287,9 +265,27 @@ mod tests {
         }
     }
 
+    /// A read, and the cursors of what it took.
+    fn read(
+        log: &EventLog,
+        after: Cursor,
+        filter: &EventFilter,
+        limits: ReadLimits,
+        visible: impl Fn(&RetainedEvent) -> bool,
+    ) -> Result<(Found, Vec<Cursor>), Trimmed> {
+        let mut taken = Vec::new();
+        let found = log.read(after, filter, limits, visible, |e, bytes| {
+            assert_eq!(bytes, &encoding(e)[..], "the encoding beside the event");
+            taken.push(e.cursor());
+        })?;
+        assert_eq!(found.count, taken.len());
+        assert_eq!(found.last, taken.last().copied());
+        Ok((found, taken))
+    }
+
     fn all(log: &EventLog, after: Cursor) -> Result<Vec<Cursor>, Trimmed> {
-        let found = log.read(after, &EventFilter::default(), limits(1000), |_| true)?;
-        Ok(found.events.iter().map(RetainedEvent::cursor).collect())
+        let (_, taken) = read(log, after, &EventFilter::default(), limits(1000), |_| true)?;
+        Ok(taken)
     }
 
     #[test]
@@ -373,22 +369,32 @@ mod tests {
         for index in 1..=10 {
             log.append(index, 0, None, vec![emitted(0)], &r);
         }
-        let found = log
-            .read(Cursor::START, &EventFilter::default(), limits(4), |_| true)
-            .unwrap();
-        assert_eq!(found.events.len(), 4);
+        let (found, _) = read(
+            &log,
+            Cursor::START,
+            &EventFilter::default(),
+            limits(4),
+            |_| true,
+        )
+        .unwrap();
+        assert_eq!(found.count, 4);
         assert_eq!(found.stopped_at, Some(cursor(4, 0)));
         let none = EventFilter {
             types: vec![EventType::Created],
             ..Default::default()
         };
-        let found = log.read(Cursor::START, &none, limits(4), |_| true).unwrap();
-        assert!(found.events.is_empty());
+        let (found, _) = read(&log, Cursor::START, &none, limits(4), |_| true).unwrap();
+        assert_eq!(found.count, 0);
         assert_eq!(found.stopped_at, None, "examined everything");
-        let hidden = log.read(Cursor::START, &EventFilter::default(), limits(4), |e| {
-            e.index > 8
-        });
-        assert_eq!(hidden.unwrap().events.len(), 2);
+        let (hidden, _) = read(
+            &log,
+            Cursor::START,
+            &EventFilter::default(),
+            limits(4),
+            |e| e.index > 8,
+        )
+        .unwrap();
+        assert_eq!(hidden.count, 2);
     }
 
     #[test]
@@ -402,11 +408,11 @@ mod tests {
             types: vec![EventType::Created],
             ..Default::default()
         };
-        let found = log.read(Cursor::START, &none, limits(4), |_| true).unwrap();
-        assert!(found.events.is_empty());
+        let (found, _) = read(&log, Cursor::START, &none, limits(4), |_| true).unwrap();
+        assert_eq!(found.count, 0);
         let at = found.stopped_at.expect("the scan stopped early");
         assert_eq!(at, cursor(MAX_EVENTS_SCANNED_PER_READ as u64, 0));
-        let rest = log.read(at, &none, limits(4), |_| true).unwrap();
+        let (rest, _) = read(&log, at, &none, limits(4), |_| true).unwrap();
         assert_eq!(
             rest.stopped_at, None,
             "the rest is examined in one more read"
@@ -420,16 +426,17 @@ mod tests {
         for index in 1..=10 {
             log.append(index, 0, None, vec![emitted(0)], &r);
         }
-        let one = weight(&log.events[0]) as usize;
+        let one = encoding(&log.events[0]).len();
         let budget = ReadLimits {
             max_events: 100,
             max_bytes: 3 * (one + 100),
             per_event_bytes: 100,
         };
-        let found = log
-            .read(Cursor::START, &EventFilter::default(), budget, |_| true)
-            .unwrap();
-        assert_eq!(found.events.len(), 3);
+        let (found, _) = read(&log, Cursor::START, &EventFilter::default(), budget, |_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(found.count, 3);
         assert_eq!(found.bytes as usize, 3 * (one + 100));
         assert_eq!(found.stopped_at, Some(cursor(3, 0)));
     }
@@ -443,8 +450,9 @@ mod tests {
         }
         let bytes = garrison_raft::codec::encode(&log);
         let mut restored: EventLog = garrison_raft::codec::decode(&bytes).unwrap();
-        assert!(restored.weights.is_empty(), "weights are not stored");
+        assert!(restored.encoded.is_empty(), "encodings are not stored");
         assert_eq!(restored, log);
+        // Read before it is encoded again: it encodes what it sends.
         assert_eq!(all(&restored, Cursor::START), all(&log, Cursor::START));
         restored.reweigh();
         for index in 5..=9 {
@@ -452,10 +460,10 @@ mod tests {
             restored.append(index, 0, None, vec![emitted(index as i64)], &r);
         }
         assert_eq!(restored, log);
-        assert_eq!(restored.weights, log.weights);
+        assert_eq!(restored.encoded, log.encoded);
         // Appending to a log never weighed weighs it first.
         let mut unweighed: EventLog = garrison_raft::codec::decode(&bytes).unwrap();
         unweighed.append(5, 0, None, vec![emitted(5)], &r);
-        assert_eq!(unweighed.weights.len(), unweighed.events.len());
+        assert_eq!(unweighed.encoded.len(), unweighed.events.len());
     }
 }

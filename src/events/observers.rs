@@ -237,13 +237,23 @@ impl Observer {
                 max_bytes: usize::MAX,
                 per_event_bytes: 0,
             };
+            let pending = &mut self.pending;
             let read = self.node.read_local(*group, |s| {
                 let log = s.app.as_any().downcast_ref::<LocationApp>()?.events();
                 // A group first seen here starts with the oldest event it
                 // holds: it was opened, restored or created after this
                 // observer registered.
                 let after = known.unwrap_or(log.oldest_start());
-                Some((after, log.read(after, &self.filter, limits, |_| true)))
+                let read = log.read(
+                    after,
+                    &self.filter,
+                    limits,
+                    |_| true,
+                    |e, _| {
+                        pending.push_back(Notice::Event(e.clone().into_stream(location)));
+                    },
+                );
+                Some((after, read))
             });
             // A group closed or not a location: nothing to read.
             let Ok(Some((after, read))) = read else {
@@ -251,15 +261,12 @@ impl Observer {
             };
             let next = match read {
                 Ok(Found {
-                    events, stopped_at, ..
+                    count,
+                    last,
+                    stopped_at,
+                    ..
                 }) => {
-                    self.hub.count_delivered(events.len());
-                    let last = events.last().map(|e| e.cursor());
-                    self.pending.extend(
-                        events
-                            .into_iter()
-                            .map(|e| Notice::Event(e.into_stream(location))),
-                    );
+                    self.hub.count_delivered(count);
                     match stopped_at {
                         Some(at) => {
                             more = true;

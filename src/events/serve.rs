@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use garrison_client::api::{ApiError, ReadMode};
 use garrison_client::events::{
-    Cursor, EventBatch, EventQuery, StartAt, MAX_EVENTS_PER_READ, MAX_EVENT_LINGER_MS,
-    MAX_EVENT_READ_BYTES, MAX_EVENT_WAIT_MS, MAX_LOCATIONS_PER_EVENT_READ,
+    Cursor, EventQuery, PackedBatch, PackedEvents, StartAt, MAX_EVENTS_PER_READ,
+    MAX_EVENT_LINGER_MS, MAX_EVENT_READ_BYTES, MAX_EVENT_WAIT_MS, MAX_LOCATIONS_PER_EVENT_READ,
 };
 use garrison_client::tx::PlayerKey;
 use garrison_raft::GroupId;
@@ -133,7 +133,7 @@ pub(crate) async fn read_events(
     hub: &EventHub,
     reader: PlayerKey,
     query: EventQuery,
-) -> Result<EventBatch, ApiError> {
+) -> Result<PackedBatch, ApiError> {
     let deadline = Instant::now() + Duration::from_millis(query.wait_ms);
     let mut places = Vec::with_capacity(query.locations.len());
     for (location, start) in query.locations {
@@ -148,10 +148,7 @@ pub(crate) async fn read_events(
     }
     let mut changes = hub.changes();
     let mut first = true;
-    let mut batch = EventBatch {
-        events: Vec::new(),
-        cursors: Vec::new(),
-    };
+    let mut batch = PackedBatch::default();
     let mut room = Room {
         events: query.max_events as usize,
         bytes: MAX_EVENT_READ_BYTES,
@@ -166,9 +163,20 @@ pub(crate) async fn read_events(
             let cursor = match &place.start {
                 // The batch is full: this location resumes where it was.
                 StartAt::After(c) if full => *c,
-                // Nothing new here since the last look: no need to read.
+                // Nothing applied here after the cursor: no need to read.
+                // (On the first look only a cursor exactly at the newest
+                // events is trusted so: one past them, made up or from a
+                // replica ahead of this one, is read, to be caught up to
+                // or refused.)
                 StartAt::After(c)
-                    if !first && place.hosted && hub.newest(place.group) <= c.index =>
+                    if place.hosted && {
+                        let newest = Cursor::end_of(hub.newest(place.group));
+                        if first {
+                            *c == newest
+                        } else {
+                            newest <= *c
+                        }
+                    } =>
                 {
                     *c
                 }
@@ -192,12 +200,13 @@ pub(crate) async fn read_events(
         }
         first = false;
         let now = Instant::now();
-        if !batch.events.is_empty() && linger_until.is_none() {
+        let found: usize = batch.parts.iter().map(|p| p.count as usize).sum();
+        if found > 0 && linger_until.is_none() {
             linger_until = Some((now + Duration::from_millis(query.linger_ms)).min(deadline));
         }
         let full = room.events == 0 || room.bytes == 0;
         if full || linger_until.is_some_and(|l| now >= l) || now >= deadline {
-            hub.count_delivered(batch.events.len());
+            hub.count_delivered(found);
             return Ok(batch);
         }
         let hosted_only = places.iter().all(|p| p.hosted);
@@ -207,8 +216,14 @@ pub(crate) async fn read_events(
         } else {
             until.min(now + REMOTE_POLL_INTERVAL)
         };
-        // Woken by any group's events; a spurious wake only re-reads.
-        let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+        if linger_until.is_some() {
+            // Lingering: whatever is applied meanwhile is read once, when
+            // the linger ends, rather than at every entry of every group.
+            tokio::time::sleep_until(wake).await;
+        } else {
+            // Woken by any group's events; a spurious wake only re-reads.
+            let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+        }
     }
 }
 
@@ -223,7 +238,7 @@ async fn read_place(
     filter: &garrison_client::events::EventFilter,
     room: &mut Room,
     place: &Place,
-    batch: &mut EventBatch,
+    batch: &mut PackedBatch,
 ) -> Result<Cursor, ApiError> {
     let mode = match &place.start {
         StartAt::After(c) => ReadMode::Stale { min_index: c.index },
@@ -237,7 +252,11 @@ async fn read_place(
         max_bytes: room.bytes.max(1) as u32,
     };
     let (applied, reply) = source.read(place.group, &query, mode).await?;
-    let EventsReply { start, found } = reply.map_err(|t| ApiError::EventsTrimmed {
+    let EventsReply {
+        start,
+        found,
+        encoded,
+    } = reply.map_err(|t| ApiError::EventsTrimmed {
         location: place.location.clone(),
         after: match &place.start {
             StartAt::After(c) => *c,
@@ -249,15 +268,16 @@ async fn read_place(
     if room.events == 0 || room.bytes == 0 {
         return Ok(start);
     }
-    room.events = room.events.saturating_sub(found.events.len());
+    room.events = room.events.saturating_sub(found.count);
     room.bytes = room.bytes.saturating_sub(found.bytes as usize);
-    let last = found.events.last().map(|e| e.cursor());
-    batch.events.extend(
-        found
-            .events
-            .into_iter()
-            .map(|e| e.into_stream(&place.location)),
-    );
+    let last = found.last;
+    if found.count > 0 {
+        batch.parts.push(PackedEvents {
+            location: place.location.clone(),
+            count: found.count as u32,
+            encoded,
+        });
+    }
     Ok(match found.stopped_at {
         Some(at) => at,
         None => [Some(start), last, Some(Cursor::end_of(applied))]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
 use garrison_client::events::{Cursor, EventFilter, StartAt};
-use garrison_client::policy::Action;
+use garrison_client::policy::{Action, Reader};
 use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
 use garrison_raft::{codec, ApplyContext, GroupApp, GroupId};
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,9 @@ pub struct EventsReply {
     pub start: Cursor,
     /// What it found.
     pub found: Found,
+    /// The events it found, packed (as in `PackedEvents::encoded`).
+    #[serde(with = "garrison_wire::byte_run")]
+    pub encoded: Vec<u8>,
 }
 
 /// A location's whole replicated state, as snapshots store it.
@@ -330,25 +333,14 @@ impl LocationApp {
         }
     }
 
-    /// May `reader` see `event` here, as of this state? Entity events as
+    /// May the reader see `event` here, as of this state? Entity events as
     /// the entity could be read; other events by their own player, and by
     /// whoever may read every entity of that player.
-    fn may_see(&self, reader: &PlayerKey, event: &RetainedEvent) -> bool {
+    fn may_see(reader: &Reader<'_>, who: &PlayerKey, event: &RetainedEvent) -> bool {
         match event.body.entity() {
-            Some((entity, owner)) => self.may_read(reader, entity, Some(owner)).is_ok(),
+            Some((entity, owner)) => reader.may_read(Some(entity), Some(owner)),
             None => {
-                event.player.as_ref() == Some(reader)
-                    || self
-                        .state
-                        .policy
-                        .check(
-                            reader,
-                            Some(&self.location),
-                            Action::Read,
-                            None,
-                            event.player.as_ref(),
-                        )
-                        .is_ok()
+                event.player.as_ref() == Some(who) || reader.may_read(None, event.player.as_ref())
             }
         }
     }
@@ -374,8 +366,20 @@ impl LocationApp {
             max_bytes: max_bytes as usize,
             per_event_bytes: self.location.len() + 16,
         };
-        let found = log.read(start, filter, limits, |e| self.may_see(reader, e))?;
-        Ok(EventsReply { start, found })
+        let view = self.state.policy.reader(reader, &self.location);
+        let mut encoded = Vec::new();
+        let found = log.read(
+            start,
+            filter,
+            limits,
+            |e| Self::may_see(&view, reader, e),
+            |_, bytes| encoded.extend_from_slice(bytes),
+        )?;
+        Ok(EventsReply {
+            start,
+            found,
+            encoded,
+        })
     }
 
     /// Takes `policy` if it is newer than the location's; returns the

@@ -61,6 +61,65 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// Appends a value's encoding (as [`encode`] makes it) to `out`.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(value, out, CONFIG)
+        .expect("every garrison format is bincode-encodable");
+}
+
+/// Decodes one value at the start of `bytes`; returns it and how many
+/// bytes it took (for values sent one after another, such as a batch's
+/// packed events). Panics while decoding are caught as in [`decode`].
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bincode::serde::decode_from_slice(bytes, CONFIG)
+    }));
+    attempt
+        .map_err(|_| DecodeError("a field's value is out of range (the decoder panicked)".into()))?
+        .map_err(|e| DecodeError(e.to_string()))
+}
+
+/// serde of a `Vec<u8>` as one run of bytes (a length and the bytes, which
+/// bincode copies whole) rather than as a sequence of `u8`s, which it
+/// walks one by one: `#[serde(with = "garrison_wire::byte_run")]`. The
+/// encoding is the same either way.
+pub mod byte_run {
+    use serde::{Deserializer, Serializer};
+
+    /// Serializes `bytes` as one run.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Deserializes one run of bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Run;
+        impl<'de> serde::de::Visitor<'de> for Run {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a run of bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_byte_buf(Run)
+    }
+}
+
 /// The most bytes one decode of a record this node stored itself (or a
 /// snapshot it assembled from chunks) may claim: larger than any frame, so
 /// that a state that grew past [`DECODE_LIMIT_BYTES`] can still be read back.
