@@ -204,16 +204,17 @@ impl World {
                     max_bytes: 1 << 20,
                     per_event_bytes: 0,
                 };
-                match app
-                    .events()
-                    .read(after, &EventFilter::default(), limits, |_| true)
-                {
-                    Ok(found) if found.events.is_empty() => "no events".into(),
-                    Ok(found) => {
-                        let lines: Vec<String> =
-                            found.events.iter().map(|e| self.describe(e)).collect();
-                        lines.join("\n> ")
-                    }
+                let mut lines: Vec<String> = Vec::new();
+                let read = app.events().read(
+                    after,
+                    &EventFilter::default(),
+                    limits,
+                    |_| true,
+                    |e, _| lines.push(self.describe(e)),
+                );
+                match read {
+                    Ok(_) if lines.is_empty() => "no events".into(),
+                    Ok(_) => lines.join("\n> "),
                     Err(trimmed) => format!("trimmed: {trimmed:?}"),
                 }
             }
