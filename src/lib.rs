@@ -15,6 +15,8 @@
 //!   sequence numbers, the audit trail, session tokens.
 //! - [`events`] (EventManager): events from the applied log, their
 //!   retention, named consumers, observers inside the node, event reads.
+//! - [`cep`] (ComplexEventProcessor): pattern and aggregate rules over
+//!   the event stream on log time; so far the rule language.
 //! - [`cache`] (CacheManager): the entity cache for reads, kept current by
 //!   apply.
 //! - [`api`]: the client API a node serves: ingress checks, routing, reads;
@@ -30,6 +32,7 @@ pub use garrison_raft as raft;
 
 pub mod api;
 pub mod cache;
+pub mod cep;
 pub mod cli;
 pub mod events;
 pub mod logging;
