@@ -298,7 +298,8 @@ impl AggFunc {
         AggFunc::Avg,
     ];
 
-    fn name(self) -> &'static str {
+    /// How it is written.
+    pub fn name(self) -> &'static str {
         match self {
             AggFunc::Count => "count",
             AggFunc::Sum => "sum",
@@ -350,7 +351,8 @@ pub enum BinOp {
 }
 
 impl BinOp {
-    fn symbol(self) -> &'static str {
+    /// How it is written.
+    pub fn symbol(self) -> &'static str {
         match self {
             BinOp::Or => "or",
             BinOp::And => "and",
@@ -1248,6 +1250,26 @@ struct Scope<'a> {
     aggregates: bool,
 }
 
+/// `STEP.old.FIELD` needs a step that matches changes.
+fn check_old(
+    step: &str,
+    attr: Option<&Attr>,
+    scope: &Scope<'_>,
+    pos: Pos,
+) -> Result<(), RuleError> {
+    let changes = scope
+        .visible
+        .iter()
+        .any(|s| s.name == step && s.matcher.kind == EventKind::Of(EventType::Changed));
+    match attr {
+        Some(Attr::Old(_)) if !changes => error(
+            pos,
+            format!("{step}.old.FIELD needs {step} to match `changed` events"),
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn check_expr(e: &Expr, scope: &Scope<'_>, pos: Pos) -> Result<(), RuleError> {
     let known = |step: &str| scope.visible.iter().any(|s| s.name == step);
     match e {
@@ -1259,22 +1281,9 @@ fn check_expr(e: &Expr, scope: &Scope<'_>, pos: Pos) -> Result<(), RuleError> {
                     format!("step {step:?} is not matched before this point"),
                 );
             }
-            if let Attr::Old(_) = attr {
-                let s = scope
-                    .visible
-                    .iter()
-                    .find(|s| s.name == *step)
-                    .expect("known");
-                if !matches!(s.matcher.kind, EventKind::Of(EventType::Changed)) {
-                    return error(
-                        pos,
-                        format!("{step}.old.FIELD needs {step} to match `changed` events"),
-                    );
-                }
-            }
-            Ok(())
+            check_old(step, Some(attr), scope, pos)
         }
-        Expr::Agg { step, .. } => {
+        Expr::Agg { step, of, .. } => {
             if !scope.aggregates {
                 return error(pos, "an aggregate is not allowed here");
             }
@@ -1287,7 +1296,7 @@ fn check_expr(e: &Expr, scope: &Scope<'_>, pos: Pos) -> Result<(), RuleError> {
                     pos,
                     format!("step {step:?} is not matched before this point"),
                 ),
-                _ => Ok(()),
+                _ => check_old(step, of.as_ref(), scope, pos),
             }
         }
         Expr::Unary(_, e) => check_expr(e, scope, pos),
@@ -1795,6 +1804,11 @@ mod tests {
             ("rule r pattern a: any where a emit \"k\"", (1, 29), "alone is not a value"),
             ("rule r pattern a: any where frob(a) emit \"k\"", (1, 29), "not a function"),
             ("rule r pattern a: any emit \"k\" { n = a.x $ 1 }", (1, 42), "not part of the rule language"),
+            (
+                "rule r pattern a: any followed by b: any where max(b.old.hp) > 1 emit \"k\"",
+                (1, 35),
+                "needs b to match `changed`",
+            ),
         ];
         let mut wrong = Vec::new();
         for (text, (line, column), says) in cases {

@@ -28,10 +28,18 @@
 //!   the line and column, the checks a rule must pass before it is
 //!   deployed, its limits, and its canonical text, which is what a deploy
 //!   stores.
+//! - [`eval`]: what a step matches, an event's attributes and partition,
+//!   and the value of an expression: checked integer arithmetic, no
+//!   mixing of types, an error for whatever has no value.
+//! - [`window`]: aggregate rules: tumbling and sliding windows of log
+//!   time, groups, `having`, judged when log time passes a window's end;
+//!   their bounded state and the deadline a tick must reach.
 //!
-//! The engine that runs rules in apply, their deployment through the log,
-//! ticks for absence in idle locations, the CLI and the golden tests of
-//! every operator are the rest of this component (issue 15); they build on
-//! the checked rules [`lang::parse`] returns.
+//! The pattern engine, running rules in apply, their deployment through
+//! the log, ticks for deadlines in idle locations, the CLI and the golden
+//! tests of every operator are the rest of this component (issue 15);
+//! they build on the checked rules [`lang::parse`] returns.
 
+pub mod eval;
 pub mod lang;
+pub mod window;
