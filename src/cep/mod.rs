@@ -34,12 +34,17 @@
 //! - [`window`]: aggregate rules: tumbling and sliding windows of log
 //!   time, groups, `having`, judged when log time passes a window's end;
 //!   their bounded state and the deadline a tick must reach.
+//! - [`pattern`]: pattern rules: partial matches through steps,
+//!   contiguity, quantifiers, negation and absence, `within`, partitions
+//!   and skip strategies, with bounded state.
 //!
-//! The pattern engine, running rules in apply, their deployment through
-//! the log, ticks for deadlines in idle locations, the CLI and the golden
-//! tests of every operator are the rest of this component (issue 15);
-//! they build on the checked rules [`lang::parse`] returns.
+//! Running rules in apply, their deployment through the log, ticks for
+//! deadlines in idle locations, derived events, the CLI and the golden
+//! scripts of every operator are the rest of this component (issue 15);
+//! they build on the checked rules [`lang::parse`] returns and on the two
+//! engines here, whose states are plain data for snapshots.
 
 pub mod eval;
 pub mod lang;
+pub mod pattern;
 pub mod window;
