@@ -696,4 +696,54 @@ mod tests {
             .iter()
             .all(|m| matches!(m.fields[0].1, Value::Int(n) if n >= 1)));
     }
+
+    mod against_a_reference {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The matches of `x: emitted "a" JOIN y: emitted "b" [within W]`
+        /// (no skip), computed plainly from the definitions: each `a`
+        /// starts a match; `then` pairs it with the very next event if that
+        /// is a `b`; `followed by` with the first later `b`; `followed by
+        /// any` with every later `b`; all within `w` seconds if given.
+        fn reference(kinds: &[char], join: &str, w: Option<u64>) -> Vec<Vec<u64>> {
+            let mut out = Vec::new();
+            let near = |i: usize, j: usize| w.is_none_or(|w| (j - i) as u64 <= w);
+            // Matches complete in order of their last event, then of age.
+            for j in 0..kinds.len() {
+                for i in 0..j {
+                    if kinds[i] != 'a' || kinds[j] != 'b' || !near(i, j) {
+                        continue;
+                    }
+                    let first_b = (i + 1..kinds.len()).find(|k| kinds[*k] == 'b');
+                    let pair = match join {
+                        "then" => j == i + 1,
+                        "followed by" => first_b == Some(j),
+                        _ => true,
+                    };
+                    if pair {
+                        out.push(vec![i as u64 + 1, j as u64 + 1]);
+                    }
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn two_step_patterns_match_as_the_definitions_say(
+                kinds in prop::collection::vec(prop::sample::select(vec!['a', 'b', 'c']), 0..24),
+                join in prop::sample::select(vec!["then", "followed by", "followed by any"]),
+                within in prop::option::of(1u64..6),
+            ) {
+                let text: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+                let events = script(&text.join(" "));
+                let within_clause = within.map_or(String::new(), |w| format!(" within {w}s"));
+                let rule = format!(
+                    "rule r pattern x: emitted \"a\" {join} y: emitted \"b\"{within_clause} emit \"m\""
+                );
+                prop_assert_eq!(run(&rule, &events, 0), reference(&kinds, join, within));
+            }
+        }
+    }
 }
