@@ -15,6 +15,7 @@ pub mod certs;
 pub mod dev;
 #[allow(rustdoc::broken_intra_doc_links)]
 pub mod ops;
+pub mod rules;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Administrative transactions: locations, roles.
     Admin(admin::AdminArgs),
+    /// Rules of the complex event processor: check one, or backtest it on a
+    /// location's retained events.
+    Rules(rules::RulesArgs),
     /// List the locations.
     Locations,
     /// Show every node's view of every group.
@@ -199,6 +203,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         Command::Audit(args) => ops::audit(&cli, args).await,
         Command::Watch(args) => watch::run(&cli, args).await,
         Command::Admin(args) => admin::run(&cli, args).await,
+        Command::Rules(args) => rules::command(&cli, args).await,
         Command::Locations => ops::locations(&cli).await,
         Command::Status => ops::status(&cli).await,
         Command::Check(args) => ops::check(&cli, args).await,
