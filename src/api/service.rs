@@ -401,23 +401,16 @@ impl EventSource for ApiService {
         query: &LocationQuery,
         mode: ReadMode,
     ) -> Result<(u64, Result<EventsReply, Trimmed>), ApiError> {
-        // The usual read of a long poll: a hosted replica that has applied
-        // the cursor's index already answers at once, without asking the
-        // group's metrics (a copy of them per read is most of its cost).
-        if let ReadMode::Stale { min_index } = mode {
-            if let Some(done) = self.read_applied_events(group, query, min_index)? {
-                return Ok(done);
-            }
-        }
         // A cursor beyond what this replica applied: either the replica is
         // behind, or the cursor is past the log (made up, or from another
         // cluster). Ask the leader's read index which, rather than wait
         // out a stale read that can never be served.
         if let ReadMode::Stale { min_index } = mode {
+            // The replica's own applied index: asking the group's status
+            // would copy its record and metrics, on every poll.
             let applied = self
                 .node
-                .group_status(group)
-                .and_then(|s| s.applied_index)
+                .read_local(group, |s| s.applied_index())
                 .unwrap_or(0);
             if self.node.hosts(group) && min_index > applied {
                 let committed = self
@@ -459,42 +452,6 @@ impl EventSource for ApiService {
                 .ok_or_else(|| ApiError::Internal(format!("group {group} is not a location")));
         }
         self.read_group(group, query, mode).await
-    }
-}
-
-impl ApiService {
-    /// Answers an events query from this node's replica of `group` if it
-    /// hosts one that has applied `min_index`; `None` otherwise.
-    fn read_applied_events(
-        &self,
-        group: GroupId,
-        query: &LocationQuery,
-        min_index: u64,
-    ) -> Result<Option<(u64, Result<EventsReply, Trimmed>)>, ApiError> {
-        let LocationQuery::Events {
-            reader,
-            start,
-            filter,
-            max,
-            max_bytes,
-        } = query
-        else {
-            return Ok(None);
-        };
-        if !self.node.hosts(group) {
-            return Ok(None);
-        }
-        let read = self.node.read_local(group, |s| {
-            let applied = s.applied_index();
-            if applied < min_index {
-                return Some(None);
-            }
-            let app = s.app.as_any().downcast_ref::<LocationApp>()?;
-            let reply = app.read_events(reader, start.clone(), filter, *max, *max_bytes);
-            Some(Some((applied, reply)))
-        });
-        read.map_err(api_error)?
-            .ok_or_else(|| ApiError::Internal(format!("group {group} is not a location")))
     }
 }
 
