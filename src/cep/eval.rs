@@ -179,6 +179,69 @@ fn attr_text(step: &str, attr: &Attr) -> String {
     format!("{step}.{attr}")
 }
 
+/// One attribute's running aggregate over a run of events: what
+/// `count`, `sum`, `min`, `max` and `avg` need, kept as events come (an
+/// aggregate rule's window keeps one per attribute it aggregates).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accumulator {
+    /// Events that had the attribute.
+    values: u64,
+    sum: i64,
+    /// The sum left the 64-bit range.
+    overflowed: bool,
+    min: Option<i64>,
+    max: Option<i64>,
+    /// An event had it, but not as an integer.
+    mistyped: bool,
+}
+
+impl Accumulator {
+    /// Takes one event's value of the attribute (`None`: it had none).
+    pub fn add(&mut self, v: Option<Val>) {
+        match v {
+            None => {}
+            Some(Val::Int(n)) => {
+                self.values += 1;
+                match self.sum.checked_add(n) {
+                    Some(s) => self.sum = s,
+                    None => self.overflowed = true,
+                }
+                self.min = Some(self.min.map_or(n, |m| m.min(n)));
+                self.max = Some(self.max.map_or(n, |m| m.max(n)));
+            }
+            Some(_) => self.mistyped = true,
+        }
+    }
+
+    /// The aggregate `func` of what it took (`what` names it in errors).
+    pub fn value(&self, func: AggFunc, what: &str) -> Result<Val, EvalError> {
+        if self.mistyped {
+            return Err(EvalError::Types {
+                op: func.name(),
+                left: "a value that is not an integer",
+                right: "nothing",
+            });
+        }
+        if self.values == 0 {
+            return Err(EvalError::Missing(what.to_string()));
+        }
+        let sum = || {
+            if self.overflowed {
+                Err(EvalError::Arithmetic("a sum left the 64-bit range"))
+            } else {
+                Ok(self.sum)
+            }
+        };
+        Ok(Val::Int(match func {
+            AggFunc::Count => self.values as i64,
+            AggFunc::Sum => sum()?,
+            AggFunc::Min => self.min.expect("values > 0"),
+            AggFunc::Max => self.max.expect("values > 0"),
+            AggFunc::Avg => sum()? / self.values as i64,
+        }))
+    }
+}
+
 /// The aggregate `func` over the `of` attribute of `events` (events
 /// without it are left out; `count` counts events).
 pub fn aggregate(
@@ -190,36 +253,11 @@ pub fn aggregate(
     let Some(attr) = of else {
         return Ok(Val::Int(events.len() as i64));
     };
-    let mut values = Vec::with_capacity(events.len());
+    let mut acc = Accumulator::default();
     for e in events {
-        match attribute(e, attr) {
-            Some(Val::Int(n)) => values.push(n),
-            Some(other) => {
-                return Err(EvalError::Types {
-                    op: func.name(),
-                    left: type_name(&other),
-                    right: "nothing",
-                })
-            }
-            None => {}
-        }
+        acc.add(attribute(e, attr));
     }
-    if values.is_empty() {
-        return Err(EvalError::Missing(what.to_string()));
-    }
-    let sum = || {
-        values
-            .iter()
-            .try_fold(0i64, |acc, n| acc.checked_add(*n))
-            .ok_or(EvalError::Arithmetic("a sum left the 64-bit range"))
-    };
-    Ok(Val::Int(match func {
-        AggFunc::Count => values.len() as i64,
-        AggFunc::Sum => sum()?,
-        AggFunc::Min => *values.iter().min().expect("not empty"),
-        AggFunc::Max => *values.iter().max().expect("not empty"),
-        AggFunc::Avg => sum()? / values.len() as i64,
-    }))
+    acc.value(func, what)
 }
 
 /// The value of `expr` under `bindings`.

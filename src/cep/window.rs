@@ -25,71 +25,12 @@ use garrison_client::events::LocationEvent;
 use garrison_client::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::cep::eval::{self, Bindings, EvalError, Val};
+use crate::cep::eval::{self, Accumulator, Bindings, EvalError, Val};
 use crate::cep::lang::{AggFunc, Attr, Body, Expr, Rule, Step, Window};
 
 /// Most (window, group) pairs one aggregate rule keeps open in one
 /// location.
 pub const MAX_OPEN_GROUPS: usize = 10_000;
-
-/// One attribute's running aggregate over a group's events.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Acc {
-    /// Events that had the attribute.
-    values: u64,
-    sum: i64,
-    /// The sum left the 64-bit range.
-    overflowed: bool,
-    min: Option<i64>,
-    max: Option<i64>,
-    /// An event had it, but not as an integer.
-    mistyped: bool,
-}
-
-impl Acc {
-    fn add(&mut self, v: Option<Val>) {
-        match v {
-            None => {}
-            Some(Val::Int(n)) => {
-                self.values += 1;
-                match self.sum.checked_add(n) {
-                    Some(s) => self.sum = s,
-                    None => self.overflowed = true,
-                }
-                self.min = Some(self.min.map_or(n, |m| m.min(n)));
-                self.max = Some(self.max.map_or(n, |m| m.max(n)));
-            }
-            Some(_) => self.mistyped = true,
-        }
-    }
-
-    fn value(&self, func: AggFunc, what: &str) -> Result<Val, EvalError> {
-        if self.mistyped {
-            return Err(EvalError::Types {
-                op: func.name(),
-                left: "a value that is not an integer",
-                right: "nothing",
-            });
-        }
-        if self.values == 0 {
-            return Err(EvalError::Missing(what.to_string()));
-        }
-        let sum = || {
-            if self.overflowed {
-                Err(EvalError::Arithmetic("a sum left the 64-bit range"))
-            } else {
-                Ok(self.sum)
-            }
-        };
-        Ok(Val::Int(match func {
-            AggFunc::Count => self.values as i64,
-            AggFunc::Sum => sum()?,
-            AggFunc::Min => self.min.expect("values > 0"),
-            AggFunc::Max => self.max.expect("values > 0"),
-            AggFunc::Avg => sum()? / self.values as i64,
-        }))
-    }
-}
 
 /// One open window's group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +38,7 @@ struct Group {
     events: u64,
     last: LocationEvent,
     /// One per aggregated attribute, as [`Aggregator`] lists them.
-    accs: Vec<Acc>,
+    accs: Vec<Accumulator>,
 }
 
 /// An aggregate rule's state in one location: part of the location's
@@ -331,7 +272,7 @@ impl<'r> Aggregator<'r> {
                 None => state.open.entry(key).or_insert_with(|| Group {
                     events: 0,
                     last: event.clone(),
-                    accs: vec![Acc::default(); self.attrs.len()],
+                    accs: vec![Accumulator::default(); self.attrs.len()],
                 }),
             };
             group.events += 1;
