@@ -91,7 +91,7 @@ pub struct PatternMatch {
 }
 
 /// Runs one pattern rule.
-pub struct Matcher<'r> {
+pub struct PatternMatcher<'r> {
     rule: &'r Rule,
     steps: &'r [Step],
     within_ms: Option<u64>,
@@ -121,7 +121,7 @@ enum Fate {
     Dead,
 }
 
-impl<'r> Matcher<'r> {
+impl<'r> PatternMatcher<'r> {
     /// The matcher of `rule`, if it is a pattern rule.
     pub fn new(rule: &'r Rule) -> Option<Self> {
         let Body::Pattern {
@@ -519,7 +519,7 @@ mod tests {
     /// as the indexes of its events.
     fn run(rule: &str, events: &[LocationEvent], end_ms: u64) -> Vec<Vec<u64>> {
         let rule = parse(rule).unwrap_or_else(|e| panic!("{e}\n{rule}"));
-        let matcher = Matcher::new(&rule).unwrap();
+        let matcher = PatternMatcher::new(&rule).unwrap();
         let mut state = PatternState::default();
         let mut out: Vec<PatternMatch> = Vec::new();
         for e in events {
@@ -618,7 +618,7 @@ mod tests {
     fn absence_fires_when_log_time_passes_within() {
         let text = "rule r pattern a: emitted \"spot\" not followed by b: emitted \"reply\" within 10s emit \"m\"";
         let rule = parse(text).unwrap();
-        let matcher = Matcher::new(&rule).unwrap();
+        let matcher = PatternMatcher::new(&rule).unwrap();
         let mut state = PatternState::default();
         let spot = &script("spot")[0];
         assert!(matcher.add(&mut state, spot).is_empty());
@@ -659,7 +659,7 @@ mod tests {
     fn partial_matches_are_bounded_and_counted() {
         let text = rule("a: any followed by b: emitted \"never\"");
         let rule = parse(&text).unwrap();
-        let matcher = Matcher::new(&rule).unwrap();
+        let matcher = PatternMatcher::new(&rule).unwrap();
         let mut state = PatternState::default();
         let events = script(&"x ".repeat(MAX_RUNS_PER_PARTITION + 7));
         for e in &events {
@@ -673,7 +673,7 @@ mod tests {
     fn a_restored_state_goes_on_as_the_original() {
         let text = "rule r partition by player pattern a: emitted \"a\" followed by any b: emitted \"b\" + greedy within 5s emit \"m\" { n = count(b) }";
         let rule = parse(text).unwrap();
-        let matcher = Matcher::new(&rule).unwrap();
+        let matcher = PatternMatcher::new(&rule).unwrap();
         let events = script("a:1 b:1 a:2 b:2 b:1 c:1 b:2 a:1 b:1 c:2 b:1 b:1 c:1");
         let (mut whole, mut part) = (PatternState::default(), PatternState::default());
         let mut expected = Vec::new();

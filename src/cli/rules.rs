@@ -7,15 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use garrison_client::events::{
-    Cursor, EventFilter, EventId, EventQuery, LocationEvent, StartAt, StreamEvent,
-    MAX_EVENTS_PER_READ,
-};
+use garrison_client::events::{Cursor, EventFilter, EventId, LocationEvent, StartAt, StreamEvent};
 use garrison_client::{Client, Value};
 
 use super::Cli;
 use crate::cep::lang::{parse, Rule};
-use crate::cep::pattern::{Matcher, PatternState};
+use crate::cep::pattern::{PatternMatcher, PatternState};
 use crate::cep::window::{Aggregator, WindowState};
 
 /// Arguments of `garrison rules`.
@@ -80,29 +77,27 @@ fn read_rule(file: &Path) -> anyhow::Result<Result<Rule, String>> {
     Ok(parse(&text).map_err(|e| format!("{}: {e}", file.display())))
 }
 
-/// Every event `location` retains, oldest first (a read that finds the
-/// oldest gone starts again from the oldest held).
+/// Every event `location` retains, oldest first (if retention moves past
+/// the reader meanwhile, it goes on from the oldest event still held).
 pub async fn retained(client: &Client, location: &str) -> anyhow::Result<Vec<StreamEvent>> {
+    let mut subscription = client.subscribe(
+        vec![(location.to_string(), StartAt::Oldest)],
+        EventFilter::default(),
+    );
+    subscription.wait_ms = 0;
     let mut events = Vec::new();
-    let mut start = StartAt::Oldest;
     loop {
-        let query = EventQuery {
-            locations: vec![(location.to_string(), start)],
-            filter: EventFilter::default(),
-            max_events: MAX_EVENTS_PER_READ,
-            wait_ms: 0,
-            linger_ms: 0,
+        let fetched = match subscription.poll().await {
+            Ok(n) => n,
+            Err(e) if subscription.skip_trimmed(&e) => continue,
+            Err(e) => return Err(e.into()),
         };
-        let batch = client.read_events(&query).await?;
-        let cursor: Cursor = batch
-            .cursor(location)
-            .ok_or_else(|| anyhow::anyhow!("the node's answer names no cursor for {location:?}"))?;
-        let empty = batch.events.is_empty();
-        events.extend(batch.events);
-        if empty {
+        while let Some(event) = subscription.next_buffered() {
+            events.push(event);
+        }
+        if fetched == 0 {
             return Ok(events);
         }
-        start = StartAt::After(cursor);
     }
 }
 
@@ -127,7 +122,7 @@ pub fn run(rule: &Rule, events: &[StreamEvent]) -> Backtest {
         index: c.index,
         position: c.position,
     };
-    if let Some(matcher) = Matcher::new(rule) {
+    if let Some(matcher) = PatternMatcher::new(rule) {
         let mut state = PatternState::default();
         for e in events {
             for m in matcher.add(&mut state, &local(e)) {

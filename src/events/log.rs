@@ -76,10 +76,10 @@ pub struct EventLog {
     bytes: u64,
     /// The newest event trimmed (`None`: none yet).
     trimmed_through: Option<Cursor>,
-    /// Each event's encoding, beside it (not stored: a restored log
-    /// encodes its events again when it is first read or appended to):
-    /// its weight against the budget, and the bytes sent to every reader,
-    /// made once.
+    /// Each event's encoding, beside it: its weight against the budget,
+    /// and the bytes sent to every reader, made once. Not stored: a
+    /// restore encodes the events again ([`EventLog::encode_all`]); until
+    /// then an append does it first, and a read encodes what it sends.
     #[serde(skip)]
     encoded: VecDeque<Box<[u8]>>,
 }
@@ -95,7 +95,7 @@ impl Eq for EventLog {}
 
 impl EventLog {
     /// Encodes every event held again (after a restore).
-    pub fn reweigh(&mut self) {
+    pub fn encode_all(&mut self) {
         self.encoded = self.events.iter().map(encoding).collect();
     }
 
@@ -119,7 +119,7 @@ impl EventLog {
             "events are appended in log order"
         );
         if !self.encoded() {
-            self.reweigh();
+            self.encode_all();
         }
         for (position, body) in bodies.into_iter().enumerate() {
             let event = RetainedEvent {
@@ -454,16 +454,16 @@ mod tests {
         assert_eq!(restored, log);
         // Read before it is encoded again: it encodes what it sends.
         assert_eq!(all(&restored, Cursor::START), all(&log, Cursor::START));
-        restored.reweigh();
+        restored.encode_all();
         for index in 5..=9 {
             log.append(index, 0, None, vec![emitted(index as i64)], &r);
             restored.append(index, 0, None, vec![emitted(index as i64)], &r);
         }
         assert_eq!(restored, log);
         assert_eq!(restored.encoded, log.encoded);
-        // Appending to a log never weighed weighs it first.
-        let mut unweighed: EventLog = garrison_raft::codec::decode(&bytes).unwrap();
-        unweighed.append(5, 0, None, vec![emitted(5)], &r);
-        assert_eq!(unweighed.encoded.len(), unweighed.events.len());
+        // Appending to a log never encoded encodes it first.
+        let mut unencoded: EventLog = garrison_raft::codec::decode(&bytes).unwrap();
+        unencoded.append(5, 0, None, vec![emitted(5)], &r);
+        assert_eq!(unencoded.encoded.len(), unencoded.events.len());
     }
 }

@@ -521,7 +521,7 @@ impl GroupApp for LocationApp {
             LOCATION_FORMAT_VERSION,
             |i: &LocationImage| i.format_version,
         )?;
-        self.state.events.reweigh();
+        self.state.events.encode_all();
         Ok(())
     }
 
