@@ -96,6 +96,7 @@ pub struct PatternMatcher<'r> {
     steps: &'r [Step],
     within_ms: Option<u64>,
     skip: &'r Skip,
+    max_runs: usize,
 }
 
 struct RunBindings<'a> {
@@ -137,7 +138,15 @@ impl<'r> PatternMatcher<'r> {
             steps,
             within_ms: *within_ms,
             skip,
+            max_runs: MAX_RUNS_PER_RULE,
         })
+    }
+
+    /// The same matcher holding at most `max_runs` partial matches (below
+    /// [`MAX_RUNS_PER_RULE`]: a location's share of its total).
+    pub fn with_max_runs(mut self, max_runs: usize) -> Self {
+        self.max_runs = max_runs.min(MAX_RUNS_PER_RULE);
+        self
     }
 
     fn last_positive(&self) -> usize {
@@ -215,10 +224,28 @@ impl<'r> PatternMatcher<'r> {
                 }
             }
         } else {
-            match self.enter_positive(run.clone(), k, event) {
-                Some(runs) => Fate::Go(runs),
-                None if step.contiguity == Contiguity::Strict => Fate::Dead,
-                None => Fate::Go(vec![run]),
+            let here = self.enter_positive(run.clone(), k, event);
+            // An optional step (`?`, `*`) may be passed over: the step
+            // after it may take the event instead. A reluctant one prefers
+            // that; a greedy one prefers to take it, and a copy passes it
+            // on if the step after would take it too.
+            let past = (step.quantifier.min == 0 && !self.steps[k + 1].negated)
+                .then(|| {
+                    let mut past = run.clone();
+                    past.at = k + 1;
+                    self.enter_positive(past, k + 1, event)
+                })
+                .flatten();
+            match (here, past) {
+                (Some(mut here), Some(past)) if step.quantifier.greedy => {
+                    here.extend(past);
+                    Fate::Go(here)
+                }
+                (_, Some(past)) if !step.quantifier.greedy => Fate::Go(past),
+                (Some(here), _) => Fate::Go(here),
+                (None, Some(past)) => Fate::Go(past),
+                (None, None) if step.contiguity == Contiguity::Strict => Fate::Dead,
+                (None, None) => Fate::Go(vec![run]),
             }
         }
     }
@@ -360,6 +387,28 @@ impl<'r> PatternMatcher<'r> {
         }
     }
 
+    /// Emits the runs that completed at one event (or one deadline),
+    /// earliest start first (then the older run): each emitted match
+    /// applies the skip strategy to the partial matches left and to the
+    /// completed ones not yet emitted, as Flink CEP prunes both.
+    fn emit_all(
+        &self,
+        partition: &Option<Val>,
+        mut done: Vec<Run>,
+        left: &mut Vec<Run>,
+        out: &mut Vec<PatternMatch>,
+    ) {
+        done.sort_by_key(|r| (r.first(), r.id));
+        let mut done = std::collections::VecDeque::from(done);
+        while let Some(run) = done.pop_front() {
+            out.push(self.emit(partition, &run));
+            self.skip(left, &run);
+            let mut rest: Vec<Run> = done.into();
+            self.skip(&mut rest, &run);
+            done = rest.into();
+        }
+    }
+
     /// Drops the runs that `matched` rules out under the skip strategy.
     fn skip(&self, runs: &mut Vec<Run>, matched: &Run) {
         let cursors = |k: usize| matched.taken[k].iter().map(|e| e.cursor());
@@ -377,7 +426,7 @@ impl<'r> PatternMatcher<'r> {
                 let bound = if matches!(self.skip, Skip::ToFirst(_)) {
                     at.next()
                 } else {
-                    at.last()
+                    at.next_back()
                 };
                 if let Some(bound) = bound {
                     runs.retain(|r| r.first() >= bound);
@@ -403,10 +452,7 @@ impl<'r> PatternMatcher<'r> {
                     kept.push(run);
                 }
             }
-            for run in &ended {
-                out.push(self.emit(partition, run));
-                self.skip(&mut kept, run);
-            }
+            self.emit_all(partition, ended, &mut kept, &mut out);
             *runs = kept;
         }
         state.partitions.retain(|_, runs| !runs.is_empty());
@@ -452,17 +498,14 @@ impl<'r> PatternMatcher<'r> {
         };
         if let Some(mut started) = self.enter_positive(fresh, 0, event) {
             state.next_run += 1;
-            let room = MAX_RUNS_PER_RULE.saturating_sub(total);
+            let room = self.max_runs.saturating_sub(total);
             if started.len() > room {
                 state.dropped += (started.len() - room) as u64;
                 started.truncate(room);
             }
             self.settle(started, &mut next, &mut done);
         }
-        for run in &done {
-            matches.push(self.emit(&partition, run));
-            self.skip(&mut next, run);
-        }
+        self.emit_all(&partition, done, &mut next, &mut matches);
         // The oldest first, and at most MAX_RUNS_PER_PARTITION.
         next.sort_by_key(|r| r.id);
         if next.len() > MAX_RUNS_PER_PARTITION {

@@ -84,6 +84,7 @@ pub struct Aggregator<'r> {
     having: &'r Expr,
     /// The attributes aggregated in `having` and the fields, each once.
     attrs: Vec<Attr>,
+    max_groups: usize,
 }
 
 fn collect_attrs(e: &Expr, out: &mut Vec<Attr>) {
@@ -151,7 +152,15 @@ impl<'r> Aggregator<'r> {
             window: *window,
             having,
             attrs,
+            max_groups: MAX_OPEN_GROUPS,
         })
+    }
+
+    /// The same aggregator keeping at most `max_groups` groups open (below
+    /// [`MAX_OPEN_GROUPS`]: a location's share of its total).
+    pub fn with_max_groups(mut self, max_groups: usize) -> Self {
+        self.max_groups = max_groups.min(MAX_OPEN_GROUPS);
+        self
     }
 
     fn size_ms(&self) -> u64 {
@@ -265,7 +274,7 @@ impl<'r> Aggregator<'r> {
             let open = state.open.len();
             let group = match state.open.get_mut(&key) {
                 Some(g) => g,
-                None if open >= MAX_OPEN_GROUPS => {
+                None if open >= self.max_groups => {
                     state.dropped += 1;
                     continue;
                 }
