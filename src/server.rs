@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::service::ApiService;
 use crate::cache::{EntityCache, DEFAULT_CACHE_BYTES};
+use crate::cep::ticks::{self, Deadlines};
 use crate::events::observers::EventHub;
 use crate::security::access::{Policy, RolesFile, DEFAULT_ROLES_TOML};
 use crate::security::propagate;
@@ -235,10 +236,12 @@ impl ServerConfig {
 
     /// Checks what the parts of the configuration demand of each other.
     fn check(&self) -> anyhow::Result<()> {
-        let needed = garrison_client::policy::MAX_POLICY_BYTES + POLICY_ENTRY_OVERHEAD_BYTES;
+        let largest = garrison_client::policy::MAX_POLICY_BYTES
+            .max(garrison_client::rules::MAX_RULE_SET_BYTES);
+        let needed = largest + POLICY_ENTRY_OVERHEAD_BYTES;
         if (self.raft.max_proposal_bytes as usize) < needed {
             anyhow::bail!(
-                "raft.max_proposal_bytes must be at least {needed}: the access policy travels in one entry"
+                "raft.max_proposal_bytes must be at least {needed}: the access policy and the rules each travel in one entry"
             );
         }
         Ok(())
@@ -345,9 +348,11 @@ impl Server {
         let cache =
             (config.cache_bytes > 0).then(|| Arc::new(EntityCache::new(config.cache_bytes)));
         let hub = EventHub::new();
+        let deadlines = Arc::new(Deadlines::default());
         let factory = Arc::new(LocationFactory {
             cache: cache.clone(),
             hub: hub.clone(),
+            deadlines: deadlines.clone(),
         });
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
         let api_addrs: BTreeMap<u64, String> = config
@@ -366,6 +371,7 @@ impl Server {
         );
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));
+        tokio::spawn(ticks::run(node.clone(), deadlines, stop.clone()));
         tokio::spawn(session::clock(node.clone(), sessions, stop.clone()));
         tokio::spawn(propagate::bootstrap(
             node.clone(),

@@ -287,6 +287,7 @@ impl World {
                 let at = op.map(|o| format!(" op {o}")).unwrap_or_default();
                 format!("rejected sequence {sequence}{at}: {reason}")
             }
+            EventBody::Matched { rule, kind, .. } => format!("matched {rule} {kind}"),
         };
         format!("{}.{} {who} {}", e.index, e.position, what.trim_end())
     }

@@ -12,7 +12,7 @@ use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 5;
+pub const API_VERSION: u16 = 6;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -561,4 +561,13 @@ pub trait Garrison {
         consumer: String,
         mode: ReadMode,
     ) -> Result<Option<Cursor>, ApiError>;
+    /// The rules of the complex event processor deployed in the cluster.
+    async fn rules(version: u16, mode: ReadMode) -> Result<crate::rules::RuleSet, ApiError>;
+    /// The rules at work in one location: each one's version, partial
+    /// matches and matches there.
+    async fn location_rules(
+        version: u16,
+        location: String,
+        mode: ReadMode,
+    ) -> Result<crate::rules::LocationRules, ApiError>;
 }

@@ -596,6 +596,33 @@ impl Client {
         .await
     }
 
+    /// The rules of the complex event processor deployed in the cluster
+    /// (linearizable).
+    pub async fn rules(&self) -> Result<crate::rules::RuleSet, ClientError> {
+        self.with_retries(None, |c| async move {
+            c.rules(self.ctx(), API_VERSION, ReadMode::Linearizable)
+                .await
+        })
+        .await
+    }
+
+    /// The rules at work in `location` (linearizable).
+    pub async fn location_rules(
+        &self,
+        location: &str,
+    ) -> Result<crate::rules::LocationRules, ClientError> {
+        self.with_retries(None, |c| async move {
+            c.location_rules(
+                self.ctx(),
+                API_VERSION,
+                location.to_string(),
+                ReadMode::Linearizable,
+            )
+            .await
+        })
+        .await
+    }
+
     /// Every location.
     pub async fn locations(&self) -> Result<Vec<LocationInfo>, ClientError> {
         self.with_retries(None, |c| async move {

@@ -260,6 +260,29 @@ pub enum EventBody {
         /// Why.
         reason: Rejection,
     },
+    /// A rule of the complex event processor matched: a derived event,
+    /// appended after the events of the entry that completed the match (a
+    /// transaction's, or a tick's when log time passed a deadline).
+    Matched {
+        /// The rule's name.
+        rule: String,
+        /// The rule's version (the meta index that deployed it).
+        version: u64,
+        /// The kind the rule emits.
+        kind: String,
+        /// The events the match took, in log order (none for an
+        /// aggregate, which names its window).
+        events: Vec<Cursor>,
+        /// For an aggregate: the window, `[start, end)` in log time (ms).
+        window: Option<(u64, u64)>,
+        /// The fields the rule computed, in the rule's order (one that
+        /// could not be evaluated is left out).
+        fields: Vec<(String, Value)>,
+        /// Its generation within the entry: 1 when the event that
+        /// completed the match was not itself a match, else one more than
+        /// that event's.
+        depth: u8,
+    },
 }
 
 impl EventBody {
@@ -272,6 +295,7 @@ impl EventBody {
             EventBody::Emitted { .. } => EventType::Emitted,
             EventBody::Committed { .. } => EventType::Committed,
             EventBody::Rejected { .. } => EventType::Rejected,
+            EventBody::Matched { .. } => EventType::Matched,
         }
     }
 
@@ -301,17 +325,20 @@ pub enum EventType {
     Committed,
     /// [`EventBody::Rejected`].
     Rejected,
+    /// [`EventBody::Matched`].
+    Matched,
 }
 
 impl EventType {
     /// Every type, in order.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::Created,
         EventType::Changed,
         EventType::Deleted,
         EventType::Emitted,
         EventType::Committed,
         EventType::Rejected,
+        EventType::Matched,
     ];
 
     /// The lower-case name filters and the command line use.
@@ -323,6 +350,7 @@ impl EventType {
             EventType::Emitted => "emitted",
             EventType::Committed => "committed",
             EventType::Rejected => "rejected",
+            EventType::Matched => "matched",
         }
     }
 }
@@ -411,8 +439,8 @@ pub struct EventFilter {
     /// events whose kind matches one of `emitted`. With either list
     /// non-empty, outcome events do not pass.
     pub entities: Vec<String>,
-    /// See `entities`: only emitted events whose kind matches one of these
-    /// patterns, or entity events matching `entities`.
+    /// See `entities`: only emitted events (and rule matches) whose kind
+    /// matches one of these patterns, or entity events matching `entities`.
     pub emitted: Vec<String>,
 }
 
@@ -457,7 +485,9 @@ impl EventFilter {
             patterns.iter().any(|p| pattern_matches(p, subject))
         };
         match body {
-            EventBody::Emitted { kind, .. } => any(&self.emitted, kind),
+            EventBody::Emitted { kind, .. } | EventBody::Matched { kind, .. } => {
+                any(&self.emitted, kind)
+            }
             body => body
                 .entity()
                 .is_some_and(|(entity, _)| any(&self.entities, entity)),

@@ -31,6 +31,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod policy;
+pub mod rules;
 pub mod tls;
 pub mod token;
 pub mod tx;

@@ -61,11 +61,13 @@ pub enum Action {
     RevokeTokens,
     /// Reading every player's audit trail (a player may always read its own).
     Audit,
-    /// Deploying plugins and rules (reserved for the plugin manager).
+    /// Deploying plugins (reserved for the plugin manager).
     DeployPlugins,
     /// `Emit`: recording a game event whose kind matches the permission's
     /// pattern (its owner is ignored).
     Emit,
+    /// Deploying and removing rules of the complex event processor.
+    DeployRules,
 }
 
 impl Action {
@@ -92,6 +94,7 @@ impl std::fmt::Display for Action {
             Action::Audit => "audit",
             Action::DeployPlugins => "deploy_plugins",
             Action::Emit => "emit",
+            Action::DeployRules => "deploy_rules",
         };
         f.write_str(name)
     }
@@ -202,6 +205,18 @@ pub enum AdminOp {
         /// Whose tokens.
         player: PlayerKey,
     },
+    /// Deploys a rule of the complex event processor, or replaces the rule
+    /// of the same name (the name is in the text). The server parses and
+    /// checks the text and stores its canonical form.
+    DeployRule {
+        /// The rule's text.
+        text: String,
+    },
+    /// Removes a deployed rule.
+    RemoveRule {
+        /// Its name.
+        name: String,
+    },
 }
 
 impl AdminOp {
@@ -216,6 +231,7 @@ impl AdminOp {
             | AdminOp::UnassignRole { .. }
             | AdminOp::SetDefaultRole { .. } => Action::ManageRoles,
             AdminOp::RevokeTokens { .. } => Action::RevokeTokens,
+            AdminOp::DeployRule { .. } | AdminOp::RemoveRule { .. } => Action::DeployRules,
         }
     }
 
@@ -250,6 +266,19 @@ impl AdminOp {
                 None => Ok(()),
             },
             AdminOp::RevokeTokens { .. } => Ok(()),
+            AdminOp::DeployRule { text } => {
+                let max = crate::rules::MAX_RULE_TEXT_BYTES;
+                match text.len() {
+                    0 => Err("the rule's text is empty".into()),
+                    n if n > max => {
+                        Err(format!("the rule's text is {n} bytes; the limit is {max}"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            AdminOp::RemoveRule { name } => {
+                check_name("rule name", name, crate::rules::MAX_RULE_NAME_BYTES)
+            }
         }
     }
 }
@@ -531,7 +560,9 @@ impl Policy {
         match op {
             AdminOp::CreateLocation { .. }
             | AdminOp::RemoveLocation { .. }
-            | AdminOp::RevokeTokens { .. } => return Ok(()),
+            | AdminOp::RevokeTokens { .. }
+            | AdminOp::DeployRule { .. }
+            | AdminOp::RemoveRule { .. } => return Ok(()),
             AdminOp::DefineRole { role, permissions } => {
                 next.roles.insert(role.clone(), permissions.clone());
             }

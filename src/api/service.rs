@@ -20,6 +20,7 @@ use garrison_client::api::{
 };
 use garrison_client::events::{Cursor, EventQuery, PackedBatch};
 use garrison_client::policy::ADMIN_LOCATION;
+use garrison_client::rules::{LocationRules, RuleSet};
 use garrison_client::token::{Challenge, SessionToken, TokenClaims};
 use garrison_client::tx::{KeyCache, Op};
 use garrison_client::tx::{
@@ -307,12 +308,13 @@ impl ApiService {
             .extension_command(command)
             .await
             .map_err(api_error)?;
-        let (receipt, changed, created) = match decode::<AdminReply>(&reply)? {
+        let (receipt, changed, rules_changed, created) = match decode::<AdminReply>(&reply)? {
             AdminReply::Submitted {
                 receipt,
                 policy,
+                rules,
                 created,
-            } => (receipt, policy.is_some(), created),
+            } => (receipt, policy.is_some(), rules.is_some(), created),
             AdminReply::Refused(why) => return Err(ApiError::InvalidRequest(why)),
             other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
         };
@@ -320,7 +322,7 @@ impl ApiService {
         // failed: push again (a location ignores a policy it already has).
         let committed = matches!(receipt.outcome, Outcome::Committed { .. });
         let repush = receipt.duplicate && committed;
-        if !(changed || repush || !created.is_empty()) {
+        if !(changed || rules_changed || repush || !created.is_empty()) {
             return Ok(receipt);
         }
         self.node
@@ -328,17 +330,27 @@ impl ApiService {
             .await
             .map_err(api_error)?;
         let directory = self.node.directory();
-        let groups: Vec<GroupId> = directory
-            .locations
-            .values()
-            .filter(|l| changed || repush || created.contains(&l.name))
-            .map(|l| l.group)
-            .collect();
-        let failed = propagate::push(&self.node, &propagate::meta_policy(&self.node), groups).await;
+        // Every location if it changed (or this may be a retry), else the
+        // new ones.
+        let to = |all: bool| -> Vec<GroupId> {
+            directory
+                .locations
+                .values()
+                .filter(|l| all || repush || created.contains(&l.name))
+                .map(|l| l.group)
+                .collect()
+        };
+        let (groups, rules_to) = (to(changed), to(rules_changed));
+        let mut failed =
+            propagate::push(&self.node, &propagate::meta_policy(&self.node), groups).await;
+        let rules = propagate::meta_rules(&self.node);
+        if rules.version > 0 {
+            failed.extend(propagate::push_rules(&self.node, &rules, rules_to).await);
+        }
         if let Some((group, e)) = failed.first() {
             return Err(ApiError::Unavailable(format!(
-                "committed at meta index {}, but {} location(s) have not applied the policy yet \
-                 (group {group}: {e}); resubmit the same transaction to wait for them",
+                "committed at meta index {}, but {} location(s) have not applied the policy or \
+                 the rules yet (group {group}: {e}); resubmit the same transaction to wait for them",
                 receipt.index,
                 failed.len()
             )));
@@ -774,5 +786,30 @@ impl Garrison for ApiService {
             )
             .await?;
         Ok(cursor)
+    }
+
+    async fn rules(
+        self,
+        _: context::Context,
+        version: u16,
+        mode: ReadMode,
+    ) -> Result<RuleSet, ApiError> {
+        self.admit_request(version)?;
+        let (_, rules) = self.admin_query(&AdminQuery::Rules, mode).await?;
+        Ok(rules)
+    }
+
+    async fn location_rules(
+        self,
+        _: context::Context,
+        version: u16,
+        location: String,
+        mode: ReadMode,
+    ) -> Result<LocationRules, ApiError> {
+        self.admit_request(version)?;
+        let (index, mut rules): (u64, LocationRules) =
+            self.query(&location, LocationQuery::Rules, mode).await?;
+        rules.index = index;
+        Ok(rules)
     }
 }

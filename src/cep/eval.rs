@@ -98,9 +98,9 @@ fn type_name(v: &Val) -> &'static str {
 pub fn matches(matcher: &Matcher, event: &LocationEvent) -> bool {
     let subject = match (&matcher.kind, &event.body) {
         (EventKind::Any, _) => return true,
-        (EventKind::Matched, _) => return false,
         (EventKind::Of(t), body) if *t != body.event_type() => return false,
         (EventKind::Of(_), EventBody::Emitted { kind, .. }) => Some(kind.as_str()),
+        (EventKind::Of(_), EventBody::Matched { rule, .. }) => Some(rule.as_str()),
         (EventKind::Of(_), body) => body.entity().map(|(e, _)| e),
     };
     match (&matcher.pattern, subject) {
@@ -117,6 +117,7 @@ pub fn attribute(event: &LocationEvent, attr: &Attr) -> Option<Val> {
         Attr::Entity => event.body.entity().map(|(e, _)| Val::Str(e.to_string())),
         Attr::Kind => match &event.body {
             EventBody::Emitted { kind, .. } => Some(Val::Str(kind.clone())),
+            EventBody::Matched { rule, .. } => Some(Val::Str(rule.clone())),
             _ => None,
         },
         Attr::Time => i64::try_from(event.log_time_ms).ok().map(Val::Int),
@@ -129,7 +130,7 @@ pub fn attribute(event: &LocationEvent, attr: &Attr) -> Option<Val> {
                 .iter()
                 .find(|c| c.field == *name)
                 .map(|c| Val::from(&c.new)),
-            EventBody::Emitted { fields, .. } => fields
+            EventBody::Emitted { fields, .. } | EventBody::Matched { fields, .. } => fields
                 .iter()
                 .find(|(f, _)| f == name)
                 .map(|(_, v)| Val::from(v)),
@@ -465,7 +466,25 @@ mod tests {
         assert!(!matches(&m("changed"), &attack));
         assert!(matches(&m("changed \"unit/*\""), &hit));
         assert!(!matches(&m("changed \"base/*\""), &hit));
-        assert!(!matches(&m("matched"), &hit), "no derived events yet");
+        assert!(!matches(&m("matched"), &hit));
+        let flank = LocationEvent {
+            body: EventBody::Matched {
+                rule: "flank".into(),
+                version: 3,
+                kind: "flanked".into(),
+                events: Vec::new(),
+                window: None,
+                fields: vec![("target".into(), Value::Str("hill".into()))],
+                depth: 1,
+            },
+            ..attack.clone()
+        };
+        assert!(matches(&m("matched"), &flank));
+        assert!(matches(&m("matched \"fl*\""), &flank), "by the rule's name");
+        assert!(!matches(&m("matched \"flanked\""), &flank));
+        assert!(!matches(&m("emitted"), &flank));
+        let target = attribute(&flank, &Attr::Field("target".into()));
+        assert_eq!(target, Some(Val::Str("hill".into())));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::fmt;
 
 use garrison_client::events::{EventType, MAX_EMIT_KIND_BYTES, MAX_FIELDS_PER_EMIT};
 
-/// Most bytes of rule text.
-pub const MAX_RULE_TEXT_BYTES: usize = 16 * 1024;
+/// Most bytes of rule text (a deploy carries it in one transaction).
+pub use garrison_client::rules::MAX_RULE_TEXT_BYTES;
 /// Most steps in a pattern.
 pub const MAX_PATTERN_STEPS: usize = 16;
 /// Largest bound a quantifier may name (`{n}`, `{n,m}`).
@@ -128,10 +128,9 @@ pub struct Matcher {
 pub enum EventKind {
     /// Any event.
     Any,
-    /// Events of one type of the stream.
+    /// Events of one type of the stream (`matched`: a rule's match, a
+    /// derived event).
     Of(EventType),
-    /// A match of a rule (a derived event).
-    Matched,
 }
 
 impl EventKind {
@@ -139,7 +138,6 @@ impl EventKind {
     fn all() -> Vec<EventKind> {
         let mut all = vec![EventKind::Any];
         all.extend(EventType::ALL.map(EventKind::Of));
-        all.push(EventKind::Matched);
         all
     }
 
@@ -147,7 +145,6 @@ impl EventKind {
         match self {
             EventKind::Any => "any",
             EventKind::Of(t) => t.name(),
-            EventKind::Matched => "matched",
         }
     }
 
@@ -556,7 +553,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, Pos)>, RuleError> {
                 .find(|s| rest.starts_with(**s));
             match sym {
                 Some(s) => {
-                    out.push((Tok::Sym(*s), pos));
+                    out.push((Tok::Sym(s), pos));
                     advance(&mut i, &mut line, &mut column, s.len());
                 }
                 None => return error(pos, format!("{c:?} is not part of the rule language")),
@@ -1473,7 +1470,7 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
         for (unit, scale) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms > 0 && ms % scale == 0 {
+            if ms > 0 && ms.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", ms / scale);
             }
         }

@@ -44,7 +44,10 @@
 //! they build on the checked rules [`lang::parse`] returns and on the two
 //! engines here, whose states are plain data for snapshots.
 
+pub mod engine;
 pub mod eval;
 pub mod lang;
 pub mod pattern;
+pub mod script;
+pub mod ticks;
 pub mod window;

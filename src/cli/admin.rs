@@ -149,9 +149,14 @@ fn op(command: &AdminCommand) -> anyhow::Result<AdminOp> {
 
 /// Signs and submits one administrative operation.
 pub async fn run(cli: &Cli, args: &AdminArgs) -> anyhow::Result<i32> {
-    let op = op(&args.command)?;
+    submit_op(cli, args.key.as_ref(), op(&args.command)?).await
+}
+
+/// Signs `op` with the key at `key` (default: the dev cluster's admin key)
+/// and submits it; prints the outcome and returns the exit code.
+pub async fn submit_op(cli: &Cli, key: Option<&PathBuf>, op: AdminOp) -> anyhow::Result<i32> {
     op.check_limits().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let path = args.key.clone().unwrap_or_else(default_admin_key);
+    let path = key.cloned().unwrap_or_else(default_admin_key);
     if !path.exists() {
         bail!(
             "no admin key at {} (pass --key FILE; `garrison dev` creates one for its cluster)",

@@ -246,6 +246,27 @@ pub fn event_line(e: &StreamEvent) -> String {
             let at = op.map(|o| format!(" op {o}")).unwrap_or_default();
             format!("rejected sequence {sequence}{at}: {reason}")
         }
+        EventBody::Matched {
+            rule,
+            version,
+            kind,
+            events,
+            window,
+            fields,
+            ..
+        } => {
+            let took = match window {
+                Some((start, end)) => format!("window [{start}, {end})"),
+                None => {
+                    let ids: Vec<String> = events.iter().map(|c| c.to_string()).collect();
+                    format!("events {}", ids.join(" "))
+                }
+            };
+            format!(
+                "matched {rule} v{version} {kind}: {took} {}",
+                fields_text(fields.iter().map(|(k, v)| (k, v)))
+            )
+        }
     };
     format!("{}  {}  by {}", e.id, what.trim_end(), short(&e.player))
 }
@@ -314,6 +335,21 @@ pub fn event_json(e: &StreamEvent) -> serde_json::Value {
             reason,
         } => serde_json::json!({
             "sequence": sequence, "op": op, "reason": reason.to_string(),
+        }),
+        EventBody::Matched {
+            rule,
+            version,
+            kind,
+            events,
+            window,
+            fields,
+            depth,
+        } => serde_json::json!({
+            "rule": rule, "version": version, "kind": kind,
+            "events": events.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "window": window.map(|(start, end)| serde_json::json!([start, end])),
+            "fields": json_fields(fields.iter().map(|(k, v)| (k, v))),
+            "depth": depth,
         }),
     };
     if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), extra) {

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use garrison_client::api::{Event, EventKind, Outcome, Rejection, TxReceipt};
 use garrison_client::policy::{Action, AdminOp, Scope, ADMIN_LOCATION};
+use garrison_client::rules::{DeployedRule, RuleSet, MAX_RULES, MAX_RULE_SET_BYTES};
 use garrison_client::token::MAX_TOKEN_TTL_MS;
 use garrison_client::tx::{Op, PlayerKey, SignedTransaction, Transaction};
 use garrison_raft::meta::Directory;
@@ -31,7 +32,7 @@ use crate::security::sequence::{self, Admission, Players};
 use crate::state::location::decode_image;
 
 /// Version of [`AdminImage`].
-pub const ADMIN_FORMAT_VERSION: u16 = 2;
+pub const ADMIN_FORMAT_VERSION: u16 = 3;
 
 /// What the meta group's extension entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,8 @@ pub enum AdminReply {
         receipt: TxReceipt,
         /// The new policy, if the transaction changed it.
         policy: Option<Policy>,
+        /// The new rule set, if the transaction changed it.
+        rules: Option<RuleSet>,
         /// The locations it created.
         created: Vec<String>,
     },
@@ -106,6 +109,8 @@ pub const RESERVED_REVOCATIONS: usize = 4_096;
 pub enum AdminQuery {
     /// The current policy; the reply is [`Policy`] (version 0: not bootstrapped).
     Policy,
+    /// The deployed rules; the reply is [`RuleSet`].
+    Rules,
     /// A player's next administrative sequence number; the reply is `u64`.
     NextSequence(PlayerKey),
     /// Audit trail of administrative transactions; the reply is as the
@@ -132,6 +137,8 @@ pub struct AdminImage {
     pub format_version: u16,
     /// The access policy (version 0 until bootstrapped).
     pub policy: Policy,
+    /// The rules of the complex event processor.
+    pub rules: RuleSet,
     /// Replicas of a location created by an admin transaction.
     pub replication_factor: u32,
     /// Every player that has submitted an administrative transaction.
@@ -167,6 +174,11 @@ impl AdminApp {
     /// The current policy (version 0: not bootstrapped).
     pub fn policy(&self) -> &Policy {
         &self.state.policy
+    }
+
+    /// The deployed rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.state.rules
     }
 
     /// The latest revocation of `player`'s tokens, if still relevant.
@@ -219,6 +231,7 @@ impl AdminApp {
         let done = |receipt| AdminReply::Submitted {
             receipt,
             policy: None,
+            rules: None,
             created: Vec::new(),
         };
         let fresh = match sequence::admit(&self.state.players, ADMIN_LOCATION, ctx.index, signed) {
@@ -237,7 +250,7 @@ impl AdminApp {
                             events: c.events,
                             emitted: Vec::new(),
                         },
-                        Some((c.policy, c.directory, c.created)),
+                        Some((c.policy, c.rules, c.directory, c.created)),
                     )
                 }
                 Err((op, reason)) => (
@@ -256,7 +269,7 @@ impl AdminApp {
             signed,
             outcome,
         );
-        let Some((mut policy, dir, created)) = changes else {
+        let Some((mut policy, mut rules, dir, created)) = changes else {
             return done(receipt);
         };
         *directory = dir;
@@ -265,9 +278,15 @@ impl AdminApp {
             policy.version = ctx.index;
             self.state.policy = policy.clone();
         }
+        let rules_changed = rules != self.state.rules;
+        if rules_changed {
+            rules.version = ctx.index;
+            self.state.rules = rules.clone();
+        }
         AdminReply::Submitted {
             receipt,
             policy: changed.then_some(policy),
+            rules: rules_changed.then_some(rules),
             created,
         }
     }
@@ -282,6 +301,7 @@ impl AdminApp {
         tx: &Transaction,
     ) -> Result<Carried, (u32, Rejection)> {
         let mut policy = self.state.policy.clone();
+        let mut rules = self.state.rules.clone();
         let mut dir = directory.clone();
         let mut revoked = self.state.revoked.clone();
         let mut events = Vec::new();
@@ -348,15 +368,38 @@ impl AdminApp {
                     let entity = format!("tokens/{}", hex::encode(player));
                     events.push(event(entity, EventKind::Deleted));
                 }
+                AdminOp::DeployRule { text } => {
+                    let (name, rule) = deployable(text, ctx.index, &rules).map_err(at)?;
+                    let kind = match rules.rules.insert(name.clone(), rule) {
+                        Some(_) => EventKind::Changed,
+                        None => EventKind::Created,
+                    };
+                    events.push(event(format!("rule/{name}"), kind));
+                }
+                AdminOp::RemoveRule { name } => {
+                    if rules.rules.remove(name).is_none() {
+                        let why = format!("no rule {name:?} is deployed");
+                        return Err(at(Rejection::AdminRefused(why)));
+                    }
+                    events.push(event(format!("rule/{name}"), EventKind::Deleted));
+                }
                 op => {
                     policy.apply_admin(op).map_err(at)?;
                     events.push(event(policy_entity(op), EventKind::Changed));
                 }
             }
         }
+        let bytes = codec::encode(&rules).len();
+        if bytes > MAX_RULE_SET_BYTES {
+            let why =
+                format!("the rules would take {bytes} bytes; the limit is {MAX_RULE_SET_BYTES}");
+            let last = tx.ops.len().saturating_sub(1) as u32;
+            return Err((last, Rejection::AdminRefused(why)));
+        }
         Ok(Carried {
             events,
             policy,
+            rules,
             directory: dir,
             revoked,
             created,
@@ -368,9 +411,31 @@ impl AdminApp {
 struct Carried {
     events: Vec<Event>,
     policy: Policy,
+    rules: RuleSet,
     directory: Directory,
     revoked: BTreeMap<PlayerKey, Revocation>,
     created: Vec<String>,
+}
+
+/// Parses and checks a rule to deploy at meta index `index` into `rules`:
+/// its name and the rule as stored (canonical text), or why not.
+fn deployable(
+    text: &str,
+    index: u64,
+    rules: &RuleSet,
+) -> Result<(String, DeployedRule), Rejection> {
+    let rule = crate::cep::lang::parse(text)
+        .map_err(|e| Rejection::AdminRefused(format!("the rule does not parse: {e}")))?;
+    if !rules.rules.contains_key(&rule.name) && rules.rules.len() >= MAX_RULES {
+        return Err(Rejection::AdminRefused(format!(
+            "{MAX_RULES} rules are deployed, the limit; remove one first"
+        )));
+    }
+    let deployed = DeployedRule {
+        version: index,
+        text: rule.to_string(),
+    };
+    Ok((rule.name, deployed))
 }
 
 /// The name an event gives to what a policy operation changed.
@@ -385,6 +450,8 @@ fn policy_entity(op: &AdminOp) -> String {
             format!("location/{name}")
         }
         AdminOp::RevokeTokens { player } => format!("tokens/{}", hex::encode(player)),
+        AdminOp::DeployRule { .. } => "rule".into(),
+        AdminOp::RemoveRule { name } => format!("rule/{name}"),
     }
 }
 
@@ -421,6 +488,7 @@ impl MetaExtension for AdminApp {
     fn query(&self, _: &Directory, query: &[u8]) -> Vec<u8> {
         match codec::decode::<AdminQuery>(query) {
             Ok(AdminQuery::Policy) => codec::encode(&self.state.policy),
+            Ok(AdminQuery::Rules) => codec::encode(&self.state.rules),
             Ok(AdminQuery::NextSequence(player)) => codec::encode(&self.next_sequence(&player)),
             Ok(AdminQuery::Audit {
                 reader,

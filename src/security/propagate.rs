@@ -1,9 +1,10 @@
 //! Carries the access policy from the meta group, where it changes, into
 //! every location's log, where transactions are checked against it; and
-//! bootstraps the policy of a new cluster.
+//! bootstraps the policy of a new cluster. The rules of the complex event
+//! processor ([`RuleSet`]) travel the same way, as entries of their own.
 //!
-//! Three paths, all idempotent (a location takes a policy only if it is
-//! newer than its own):
+//! Three paths, all idempotent (a location takes a policy, or a rule set,
+//! only if it is newer than its own):
 //! - an administrative transaction's submitter pushes the new policy to
 //!   every location (or the current one to the locations it created) and
 //!   answers the client only then;
@@ -20,6 +21,8 @@ use futures::StreamExt;
 use garrison_client::tx::PlayerKey;
 use garrison_raft::{codec, Error, GroupId, Node, META_GROUP};
 use tokio_util::sync::CancellationToken;
+
+use garrison_client::rules::RuleSet;
 
 use crate::security::access::Policy;
 use crate::security::admin::{AdminApp, AdminCommand, AdminReply};
@@ -54,17 +57,38 @@ fn meta_policy_version(node: &Node) -> u64 {
     read_admin(node, |a| a.policy().version)
 }
 
-/// The policy version of this node's replica of `group` (0: none, or not a
-/// location hosted here).
-pub fn location_policy_version(node: &Node, group: GroupId) -> u64 {
+/// The rules of this node's meta replica.
+pub fn meta_rules(node: &Node) -> RuleSet {
+    read_admin(node, |a| a.rules().clone())
+}
+
+/// The version of those rules, without copying them.
+fn meta_rules_version(node: &Node) -> u64 {
+    read_admin(node, |a| a.rules().version)
+}
+
+/// Reads this node's replica of location `group` (0 if it has none).
+fn read_location(node: &Node, group: GroupId, read: impl FnOnce(&LocationApp) -> u64) -> u64 {
     node.read_local(group, |s| {
         s.app
             .as_any()
             .downcast_ref::<LocationApp>()
-            .map(|l| l.policy().version)
+            .map(read)
             .unwrap_or(0)
     })
     .unwrap_or(0)
+}
+
+/// The rule set version of this node's replica of `group` (0: none, or
+/// not a location hosted here).
+pub fn location_rules_version(node: &Node, group: GroupId) -> u64 {
+    read_location(node, group, |l| l.cep().version)
+}
+
+/// The policy version of this node's replica of `group` (0: none, or not a
+/// location hosted here).
+pub fn location_policy_version(node: &Node, group: GroupId) -> u64 {
+    read_location(node, group, |l| l.policy().version)
 }
 
 /// Proposes `policy` to each of `groups` (through their leaders) and waits
@@ -72,17 +96,39 @@ pub fn location_policy_version(node: &Node, group: GroupId) -> u64 {
 /// failed, with why.
 pub async fn push(node: &Node, policy: &Policy, groups: Vec<GroupId>) -> Vec<(GroupId, Error)> {
     let payload = codec::encode(&LocationCommand::Policy(policy.clone()));
+    push_entry(node, payload, policy.version, "policy", groups).await
+}
+
+/// Proposes `rules` as [`push`] proposes a policy.
+pub async fn push_rules(
+    node: &Node,
+    rules: &RuleSet,
+    groups: Vec<GroupId>,
+) -> Vec<(GroupId, Error)> {
+    let payload = codec::encode(&LocationCommand::Rules(rules.clone()));
+    push_entry(node, payload, rules.version, "rule set", groups).await
+}
+
+/// Proposes `payload` (a policy or a rule set of version `version`) to
+/// each of `groups`; the groups that did not reach `version`, with why.
+async fn push_entry(
+    node: &Node,
+    payload: Vec<u8>,
+    version: u64,
+    what: &str,
+    groups: Vec<GroupId>,
+) -> Vec<(GroupId, Error)> {
     futures::stream::iter(groups)
         .map(|group| {
             let payload = payload.clone();
             async move {
-                let version = match node.write(group, payload).await {
+                let reached = match node.write(group, payload).await {
                     Ok(reply) => codec::decode::<u64>(&reply.reply).map_err(Error::from),
                     Err(e) => Err(e),
                 };
-                match version {
-                    Ok(v) if v >= policy.version => None,
-                    Ok(v) => Some((group, Error::Meta(format!("kept policy version {v}")))),
+                match reached {
+                    Ok(v) if v >= version => None,
+                    Ok(v) => Some((group, Error::Meta(format!("kept {what} version {v}")))),
                     Err(e) => Some((group, e)),
                 }
             }
@@ -93,13 +139,13 @@ pub async fn push(node: &Node, policy: &Policy, groups: Vec<GroupId>) -> Vec<(Gr
         .await
 }
 
-/// Keeps the locations this node leads at the meta group's policy, until
-/// `stop` is cancelled.
+/// Keeps the locations this node leads at the meta group's policy and
+/// rules, until `stop` is cancelled.
 pub async fn sync(node: Node, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(POLICY_SYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The version every led location had at the last sweep (0: sweep).
-    let mut swept = 0;
+    // The versions every led location had at the last sweep (0: sweep).
+    let mut swept = (0, 0);
     let mut last_sweep = Instant::now();
     let sweep_every = Duration::from_millis(POLICY_SWEEP_INTERVAL_MS);
     loop {
@@ -110,26 +156,37 @@ pub async fn sync(node: Node, stop: CancellationToken) {
         // Most ticks find nothing new: the walk over thousands of locations
         // runs when the policy moved, after a failed push, or once a sweep
         // interval; the policy is copied only to push it.
-        let version = meta_policy_version(&node);
-        if version == 0 || (version == swept && last_sweep.elapsed() < sweep_every) {
+        let versions = (meta_policy_version(&node), meta_rules_version(&node));
+        if versions.0 == 0 || (versions == swept && last_sweep.elapsed() < sweep_every) {
             continue;
         }
         last_sweep = Instant::now();
-        let behind: Vec<GroupId> = node
+        let led: Vec<GroupId> = node
             .groups()
             .into_iter()
             .filter(|&g| g != META_GROUP && node.leader(g) == Some(node.id()))
-            .filter(|&g| location_policy_version(&node, g) < version)
             .collect();
-        let failed = if behind.is_empty() {
+        let behind: Vec<GroupId> = led
+            .iter()
+            .copied()
+            .filter(|&g| location_policy_version(&node, g) < versions.0)
+            .collect();
+        let mut failed = if behind.is_empty() {
             Vec::new()
         } else {
             push(&node, &meta_policy(&node), behind).await
         };
-        for (group, e) in &failed {
-            tracing::debug!(group, "policy sync failed, will retry: {e}");
+        let behind: Vec<GroupId> = led
+            .into_iter()
+            .filter(|&g| location_rules_version(&node, g) < versions.1)
+            .collect();
+        if !behind.is_empty() {
+            failed.extend(push_rules(&node, &meta_rules(&node), behind).await);
         }
-        swept = if failed.is_empty() { version } else { 0 };
+        for (group, e) in &failed {
+            tracing::debug!(group, "policy or rules sync failed, will retry: {e}");
+        }
+        swept = if failed.is_empty() { versions } else { (0, 0) };
     }
 }
 

@@ -15,13 +15,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
-use garrison_client::events::{Cursor, EventFilter, StartAt};
+use garrison_client::events::{Cursor, EventBody, EventFilter, StartAt};
 use garrison_client::policy::{Action, Reader};
+use garrison_client::rules::{LocationRules, RuleSet, RuleStatus};
 use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
 use garrison_raft::{codec, ApplyContext, GroupApp, GroupId};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::EntityCache;
+use crate::cep::engine::CepState;
+use crate::cep::ticks::Deadlines;
 use crate::events::consumers::Consumers;
 use crate::events::log::{EventLog, Found, ReadLimits, RetainedEvent, Trimmed};
 use crate::events::observers::EventHub;
@@ -36,7 +39,7 @@ use crate::state::fragment::Fragment;
 pub const MAX_READ_REPLY_BYTES: usize = 512 * 1024;
 
 /// Version of [`LocationImage`].
-pub const LOCATION_FORMAT_VERSION: u16 = 3;
+pub const LOCATION_FORMAT_VERSION: u16 = 4;
 
 /// What a location group's log entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +50,14 @@ pub enum LocationCommand {
     /// proposed by a node (never by a client). Applied only if newer than
     /// the location's; the reply is the location's policy version after it.
     Policy(Policy),
+    /// The cluster's rules as of meta index `rules.version`, proposed by a
+    /// node like the policy; taken only if newer than the location's. The
+    /// reply is the location's rule set version after it.
+    Rules(RuleSet),
+    /// Lets log time pass: proposed by the leader when a rule's deadline
+    /// (a window's end, an absence's `within`) has passed on its clock and
+    /// no entry came. The reply is how many matches it made (`u32`).
+    Tick,
     /// Saves a named consumer's cursor, proposed by the node that checked
     /// the player's session token. The reply is `Result<(), String>`.
     SaveCursor {
@@ -110,6 +121,9 @@ pub enum LocationQuery {
         /// the location's name and 16), but at least one event.
         max_bytes: u32,
     },
+    /// The rules at work here; the reply is [`LocationRules`] (its
+    /// `index` left 0 for the caller to fill in).
+    Rules,
     /// A named consumer's saved cursor; the reply is `Option<Cursor>`.
     Consumer {
         /// Its player.
@@ -148,6 +162,9 @@ pub struct LocationImage {
     pub events: EventLog,
     /// Named consumers' saved cursors.
     pub consumers: Consumers,
+    /// The deployed rules that apply here, with their partial matches and
+    /// open windows.
+    pub cep: CepState,
 }
 
 /// The [`GroupApp`] of a location group.
@@ -160,6 +177,9 @@ pub struct LocationApp {
     /// The node's event hub, told after each entry's events are retained;
     /// never read here.
     hub: Option<(GroupId, Arc<EventHub>)>,
+    /// The node's pending rule deadlines, told this location's after each
+    /// entry; never read here.
+    deadlines: Option<(GroupId, Arc<Deadlines>)>,
 }
 
 impl Drop for LocationApp {
@@ -169,6 +189,9 @@ impl Drop for LocationApp {
         }
         if let Some((group, hub)) = &self.hub {
             hub.closed(*group);
+        }
+        if let Some((group, deadlines)) = &self.deadlines {
+            deadlines.set(*group, None);
         }
     }
 }
@@ -197,7 +220,20 @@ impl LocationApp {
             },
             cache: None,
             hub: None,
+            deadlines: None,
         }
+    }
+
+    /// Tells `deadlines`, as group `group`, when this location's rules next
+    /// need log time to pass.
+    pub fn with_deadlines(mut self, group: GroupId, deadlines: Arc<Deadlines>) -> Self {
+        self.deadlines = Some((group, deadlines));
+        self
+    }
+
+    /// The complex event processor's state here.
+    pub fn cep(&self) -> &CepState {
+        &self.state.cep
     }
 
     /// Tells `hub`, as group `group`, whenever events are retained.
@@ -235,13 +271,27 @@ impl LocationApp {
 
     /// Carries out a signed transaction at log `index` and `log_time_ms`;
     /// the receipt is the reply. Its events (and its outcome's) are
-    /// retained, except for a duplicate, which changes nothing.
+    /// retained, after the rules saw them, except for a duplicate, which
+    /// changes nothing.
     pub fn submit(
         &mut self,
         index: u64,
         log_time_ms: u64,
         signed: &SignedTransaction,
     ) -> TxReceipt {
+        let (receipt, player, events) = self.decide(index, log_time_ms, signed);
+        self.after_entry(index, log_time_ms, player, events);
+        receipt
+    }
+
+    /// The receipt of a signed transaction and the events to retain (none
+    /// for a duplicate or a stranger's refusal), with their player.
+    fn decide(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        signed: &SignedTransaction,
+    ) -> (TxReceipt, Option<PlayerKey>, Vec<EventBody>) {
         let fresh = match sequence::admit(&self.state.players, &self.location, index, signed) {
             Admission::Done(receipt) => {
                 // Refused by its sequence number (a replay, a gap) or its
@@ -261,10 +311,10 @@ impl LocationApp {
                         .ok()
                         .map(|tx| tx.player);
                     if player.is_some_and(|p| self.holds_a_role(&p)) {
-                        self.retain(index, log_time_ms, player, vec![outcome_event(&receipt)]);
+                        return (receipt.clone(), player, vec![outcome_event(&receipt)]);
                     }
                 }
-                return receipt;
+                return (receipt, None, Vec::new());
             }
             Admission::Fresh(fresh) => fresh,
         };
@@ -302,9 +352,42 @@ impl LocationApp {
         let committed = matches!(receipt.outcome, Outcome::Committed { .. });
         if committed || self.holds_a_role(&player) {
             events.push(outcome_event(&receipt));
-            self.retain(index, log_time_ms, Some(player), events);
+            (receipt, Some(player), events)
+        } else {
+            (receipt, Some(player), Vec::new())
         }
-        receipt
+    }
+
+    /// After every entry: the rules see its events (and log time passing)
+    /// and append their matches; then the events are retained and the
+    /// location's next deadline is told.
+    fn after_entry(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        player: Option<PlayerKey>,
+        mut events: Vec<EventBody>,
+    ) -> usize {
+        if self.state.cep.rules.is_empty() && events.is_empty() {
+            return 0;
+        }
+        let matches = self
+            .state
+            .cep
+            .entry(index, log_time_ms, player, &mut events);
+        if !events.is_empty() {
+            self.retain(index, log_time_ms, player, events);
+        }
+        self.tell_deadline();
+        matches
+    }
+
+    /// Tells the node's deadlines when this location's rules next need
+    /// log time to pass.
+    fn tell_deadline(&self) {
+        if let Some((group, deadlines)) = &self.deadlines {
+            deadlines.set(*group, self.state.cep.next_deadline());
+        }
     }
 
     /// Does `player` hold a role here (its own, or the default role)?
@@ -322,7 +405,7 @@ impl LocationApp {
         index: u64,
         log_time_ms: u64,
         player: Option<PlayerKey>,
-        events: Vec<garrison_client::events::EventBody>,
+        events: Vec<EventBody>,
     ) {
         let retention = self.state.policy.events;
         self.state
@@ -461,6 +544,26 @@ impl LocationApp {
                 max,
                 max_bytes,
             } => codec::encode(&self.read_events(&reader, start, &filter, max, max_bytes)),
+            LocationQuery::Rules => {
+                let cep = &self.state.cep;
+                codec::encode(&LocationRules {
+                    index: 0,
+                    version: cep.version,
+                    rules: cep
+                        .rules
+                        .iter()
+                        .map(|(name, run)| RuleStatus {
+                            name: name.clone(),
+                            version: run.version,
+                            pending: run.pending() as u64,
+                            matches: run.matches,
+                            dropped: run.dropped(),
+                        })
+                        .collect(),
+                    dropped_matches: cep.dropped_matches,
+                    next_deadline_ms: cep.next_deadline(),
+                })
+            }
             LocationQuery::Consumer { player, consumer } => {
                 codec::encode(&self.state.consumers.load(&player, &consumer))
             }
@@ -482,24 +585,42 @@ impl GroupApp for LocationApp {
                         cache.policy_changed(*group, ctx.index, &self.state.policy);
                     }
                 }
+                self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
                 codec::encode(&after)
+            }
+            Ok(LocationCommand::Rules(rules)) => {
+                // The rules take effect after this entry: time passes for
+                // the old ones first.
+                self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
+                self.state.cep.set_rules(&rules, &self.location);
+                self.tell_deadline();
+                codec::encode(&self.state.cep.version)
+            }
+            Ok(LocationCommand::Tick) => {
+                let matches = self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
+                codec::encode(&(matches as u32))
             }
             Ok(LocationCommand::SaveCursor {
                 player,
                 consumer,
                 cursor,
-            }) => codec::encode(
-                &self
+            }) => {
+                let saved = self
                     .state
                     .consumers
-                    .save(player, &consumer, cursor, ctx.index),
-            ),
-            Err(e) => codec::encode(&sequence::rejected(
-                &self.location,
-                ctx.index,
-                0,
-                Rejection::Malformed(e.to_string()),
-            )),
+                    .save(player, &consumer, cursor, ctx.index);
+                self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
+                codec::encode(&saved)
+            }
+            Err(e) => {
+                self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
+                codec::encode(&sequence::rejected(
+                    &self.location,
+                    ctx.index,
+                    0,
+                    Rejection::Malformed(e.to_string()),
+                ))
+            }
         }
     }
 
@@ -522,6 +643,7 @@ impl GroupApp for LocationApp {
             |i: &LocationImage| i.format_version,
         )?;
         self.state.events.encode_all();
+        self.state.cep.compile();
         Ok(())
     }
 
@@ -532,6 +654,7 @@ impl GroupApp for LocationApp {
         if let Some((group, hub)) = &self.hub {
             hub.notify_observers(*group, &self.location, index);
         }
+        self.tell_deadline();
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -563,11 +686,15 @@ pub struct LocationFactory {
     pub cache: Option<Arc<EntityCache>>,
     /// The node's event hub.
     pub hub: Arc<EventHub>,
+    /// The node's pending rule deadlines.
+    pub deadlines: Arc<Deadlines>,
 }
 
 impl garrison_raft::AppFactory for LocationFactory {
     fn create(&self, group: GroupId, location: &str) -> Box<dyn GroupApp> {
-        let app = LocationApp::new(location).with_hub(group, self.hub.clone());
+        let app = LocationApp::new(location)
+            .with_hub(group, self.hub.clone())
+            .with_deadlines(group, self.deadlines.clone());
         Box::new(match &self.cache {
             Some(cache) => app.with_cache(group, cache.clone()),
             None => app,
