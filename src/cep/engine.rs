@@ -60,10 +60,24 @@ pub enum RuleState {
     Window(WindowState),
 }
 
-/// The rule compiled from a [`RuleRun`]'s text: derived data, not part of
-/// the replicated state (equal whatever it holds).
+/// The rule compiled from a [`RuleRun`]'s text, with what its engine
+/// would otherwise work out at each event: derived data, not part of the
+/// replicated state (equal whatever it holds).
 #[derive(Clone, Default)]
-struct Compiled(Option<Arc<Rule>>);
+struct Compiled(Option<Arc<Prepared>>);
+
+struct Prepared {
+    rule: Rule,
+    /// An aggregate's attributes ([`Aggregator::attrs_of`]).
+    attrs: Vec<crate::cep::lang::Attr>,
+}
+
+impl Compiled {
+    fn of(rule: Rule) -> Self {
+        let attrs = Aggregator::attrs_of(&rule);
+        Compiled(Some(Arc::new(Prepared { rule, attrs })))
+    }
+}
 
 impl PartialEq for Compiled {
     fn eq(&self, _: &Self) -> bool {
@@ -98,7 +112,7 @@ impl RuleRun {
     /// The rule, if its text parses (a deployed rule's always does on a
     /// node of the version that checked it).
     pub fn rule(&self) -> Option<&Rule> {
-        self.compiled.0.as_deref()
+        self.compiled.0.as_deref().map(|p| &p.rule)
     }
 
     /// Partial matches (pattern) or open window groups (aggregate) held.
@@ -119,10 +133,11 @@ impl RuleRun {
 
     /// The log time at which something is due (see [`CepState::next_deadline`]).
     fn next_deadline(&self) -> Option<u64> {
-        let rule = self.rule()?;
+        let prepared = self.compiled.0.as_deref()?;
+        let rule = &prepared.rule;
         match &self.state {
             RuleState::Pattern(s) => PatternMatcher::new(rule)?.next_deadline(s),
-            RuleState::Window(s) => Aggregator::new(rule)?.next_deadline(s),
+            RuleState::Window(s) => Aggregator::with_attrs(rule, &prepared.attrs)?.next_deadline(s),
         }
     }
 
@@ -136,9 +151,10 @@ impl RuleRun {
         share: usize,
         depth: u8,
     ) -> Vec<EventBody> {
-        let Some(rule) = self.compiled.0.clone() else {
+        let Some(prepared) = self.compiled.0.clone() else {
             return Vec::new();
         };
+        let rule = &prepared.rule;
         let matched = |events, window, fields| EventBody::Matched {
             rule: name.to_string(),
             version: self.version,
@@ -150,12 +166,14 @@ impl RuleRun {
         };
         let out: Vec<EventBody> = match &mut self.state {
             RuleState::Pattern(state) => {
-                let Some(matcher) = PatternMatcher::new(&rule) else {
+                let Some(matcher) = PatternMatcher::new(rule) else {
                     return Vec::new();
                 };
                 let matcher = matcher.with_max_runs(share);
+                // `entry` has advanced every rule to the entry's log time
+                // before it offers the events.
                 let found = match event {
-                    Some(e) => matcher.add(state, e),
+                    Some(e) => matcher.offer_event(state, e),
                     None => matcher.advance(state, now_ms),
                 };
                 found
@@ -164,12 +182,15 @@ impl RuleRun {
                     .collect()
             }
             RuleState::Window(state) => {
-                let Some(agg) = Aggregator::new(&rule) else {
+                let Some(agg) = Aggregator::with_attrs(rule, &prepared.attrs) else {
                     return Vec::new();
                 };
                 let agg = agg.with_max_groups(share);
                 let found = match event {
-                    Some(e) => agg.add(state, e),
+                    Some(e) => {
+                        agg.offer_event(state, e);
+                        Vec::new()
+                    }
                     None => agg.advance(state, now_ms),
                 };
                 found
@@ -230,7 +251,7 @@ impl CepState {
                     text: deployed.text.clone(),
                     state,
                     matches: 0,
-                    compiled: Compiled(Some(Arc::new(rule))),
+                    compiled: Compiled::of(rule),
                 },
             );
         }
@@ -241,7 +262,7 @@ impl CepState {
     /// Compiles the rules' texts again (after a snapshot is restored).
     pub fn compile(&mut self) {
         for run in self.rules.values_mut() {
-            run.compiled = Compiled(parse(&run.text).ok().map(Arc::new));
+            run.compiled = parse(&run.text).map_or(Compiled(None), Compiled::of);
         }
     }
 
@@ -287,17 +308,20 @@ impl CepState {
                 _ => 0,
             };
             if depth < MAX_CHAIN_DEPTH {
+                // The body is moved out for the rules to see, and back.
+                let body = std::mem::replace(&mut events[at], EventBody::Committed { sequence: 0 });
                 let event = LocationEvent {
                     index,
                     position: at as u32,
                     log_time_ms,
                     player,
-                    body: events[at].clone(),
+                    body,
                 };
                 for (name, run) in self.rules.iter_mut() {
                     let found = run.step(name, log_time_ms, Some(&event), share, depth + 1);
                     keep(events, found, &mut self.dropped_matches);
                 }
+                events[at] = event.body;
             }
             at += 1;
         }

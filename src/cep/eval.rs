@@ -151,7 +151,9 @@ pub fn attribute(event: &LocationEvent, attr: &Attr) -> Option<Val> {
 /// has no value for the key and joins none).
 pub fn partition_of(key: &Key, event: &LocationEvent) -> Option<Val> {
     match key {
-        Key::Player => attribute(event, &Attr::Player),
+        // The key's bytes: the same partitions as its hex text, without
+        // writing that text for every event.
+        Key::Player => event.player.map(|p| Val::Bytes(p.to_vec())),
         Key::Entity => attribute(event, &Attr::Entity),
         Key::Field(name) => attribute(event, &Attr::Field(name.clone())),
     }
@@ -586,7 +588,7 @@ mod tests {
         assert_eq!(partition_of(&Key::Entity, &attack), None);
         assert_eq!(
             partition_of(&Key::Player, &attack),
-            Some(Val::Str(hex::encode([4u8; 32])))
+            Some(Val::Bytes([4u8; 32].to_vec()))
         );
         let mut fields = BTreeMap::new();
         fields.insert("target".to_string(), Value::Int(3));

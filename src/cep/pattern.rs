@@ -97,19 +97,29 @@ pub struct PatternMatcher<'r> {
     within_ms: Option<u64>,
     skip: &'r Skip,
     max_runs: usize,
+    /// Whether an event no step matches can still change a run: with a
+    /// `then` (the next event must match) or a greedy last step (done at
+    /// the first event it cannot take).
+    every_event: bool,
 }
 
 struct RunBindings<'a> {
     steps: &'a [Step],
     taken: &'a [Vec<LocationEvent>],
+    /// Step `k`'s events if it took the candidate: what `events(k)`
+    /// answers instead of `taken[k]` (a condition judges its candidate).
+    trying: Option<(usize, &'a [LocationEvent])>,
 }
 
 impl Bindings for RunBindings<'_> {
     fn events(&self, step: &str) -> &[LocationEvent] {
-        self.steps
-            .iter()
-            .position(|s| s.name == step)
-            .map_or(&[], |i| self.taken[i].as_slice())
+        match self.steps.iter().position(|s| s.name == step) {
+            Some(i) => match self.trying {
+                Some((k, events)) if k == i => events,
+                _ => self.taken[i].as_slice(),
+            },
+            None => &[],
+        }
     }
 }
 
@@ -139,6 +149,12 @@ impl<'r> PatternMatcher<'r> {
             within_ms: *within_ms,
             skip,
             max_runs: MAX_RUNS_PER_RULE,
+            every_event: steps.iter().any(|s| s.contiguity == Contiguity::Strict)
+                || steps
+                    .iter()
+                    .rev()
+                    .find(|s| !s.negated)
+                    .is_some_and(|s| s.quantifier.greedy),
         })
     }
 
@@ -165,13 +181,21 @@ impl<'r> PatternMatcher<'r> {
         let Some(condition) = &step.condition else {
             return true;
         };
-        let mut taken = run.taken.clone();
-        taken[k].push(event.clone());
+        // The step's events with the candidate (copied only for a
+        // quantified step that has some already).
+        let with: Vec<LocationEvent>;
+        let trying = if run.taken[k].is_empty() {
+            std::slice::from_ref(event)
+        } else {
+            with = run.taken[k].iter().chain([event]).cloned().collect();
+            &with
+        };
         eval::holds(
             condition,
             &RunBindings {
                 steps: self.steps,
-                taken: &taken,
+                taken: &run.taken,
+                trying: Some((k, trying)),
             },
         )
     }
@@ -207,9 +231,7 @@ impl<'r> PatternMatcher<'r> {
                 return Fate::Go(vec![run]);
             }
             let next = &self.steps[k + 1];
-            let mut after = run.clone();
-            after.at = k + 1;
-            match (step.contiguity, self.enter_positive(after, k + 1, event)) {
+            match (step.contiguity, self.enter_positive(&run, k + 1, event)) {
                 (_, Some(runs)) => Fate::Go(runs),
                 // `not then` was the next event's test, and it passed; the
                 // step after must take the next one if it is `then`.
@@ -224,17 +246,13 @@ impl<'r> PatternMatcher<'r> {
                 }
             }
         } else {
-            let here = self.enter_positive(run.clone(), k, event);
+            let here = self.enter_positive(&run, k, event);
             // An optional step (`?`, `*`) may be passed over: the step
             // after it may take the event instead. A reluctant one prefers
             // that; a greedy one prefers to take it, and a copy passes it
             // on if the step after would take it too.
             let past = (step.quantifier.min == 0 && !self.steps[k + 1].negated)
-                .then(|| {
-                    let mut past = run.clone();
-                    past.at = k + 1;
-                    self.enter_positive(past, k + 1, event)
-                })
+                .then(|| self.enter_positive(&run, k + 1, event))
                 .flatten();
             match (here, past) {
                 (Some(mut here), Some(past)) if step.quantifier.greedy => {
@@ -252,10 +270,12 @@ impl<'r> PatternMatcher<'r> {
 
     /// `run` moved to positive step `k` (nothing taken there yet): the
     /// runs after `k` takes `event`, or `None` if it does not.
-    fn enter_positive(&self, mut run: Run, k: usize, event: &LocationEvent) -> Option<Vec<Run>> {
-        if !self.accepts(&run, k, event) {
+    fn enter_positive(&self, run: &Run, k: usize, event: &LocationEvent) -> Option<Vec<Run>> {
+        if !self.accepts(run, k, event) {
             return None;
         }
+        // Copied only once the step takes the event.
+        let mut run = run.clone();
         let keep = (self.steps[k].contiguity == Contiguity::RelaxedAny).then(|| {
             let mut stay = run.clone();
             stay.at = k;
@@ -367,6 +387,7 @@ impl<'r> PatternMatcher<'r> {
         let bindings = RunBindings {
             steps: self.steps,
             taken: &run.taken,
+            trying: None,
         };
         let mut events: Vec<Cursor> = run.taken.iter().flatten().map(|e| e.cursor()).collect();
         events.sort();
@@ -440,7 +461,15 @@ impl<'r> PatternMatcher<'r> {
     /// then age.
     pub fn advance(&self, state: &mut PatternState, now_ms: u64) -> Vec<PatternMatch> {
         let mut out = Vec::new();
+        if self.within_ms.is_none() {
+            return out;
+        }
         for (partition, runs) in state.partitions.iter_mut() {
+            // Runs are kept oldest first, and none starts before an older
+            // one: if the first has not expired, none has.
+            if !runs.first().is_some_and(|r| self.expired(r, now_ms)) {
+                continue;
+            }
             let mut kept = Vec::with_capacity(runs.len());
             let mut ended = Vec::new();
             for run in runs.drain(..) {
@@ -463,10 +492,11 @@ impl<'r> PatternMatcher<'r> {
     /// must come if no entry does, so that an absence is judged.
     pub fn next_deadline(&self, state: &PatternState) -> Option<u64> {
         let w = self.within_ms?;
+        // The oldest run of each partition is first, and started first.
         state
             .partitions
             .values()
-            .flatten()
+            .filter_map(|runs| runs.first())
             .map(|r| r.started_ms + w + 1)
             .min()
     }
@@ -476,6 +506,22 @@ impl<'r> PatternMatcher<'r> {
     /// completed.
     pub fn add(&self, state: &mut PatternState, event: &LocationEvent) -> Vec<PatternMatch> {
         let mut matches = self.advance(state, event.log_time_ms);
+        matches.extend(self.offer_event(state, event));
+        matches
+    }
+
+    /// Applies one event whose log time `advance` has reached already.
+    pub fn offer_event(
+        &self,
+        state: &mut PatternState,
+        event: &LocationEvent,
+    ) -> Vec<PatternMatch> {
+        let mut matches = Vec::new();
+        // Most events concern most rules not at all: skipped, they change
+        // nothing, unless contiguity or greed counts them.
+        if !self.every_event && !self.steps.iter().any(|s| eval::matches(&s.matcher, event)) {
+            return matches;
+        }
         let partition = match &self.rule.partition {
             None => None,
             Some(key) => match eval::partition_of(key, event) {
@@ -490,13 +536,13 @@ impl<'r> PatternMatcher<'r> {
         for run in runs {
             self.offer(run, event, &mut next, &mut done);
         }
-        let fresh = Run {
+        let fresh = eval::matches(&self.steps[0].matcher, event).then(|| Run {
             id: state.next_run,
             taken: vec![Vec::new(); self.steps.len()],
             at: 0,
             started_ms: event.log_time_ms,
-        };
-        if let Some(mut started) = self.enter_positive(fresh, 0, event) {
+        });
+        if let Some(mut started) = fresh.and_then(|f| self.enter_positive(&f, 0, event)) {
             state.next_run += 1;
             let room = self.max_runs.saturating_sub(total);
             if started.len() > room {

@@ -83,7 +83,7 @@ pub struct Aggregator<'r> {
     window: Window,
     having: &'r Expr,
     /// The attributes aggregated in `having` and the fields, each once.
-    attrs: Vec<Attr>,
+    attrs: std::borrow::Cow<'r, [Attr]>,
     max_groups: usize,
 }
 
@@ -133,6 +133,32 @@ impl Bindings for GroupBindings<'_> {
 impl<'r> Aggregator<'r> {
     /// The aggregator of `rule`, if it is an aggregate rule.
     pub fn new(rule: &'r Rule) -> Option<Self> {
+        let mut agg = Self::new_bare(rule)?;
+        agg.attrs = std::borrow::Cow::Owned(Self::attrs_of(rule));
+        Some(agg)
+    }
+
+    /// The attributes `rule` aggregates (in `having` and its fields), each
+    /// once: what [`Aggregator::with_attrs`] takes, computed once.
+    pub fn attrs_of(rule: &Rule) -> Vec<Attr> {
+        let mut attrs = Vec::new();
+        if let Body::Aggregate { having, .. } = &rule.body {
+            collect_attrs(having, &mut attrs);
+        }
+        for (_, e) in &rule.emit.fields {
+            collect_attrs(e, &mut attrs);
+        }
+        attrs
+    }
+
+    /// The aggregator of `rule` with its attributes computed already.
+    pub fn with_attrs(rule: &'r Rule, attrs: &'r [Attr]) -> Option<Self> {
+        let mut agg = Self::new_bare(rule)?;
+        agg.attrs = std::borrow::Cow::Borrowed(attrs);
+        Some(agg)
+    }
+
+    fn new_bare(rule: &'r Rule) -> Option<Self> {
         let Body::Aggregate {
             step,
             window,
@@ -141,17 +167,12 @@ impl<'r> Aggregator<'r> {
         else {
             return None;
         };
-        let mut attrs = Vec::new();
-        collect_attrs(having, &mut attrs);
-        for (_, e) in &rule.emit.fields {
-            collect_attrs(e, &mut attrs);
-        }
         Some(Self {
             rule,
             step,
             window: *window,
             having,
-            attrs,
+            attrs: std::borrow::Cow::Borrowed(&[]),
             max_groups: MAX_OPEN_GROUPS,
         })
     }
@@ -242,8 +263,15 @@ impl<'r> Aggregator<'r> {
     /// the rule's step takes it, counts in every open window it falls in.
     pub fn add(&self, state: &mut WindowState, event: &LocationEvent) -> Vec<WindowMatch> {
         let matches = self.advance(state, event.log_time_ms);
+        self.offer_event(state, event);
+        matches
+    }
+
+    /// Counts one event whose log time `advance` has reached already (an
+    /// event closes no window: only log time does).
+    pub fn offer_event(&self, state: &mut WindowState, event: &LocationEvent) {
         if !eval::matches(&self.step.matcher, event) {
-            return matches;
+            return;
         }
         if let Some(condition) = &self.step.condition {
             struct One<'a>(&'a LocationEvent);
@@ -253,7 +281,7 @@ impl<'r> Aggregator<'r> {
                 }
             }
             if !eval::holds(condition, &One(event)) {
-                return matches;
+                return;
             }
         }
         let group_key = match &self.rule.partition {
@@ -261,7 +289,7 @@ impl<'r> Aggregator<'r> {
             Some(key) => match eval::partition_of(key, event) {
                 Some(v) => Some(v),
                 // Without the key's value it joins no group.
-                None => return matches,
+                None => return,
             },
         };
         let size = self.size_ms();
@@ -286,11 +314,10 @@ impl<'r> Aggregator<'r> {
             };
             group.events += 1;
             group.last = event.clone();
-            for (acc, attr) in group.accs.iter_mut().zip(&self.attrs) {
+            for (acc, attr) in group.accs.iter_mut().zip(self.attrs.iter()) {
                 acc.add(eval::attribute(event, attr));
             }
         }
-        matches
     }
 }
 
@@ -314,7 +341,7 @@ mod tests {
     }
 
     fn player(p: u8) -> Option<Val> {
-        Some(Val::Str(hex::encode([p; 32])))
+        Some(Val::Bytes([p; 32].to_vec()))
     }
 
     /// Every match of `rule` over `events`, then over log time `end`.
