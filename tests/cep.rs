@@ -537,3 +537,22 @@ fn rules_test_prints_the_report_of_a_script() {
         .unwrap()
         .contains("line 2: log time goes back"));
 }
+
+#[test]
+fn the_example_rules_are_valid_and_canonical_round_trips() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rules");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rule = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            parse(&rule.to_string()).unwrap(),
+            rule,
+            "{}",
+            path.display()
+        );
+        n += 1;
+    }
+    assert_eq!(n, 10, "the benchmark's ten typical rules");
+}

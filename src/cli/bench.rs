@@ -48,6 +48,9 @@ pub enum Mode {
     Failover,
     /// CPU and memory of the nodes holding many idle locations.
     Idle,
+    /// Apply in this process, with no rules, `--rules`, and ten copies of
+    /// them: what the complex event processor costs per event.
+    Apply,
 }
 
 /// Arguments of `garrison bench`.
@@ -87,6 +90,10 @@ pub struct BenchArgs {
     /// waits for more, in milliseconds (0: it answers at once).
     #[arg(long, default_value_t = 0)]
     pub watch_linger_ms: u64,
+    /// Rule files to deploy before the run (`--mode put`), or to measure
+    /// apply with (`--mode apply`).
+    #[arg(long, num_args = 1..)]
+    pub rules: Vec<PathBuf>,
     /// With `--mode failover` or `idle`: the `garrison dev` directory whose
     /// `node-N/pid` files name the processes (default: $GARRISON_HOME/dev).
     #[arg(long)]
@@ -114,6 +121,10 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     if args.clients == 0 || args.locations == 0 {
         bail!("--clients and --locations must be positive");
     }
+    if args.mode == Mode::Apply {
+        let count = args.count.unwrap_or(20_000);
+        return super::apply_bench::run(&args.rules, args.clients, count, args.value_size);
+    }
     let client = Arc::new(connect(cli).await?);
     let admin_key = args.admin_key.clone().unwrap_or_else(default_admin_key);
     let mut admin = Player::new(
@@ -132,6 +143,22 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     if args.mode == Mode::Failover {
         let dir = args.dev_dir.clone().unwrap_or_else(|| home().join("dev"));
         return failover(&client, &dir).await;
+    }
+    for file in &args.rules {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let rule = crate::cep::lang::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let op = AdminOp::DeployRule {
+            text: rule.to_string(),
+        };
+        let receipt = admin.admin(&client, vec![op]).await?;
+        if !matches!(receipt.outcome, Outcome::Committed { .. }) {
+            bail!("deploying {}: {:?}", file.display(), receipt.outcome);
+        }
+    }
+    if !args.rules.is_empty() {
+        println!("deployed {} rules", args.rules.len());
     }
     let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(args.duration);

@@ -7,6 +7,7 @@
 //! (or `GARRISON_CA`), or when that file says the dev cluster does.
 
 pub mod admin;
+pub mod apply_bench;
 pub mod bench;
 // Argument docs are `--help` text first: `[,max=N]` and `<id>` there are
 // for the reader of the help, not rustdoc links or HTML tags.
