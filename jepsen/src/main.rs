@@ -236,6 +236,22 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
             receipt.outcome
         );
     }
+    // The rules whose matches `checker::cep` checks, in one transaction:
+    // one version, bound in the ledger's log before any game transaction.
+    let deploy: Vec<garrison_client::policy::AdminOp> =
+        [checker::cep::PAIR_RULE, checker::cep::QUIET_RULE]
+            .iter()
+            .map(|text| garrison_client::policy::AdminOp::DeployRule {
+                text: text.to_string(),
+            })
+            .collect();
+    let receipt = admin_player.admin(&admin, deploy).await?;
+    anyhow::ensure!(
+        matches!(receipt.outcome, garrison_client::Outcome::Committed { .. }),
+        "deploying the rules: {:?}",
+        receipt.outcome
+    );
+    let rules_version = receipt.index;
     // The watchers start before any worker, from the start of every log.
     let watched: Vec<&str> = workload::REGISTER_LOCATIONS
         .iter()
@@ -347,6 +363,12 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         LIVENESS_BOUND.as_millis() as u64,
     ));
 
+    // The absences still pending are judged by ticks once log time passes
+    // them: wait for that before the final read.
+    let judged = match &client {
+        Some(c) => absences_judged(c).await,
+        None => Err("no node answered after healing".to_string()),
+    };
     // The event streams: every log's events as the cluster holds them now
     // (the replicas are identical, events included), then the watchers
     // read on to those ends.
@@ -376,6 +398,13 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
         &watches,
         reference.as_ref().map_err(String::as_str),
     ));
+    checks.push(match &reference {
+        Ok(r) => match r.logs.get(workload::LEDGER_LOCATION) {
+            Some(log) => checker::cep::matches(log, rules_version, judged),
+            None => checker::Check::failed("cep-matches", "the final read has no ledger log"),
+        },
+        Err(why) => checker::Check::failed("cep-matches", &format!("no final read: {why}")),
+    });
 
     let (ok, fail, info) = counts(&events);
     let valid = checks.iter().all(|c| c.valid);
@@ -443,6 +472,35 @@ async fn run_one(args: &Args, name: &str, dir: &std::path::Path) -> anyhow::Resu
     }
     cluster.destroy();
     Ok(valid)
+}
+
+/// Waits until the ledger location has no rule deadline pending (its
+/// absences judged, by ticks if no traffic comes): `Ok(true)`; `Ok(false)`
+/// if its log time is ahead of the clocks (a clock fault moved it: the
+/// deadlines pass only when the clocks catch up); `Err` if neither came
+/// within [`LIVENESS_BOUND`].
+async fn absences_judged(client: &Client) -> Result<bool, String> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < LIVENESS_BOUND {
+        match client.location_rules(workload::LEDGER_LOCATION).await {
+            Ok(r) => match r.next_deadline_ms {
+                None => return Ok(true),
+                Some(d) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |t| t.as_millis() as u64);
+                    if d > now + 10_000 {
+                        return Ok(false);
+                    }
+                    last = format!("a deadline at log time {d} still pending at {now}");
+                }
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
 }
 
 #[tokio::main]

@@ -1,8 +1,10 @@
 //! The checkers. Each returns a [`Check`] with a verdict a person can read;
 //! any violation makes the run exit non-zero. The history's checkers are
 //! here; [`linear`] holds the linearizability search, [`events`] the
-//! checkers of what the event watchers saw.
+//! checkers of what the event watchers saw, [`cep`] the check of the
+//! rules' matches.
 
+pub mod cep;
 pub mod events;
 pub mod linear;
 
@@ -30,6 +32,11 @@ impl Check {
             valid,
             detail,
         }
+    }
+
+    /// A check that could not be made, which fails the run.
+    pub fn failed(name: &str, why: &str) -> Self {
+        Self::new(name, false, why.to_string())
     }
 }
 

@@ -152,14 +152,17 @@ impl LocationLog {
     }
 
     /// Is the event at `c` one the list would hold?
-    fn in_window(&self, c: Cursor) -> bool {
+    pub fn in_window(&self, c: Cursor) -> bool {
         self.from().is_none_or(|f| c >= f) && c <= self.end
     }
 
     /// Does the list hold the outcome of entry `index`, if it has one? (An
-    /// entry's outcome is its last event, the last to be trimmed.)
+    /// entry's outcome follows its own events and precedes its rules'
+    /// matches: the list holds it if it holds the entry from position 0.)
     fn covers(&self, index: u64) -> bool {
-        self.from().is_none_or(|f| index >= f.index) && Cursor::end_of(index) <= self.end
+        self.from()
+            .is_none_or(|f| index > f.index || (index == f.index && f.position == 0))
+            && Cursor::end_of(index) <= self.end
     }
 }
 
@@ -188,6 +191,11 @@ impl Compact {
             sequence: outcome(e).map(|(s, _)| s),
         }
     }
+}
+
+/// Is `e` a rule's match (a derived event, after its entry's own)?
+fn derived(e: &StreamEvent) -> bool {
+    matches!(e.body, EventBody::Matched { .. })
 }
 
 /// An outcome event's sequence number and whether it committed.

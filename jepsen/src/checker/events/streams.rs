@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use garrison_client::events::{Cursor, EventId, StreamEvent};
 
-use super::{differences, outcome, Check, Problems, Reference, Watch};
+use super::{derived, differences, outcome, Check, Problems, Reference, Watch};
 
 /// No watcher received an event id twice.
 pub fn no_duplicate(watches: &[Watch]) -> Check {
@@ -85,15 +85,19 @@ pub fn no_gap(watches: &[Watch], reference: &Reference) -> Check {
             }
             // Whole entries, the reference aside (it may not reach back
             // as far as the watcher).
-            let mut entries: BTreeMap<u64, (BTreeSet<u32>, Option<u32>)> = BTreeMap::new();
+            // (positions, the outcome's, whether it holds only matches)
+            let mut entries: BTreeMap<u64, (BTreeSet<u32>, Option<u32>, bool)> = BTreeMap::new();
             for e in w.of(location) {
-                let entry = entries.entry(e.id.index).or_default();
+                let entry = entries
+                    .entry(e.id.index)
+                    .or_insert((BTreeSet::new(), None, true));
                 entry.0.insert(e.id.position);
+                entry.2 &= derived(e);
                 if outcome(e).is_some() {
                     entry.1 = Some(e.id.position);
                 }
             }
-            for (index, (positions, outcome_at)) in entries {
+            for (index, (positions, outcome_at, only_matches)) in entries {
                 if !w.covers(location, index) {
                     continue;
                 }
@@ -101,7 +105,9 @@ pub fn no_gap(watches: &[Watch], reference: &Reference) -> Check {
                     .unwrap_or(0)
                     .max(*positions.last().expect("non-empty"));
                 let gaps: Vec<u32> = (0..=last).filter(|p| !positions.contains(p)).collect();
-                if outcome_at.is_none() {
+                // A tick's entry (or a policy's) holds only the rules'
+                // matches and has no outcome.
+                if outcome_at.is_none() && !only_matches {
                     problems.push(format!(
                         "{} saw entry {location}@{index} without its outcome",
                         w.name

@@ -295,3 +295,55 @@ fn without_a_reference_the_comparisons_fail() {
         ["events-no-gap", "events-no-phantom", "events-acknowledged"]
     );
 }
+
+fn match_of(took: u64) -> EventBody {
+    EventBody::Matched {
+        rule: "r".into(),
+        version: 1,
+        kind: "k".into(),
+        events: vec![Cursor {
+            index: took,
+            position: 1,
+        }],
+        window: None,
+        fields: vec![],
+        depth: 1,
+    }
+}
+
+#[test]
+fn rules_matches_after_an_outcome_or_alone_in_a_tick_pass() {
+    // A match after entry 9's outcome, one after a rejection, and a tick's
+    // entry (10) that holds only a match and no player.
+    let mut with = log();
+    with.insert(3, event(7, 1, match_of(5)));
+    with.push(event(9, 2, match_of(9)));
+    let mut tick = event(10, 0, match_of(9));
+    tick.player = None;
+    with.push(tick);
+    let end = |mut w: Watch| {
+        w.end.insert(L.into(), Cursor::end_of(10));
+        w
+    };
+    let mut r = reference(with.clone(), false);
+    r.logs.get_mut(L).unwrap().end = Cursor::end_of(10);
+    let watches = [
+        end(watch("w1", with.clone())),
+        end(watch("w2", with.clone())),
+    ];
+    assert!(
+        failing(&watches, &r).is_empty(),
+        "{:?}",
+        failing(&watches, &r)
+    );
+    // A match before the entry's own events is not how apply makes them.
+    let mut early = with.clone();
+    early[4].id.position = 9; // entry 9's entity event after its match
+    let watches = [
+        end(watch("w1", early.clone())),
+        end(watch("w2", early.clone())),
+    ];
+    let mut r = reference(early, false);
+    r.logs.get_mut(L).unwrap().end = Cursor::end_of(10);
+    assert!(failing(&watches, &r).contains(&"events-no-phantom".into()));
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use garrison_client::events::{Cursor, EventBody, EventId, StreamEvent};
 use garrison_client::tx::PlayerKey;
 
-use super::{differences, outcome, short, verb, Check, Problems, Reference, Watch};
+use super::{derived, differences, outcome, short, verb, Check, Problems, Reference, Watch};
 use crate::history::{Event, Kind, Receipt};
 
 /// The transactions the history says each (location, signer, sequence)
@@ -138,7 +138,19 @@ pub fn no_phantom(history: &[Event], watches: &[Watch], reference: &Reference) -
     }
     for ((location, index), events) in entries {
         let ends: Vec<&&StreamEvent> = events.iter().filter(|e| outcome(e).is_some()).collect();
-        let last = events.iter().map(|e| e.id.position).max().unwrap_or(0);
+        // The rules' matches come after the entry's own events.
+        let own: Vec<&&StreamEvent> = events.iter().filter(|e| !derived(e)).collect();
+        let last = own.iter().map(|e| e.id.position).max().unwrap_or(0);
+        let first_match = events
+            .iter()
+            .filter(|e| derived(e))
+            .map(|e| e.id.position)
+            .min();
+        if first_match.is_some_and(|m| m <= last && !own.is_empty()) {
+            problems.push(format!(
+                "entry {location}@{index} has a rule's match before its own events"
+            ));
+        }
         let signers: BTreeSet<Option<&PlayerKey>> =
             events.iter().map(|e| e.player.as_ref()).collect();
         if ends.len() > 1 {
@@ -161,10 +173,10 @@ pub fn no_phantom(history: &[Event], watches: &[Watch], reference: &Reference) -
         let rejected = ends
             .iter()
             .any(|e| matches!(e.body, EventBody::Rejected { .. }));
-        if rejected && events.len() > ends.len() {
+        if rejected && own.len() > ends.len() {
             problems.push(format!(
                 "entry {location}@{index} was rejected yet has {} other events",
-                events.len() - ends.len()
+                own.len() - ends.len()
             ));
         }
     }
