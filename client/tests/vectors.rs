@@ -1,6 +1,7 @@
 //! The test vectors in `docs/formats.md` are what this crate produces: the
 //! test reads them from the document itself, so the two cannot drift apart.
 
+use garrison_client::policy::AdminOp;
 use garrison_client::tx::{Op, Transaction, Value};
 use garrison_client::Keypair;
 
@@ -10,6 +11,7 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
     let seed2 = [0x42; 32];
     let seed3 = [0xa5; 32];
     let seed4 = [0x07; 32];
+    let seed5 = [0x55; 32];
     let tx = |seed: &[u8; 32], location: &str, sequence, ops| Transaction {
         cluster: "dev".into(),
         location: location.into(),
@@ -94,6 +96,17 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
                         entity: "unit/9".into(),
                     },
                 ],
+            ),
+        ),
+        (
+            seed5,
+            tx(
+                &seed5,
+                "@cluster",
+                1,
+                vec![Op::Admin(AdminOp::DeployRule {
+                    text: "rule r\npattern a: emitted \"x\"\nemit \"y\"\n".into(),
+                })],
             ),
         ),
     ]
