@@ -556,3 +556,68 @@ fn the_example_rules_are_valid_and_canonical_round_trips() {
     }
     assert_eq!(n, 10, "the benchmark's ten typical rules");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_caught_up_by_snapshot_continues_the_partial_matches() {
+    // Snapshots every 20 entries, 5 kept behind: a replica that misses 60
+    // entries can only catch up by installing a snapshot.
+    let mut servers = Servers::start_edited(3, "cep-snapshot", |c| {
+        c.raft.snapshot_logs_since_last = 20;
+        c.raft.snapshot_logs_to_keep = 5;
+    })
+    .await;
+    let client = servers.client().await;
+    servers.create_location(&client, LOCATION).await;
+    let mut admin = Player::new(admin_key());
+    let text = "rule hits pattern a: emitted \"hit\" followed by b: emitted \"hit\" skip past last emit \"two\"".to_string();
+    admin_op(&mut admin, &client, AdminOp::DeployRule { text }).await;
+    servers.stop(2).await;
+    // 61 hits: 30 matches, one partial match left.
+    for _ in 0..61 {
+        admin
+            .transact(&client, LOCATION, vec![emit("hit")])
+            .await
+            .unwrap();
+    }
+    servers.restart(2).await;
+    let group = common::group_of(&client, LOCATION).await;
+    same_state(&servers, group).await;
+    let restarted = servers.pinned_client(2).await;
+    eventually("the restarted replica holds the matches", || async {
+        matches(&restarted, LOCATION).await.len() == 30
+    })
+    .await;
+    let local = |i: usize| {
+        servers
+            .server(i)
+            .node
+            .read_local(group, |s| {
+                let app = s
+                    .app
+                    .as_any()
+                    .downcast_ref::<garrison::state::location::LocationApp>()
+                    .unwrap();
+                app.cep().clone()
+            })
+            .unwrap()
+    };
+    let cep = local(2);
+    assert_eq!(cep.rules["hits"].pending(), 1, "{cep:?}");
+    assert_eq!(cep.rules["hits"].matches, 30);
+    // The next hit completes the partial match the snapshot carried.
+    admin
+        .transact(&client, LOCATION, vec![emit("hit")])
+        .await
+        .unwrap();
+    same_state(&servers, group).await;
+    let cep = local(2);
+    assert_eq!(
+        (cep.rules["hits"].matches, cep.rules["hits"].pending()),
+        (31, 0)
+    );
+    assert_eq!(
+        matches(&restarted, LOCATION).await,
+        matches(&client, LOCATION).await
+    );
+    servers.shutdown().await;
+}
