@@ -43,6 +43,7 @@
 //! with no gap and no duplicate. [`serve`] is the node's side.
 
 pub mod consumers;
+pub mod json;
 pub mod log;
 pub mod observers;
 pub mod serve;
