@@ -16,7 +16,11 @@
 //! - [`events`] (EventManager): events from the applied log, their
 //!   retention, named consumers, observers inside the node, event reads.
 //! - [`cep`] (ComplexEventProcessor): pattern and aggregate rules over
-//!   the event stream on log time; so far the rule language.
+//!   the event stream on log time, deployed through the log, run in apply,
+//!   their matches derived events.
+//! - [`plugins`] (PluginManager): WebAssembly plugins on wasmtime,
+//!   deterministic and bounded; so far the runtime (engine configuration,
+//!   module checks, the run of one event).
 //! - [`cache`] (CacheManager): the entity cache for reads, kept current by
 //!   apply.
 //! - [`api`]: the client API a node serves: ingress checks, routing, reads;
@@ -36,6 +40,8 @@ pub mod cep;
 pub mod cli;
 pub mod events;
 pub mod logging;
+#[cfg(feature = "plugins")]
+pub mod plugins;
 pub mod security;
 pub mod server;
 pub mod state;

@@ -420,7 +420,9 @@ fn check_fields(fields: &[(String, Value)]) -> Result<(), String> {
     Ok(())
 }
 
-fn check_emit(kind: &str, fields: &[(String, Value)]) -> Result<(), String> {
+/// Checks a game event's kind and fields against the limits of `Op::Emit`;
+/// the error says which is broken.
+pub fn check_emit(kind: &str, fields: &[(String, Value)]) -> Result<(), String> {
     check_word("event kind", kind, MAX_EMIT_KIND_BYTES, "_./:-")?;
     if fields.len() > MAX_FIELDS_PER_EMIT {
         return Err(format!(
