@@ -64,6 +64,14 @@ pub trait GroupApp: Send + Sync + 'static {
     /// must not depend on it.
     fn restored_at(&mut self, _index: u64) {}
 
+    /// Why this node must not apply the group's next entry, if it must
+    /// not: its state needs something this node lacks (garrison: a plugin
+    /// engine other than the one the state records). The group then stops
+    /// on this node instead of diverging from the other replicas.
+    fn refusal(&self) -> Option<String> {
+        None
+    }
+
     /// Gives read access to the concrete type, for queries.
     fn as_any(&self) -> &dyn Any;
 }

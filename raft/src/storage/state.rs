@@ -318,6 +318,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
+            if let Some(why) = state.app.refusal() {
+                tracing::error!(
+                    group = self.group,
+                    index = log_id.index,
+                    "refusing to apply: {why}"
+                );
+                let e = format!("group {} refuses entry {}: {why}", self.group, log_id.index);
+                return Err(StorageIOError::apply(log_id, openraft::AnyError::error(e)).into());
+            }
             state.extend_chain(&entry);
             if let Some(last) = state.last_applied {
                 // openraft applies in log order; its storage suite skips
