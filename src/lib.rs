@@ -19,8 +19,8 @@
 //!   the event stream on log time, deployed through the log, run in apply,
 //!   their matches derived events.
 //! - [`plugins`] (PluginManager): WebAssembly plugins on wasmtime,
-//!   deterministic and bounded; so far the runtime (engine configuration,
-//!   module checks, the run of one event).
+//!   deployed through the log, run in apply on committed events,
+//!   deterministic and bounded; their transactions applied in the entry.
 //! - [`cache`] (CacheManager): the entity cache for reads, kept current by
 //!   apply.
 //! - [`api`]: the client API a node serves: ingress checks, routing, reads;
@@ -40,7 +40,6 @@ pub mod cep;
 pub mod cli;
 pub mod events;
 pub mod logging;
-#[cfg(feature = "plugins")]
 pub mod plugins;
 pub mod security;
 pub mod server;

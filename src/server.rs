@@ -237,11 +237,12 @@ impl ServerConfig {
     /// Checks what the parts of the configuration demand of each other.
     fn check(&self) -> anyhow::Result<()> {
         let largest = garrison_client::policy::MAX_POLICY_BYTES
-            .max(garrison_client::rules::MAX_RULE_SET_BYTES);
+            .max(garrison_client::rules::MAX_RULE_SET_BYTES)
+            .max(garrison_client::plugins::MAX_PLUGIN_SET_BYTES);
         let needed = largest + POLICY_ENTRY_OVERHEAD_BYTES;
         if (self.raft.max_proposal_bytes as usize) < needed {
             anyhow::bail!(
-                "raft.max_proposal_bytes must be at least {needed}: the access policy and the rules each travel in one entry"
+                "raft.max_proposal_bytes must be at least {needed}: the access policy, the rules and the plugins each travel in one entry"
             );
         }
         Ok(())
@@ -349,10 +350,15 @@ impl Server {
             (config.cache_bytes > 0).then(|| Arc::new(EntityCache::new(config.cache_bytes)));
         let hub = EventHub::new();
         let deadlines = Arc::new(Deadlines::default());
+        #[cfg(feature = "plugins")]
+        let plugin_host =
+            Arc::new(crate::plugins::host::PluginHost::new().map_err(|e| anyhow::anyhow!(e))?);
         let factory = Arc::new(LocationFactory {
             cache: cache.clone(),
             hub: hub.clone(),
             deadlines: deadlines.clone(),
+            #[cfg(feature = "plugins")]
+            plugins: plugin_host.clone(),
         });
         let node = Node::start_with_listener(node_config, peer_listener, factory).await?;
         let api_addrs: BTreeMap<u64, String> = config
@@ -369,6 +375,8 @@ impl Server {
             cache,
             hub.clone(),
         );
+        #[cfg(feature = "plugins")]
+        let service = service.with_plugins(crate::plugins::NodePlugins::new(plugin_host));
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));
         tokio::spawn(ticks::run(node.clone(), deadlines, stop.clone()));

@@ -288,6 +288,10 @@ impl World {
                 format!("rejected sequence {sequence}{at}: {reason}")
             }
             EventBody::Matched { rule, kind, .. } => format!("matched {rule} {kind}"),
+            EventBody::Derived { plugin, kind, .. } => format!("derived {plugin} {kind}"),
+            EventBody::PluginFailed {
+                plugin, failure, ..
+            } => format!("plugin {plugin} failed: {failure}"),
         };
         format!("{}.{} {who} {}", e.index, e.position, what.trim_end())
     }

@@ -12,7 +12,7 @@ use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 6;
+pub const API_VERSION: u16 = 7;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -193,7 +193,23 @@ pub enum Rejection {
     /// state (an unknown role, a missing assignment...); the text says why.
     #[error("administrative operation refused: {0}")]
     AdminRefused(String),
+    /// The player is banned here until this log time: the location holds
+    /// the entity `ban/<player's key in hex>` with an integer field
+    /// `until_ms` later than the transaction's entry (see [`BAN_PREFIX`]).
+    #[error("the player is banned here until log time {until_ms} ms")]
+    Banned {
+        /// When the ban ends, in log time (ms since the Unix epoch).
+        until_ms: u64,
+    },
 }
+
+/// Entities under this prefix, named by a player's key in hex, ban that
+/// player from acting in their location while their integer field
+/// [`BAN_UNTIL_FIELD`] is later than the log time. Whoever may put them
+/// (a game master, a moderation plugin) may ban.
+pub const BAN_PREFIX: &str = "ban/";
+/// The field of a ban entity that holds its end, in log time (ms).
+pub const BAN_UNTIL_FIELD: &str = "until_ms";
 
 fn bound(b: &Option<i64>) -> String {
     b.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
@@ -570,4 +586,21 @@ pub trait Garrison {
         location: String,
         mode: ReadMode,
     ) -> Result<crate::rules::LocationRules, ApiError>;
+    /// The plugins deployed in the cluster, with their modules.
+    async fn plugins(version: u16, mode: ReadMode) -> Result<crate::plugins::PluginSet, ApiError>;
+    /// The plugins at work in one location: each one's version, runs,
+    /// failures and suspension there.
+    async fn location_plugins(
+        version: u16,
+        location: String,
+        mode: ReadMode,
+    ) -> Result<crate::plugins::LocationPlugins, ApiError>;
+    /// The plugin log lines the answering node kept (node-local), after
+    /// `after`, of plugin `plugin` if given, at most `max`.
+    async fn plugin_logs(
+        version: u16,
+        plugin: Option<String>,
+        after: u64,
+        max: u32,
+    ) -> Result<Vec<crate::plugins::PluginLogLine>, ApiError>;
 }

@@ -623,6 +623,52 @@ impl Client {
         .await
     }
 
+    /// The plugins deployed in the cluster (linearizable).
+    pub async fn plugins(&self) -> Result<crate::plugins::PluginSet, ClientError> {
+        self.with_retries(None, |c| async move {
+            c.plugins(self.ctx(), API_VERSION, ReadMode::Linearizable)
+                .await
+        })
+        .await
+    }
+
+    /// The plugins at work in `location` (linearizable).
+    pub async fn location_plugins(
+        &self,
+        location: &str,
+    ) -> Result<crate::plugins::LocationPlugins, ClientError> {
+        self.with_retries(None, |c| async move {
+            c.location_plugins(
+                self.ctx(),
+                API_VERSION,
+                location.to_string(),
+                ReadMode::Linearizable,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// The plugin log lines kept by whichever node answers, after `after`.
+    pub async fn plugin_logs(
+        &self,
+        plugin: Option<&str>,
+        after: u64,
+        max: u32,
+    ) -> Result<Vec<crate::plugins::PluginLogLine>, ClientError> {
+        self.with_retries(None, |c| async move {
+            c.plugin_logs(
+                self.ctx(),
+                API_VERSION,
+                plugin.map(str::to_string),
+                after,
+                max,
+            )
+            .await
+        })
+        .await
+    }
+
     /// Every location.
     pub async fn locations(&self) -> Result<Vec<LocationInfo>, ClientError> {
         self.with_retries(None, |c| async move {

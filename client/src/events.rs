@@ -283,6 +283,35 @@ pub enum EventBody {
         /// that event's.
         depth: u8,
     },
+    /// A plugin derived an event from an event of the same entry (through
+    /// the host API's `emit`).
+    Derived {
+        /// The plugin's name.
+        plugin: String,
+        /// Its version (the meta index that deployed it).
+        version: u64,
+        /// The position, in this entry, of the event it was called for.
+        cause: u32,
+        /// The kind it gave.
+        kind: String,
+        /// The fields it gave.
+        fields: Vec<(String, Value)>,
+    },
+    /// A plugin's call on an event of the same entry failed: nothing it
+    /// asked for happened.
+    PluginFailed {
+        /// The plugin's name.
+        plugin: String,
+        /// Its version.
+        version: u64,
+        /// The position, in this entry, of the event it was called for.
+        cause: u32,
+        /// Why (boxed: rare, and large beside the other events).
+        failure: Box<crate::plugins::PluginFailure>,
+        /// This failure suspended it (it had failed `suspend_after` times
+        /// in a row).
+        suspended: bool,
+    },
 }
 
 impl EventBody {
@@ -296,6 +325,19 @@ impl EventBody {
             EventBody::Committed { .. } => EventType::Committed,
             EventBody::Rejected { .. } => EventType::Rejected,
             EventBody::Matched { .. } => EventType::Matched,
+            EventBody::Derived { .. } => EventType::Derived,
+            EventBody::PluginFailed { .. } => EventType::PluginFailed,
+        }
+    }
+
+    /// Its kind, as plugin subscriptions name it: a game event's, a
+    /// match's or a derived event's own kind, else its type's name.
+    pub fn kind(&self) -> &str {
+        match self {
+            EventBody::Emitted { kind, .. }
+            | EventBody::Matched { kind, .. }
+            | EventBody::Derived { kind, .. } => kind,
+            body => body.event_type().name(),
         }
     }
 
@@ -327,11 +369,15 @@ pub enum EventType {
     Rejected,
     /// [`EventBody::Matched`].
     Matched,
+    /// [`EventBody::Derived`].
+    Derived,
+    /// [`EventBody::PluginFailed`].
+    PluginFailed,
 }
 
 impl EventType {
     /// Every type, in order.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 9] = [
         EventType::Created,
         EventType::Changed,
         EventType::Deleted,
@@ -339,6 +385,8 @@ impl EventType {
         EventType::Committed,
         EventType::Rejected,
         EventType::Matched,
+        EventType::Derived,
+        EventType::PluginFailed,
     ];
 
     /// The lower-case name filters and the command line use.
@@ -351,6 +399,8 @@ impl EventType {
             EventType::Committed => "committed",
             EventType::Rejected => "rejected",
             EventType::Matched => "matched",
+            EventType::Derived => "derived",
+            EventType::PluginFailed => "plugin_failed",
         }
     }
 }
@@ -485,9 +535,9 @@ impl EventFilter {
             patterns.iter().any(|p| pattern_matches(p, subject))
         };
         match body {
-            EventBody::Emitted { kind, .. } | EventBody::Matched { kind, .. } => {
-                any(&self.emitted, kind)
-            }
+            EventBody::Emitted { kind, .. }
+            | EventBody::Matched { kind, .. }
+            | EventBody::Derived { kind, .. } => any(&self.emitted, kind),
             body => body
                 .entity()
                 .is_some_and(|(entity, _)| any(&self.entities, entity)),

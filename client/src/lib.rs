@@ -30,6 +30,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod plugins;
 pub mod policy;
 pub mod rules;
 pub mod tls;

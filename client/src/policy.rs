@@ -217,6 +217,18 @@ pub enum AdminOp {
         /// Its name.
         name: String,
     },
+    /// Deploys a WebAssembly plugin, or replaces the plugin of the same
+    /// name from this deploy's index on (a rollback is a deploy of the old
+    /// module). The server validates the module.
+    DeployPlugin {
+        /// The module and its settings.
+        spec: crate::plugins::PluginSpec,
+    },
+    /// Removes a deployed plugin.
+    RemovePlugin {
+        /// Its name.
+        name: String,
+    },
 }
 
 impl AdminOp {
@@ -232,6 +244,7 @@ impl AdminOp {
             | AdminOp::SetDefaultRole { .. } => Action::ManageRoles,
             AdminOp::RevokeTokens { .. } => Action::RevokeTokens,
             AdminOp::DeployRule { .. } | AdminOp::RemoveRule { .. } => Action::DeployRules,
+            AdminOp::DeployPlugin { .. } | AdminOp::RemovePlugin { .. } => Action::DeployPlugins,
         }
     }
 
@@ -278,6 +291,10 @@ impl AdminOp {
             }
             AdminOp::RemoveRule { name } => {
                 check_name("rule name", name, crate::rules::MAX_RULE_NAME_BYTES)
+            }
+            AdminOp::DeployPlugin { spec } => spec.check_limits(),
+            AdminOp::RemovePlugin { name } => {
+                check_name("plugin name", name, crate::plugins::MAX_PLUGIN_NAME_BYTES)
             }
         }
     }
@@ -469,7 +486,20 @@ impl Policy {
         owner: Option<&PlayerKey>,
     ) -> Result<(), Rejection> {
         let roles = self.roles_of(player, location);
-        let only_own = match self.decide(&roles, player, action, entity, owner) {
+        self.check_as(&roles, player, action, entity, owner)
+    }
+
+    /// Decides as [`Policy::check`] does, for a player holding exactly
+    /// `roles` (a plugin holds the one role its deploy names).
+    pub fn check_as(
+        &self,
+        roles: &[&str],
+        player: &PlayerKey,
+        action: Action,
+        entity: Option<&str>,
+        owner: Option<&PlayerKey>,
+    ) -> Result<(), Rejection> {
+        let only_own = match self.decide(roles, player, action, entity, owner) {
             Ok(()) => return Ok(()),
             Err(only_own) => only_own,
         };
@@ -562,7 +592,9 @@ impl Policy {
             | AdminOp::RemoveLocation { .. }
             | AdminOp::RevokeTokens { .. }
             | AdminOp::DeployRule { .. }
-            | AdminOp::RemoveRule { .. } => return Ok(()),
+            | AdminOp::RemoveRule { .. }
+            | AdminOp::DeployPlugin { .. }
+            | AdminOp::RemovePlugin { .. } => return Ok(()),
             AdminOp::DefineRole { role, permissions } => {
                 next.roles.insert(role.clone(), permissions.clone());
             }

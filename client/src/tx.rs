@@ -330,7 +330,7 @@ impl Transaction {
     }
 }
 
-fn check_op(op: &Op) -> Result<(), String> {
+pub fn check_op(op: &Op) -> Result<(), String> {
     let entity = match op {
         Op::Admin(admin) => return admin.check_limits(),
         Op::Emit { kind, fields } => return check_emit(kind, fields),
@@ -615,6 +615,145 @@ impl SignedTransaction {
     pub fn digest(&self) -> [u8; 32] {
         Sha256::digest(&self.transaction).into()
     }
+}
+
+/// A value as the command line and plugins write it: an integer is an
+/// `Int`, `0x` and hex digits are `Bytes`, anything else is a `Str`.
+pub fn parse_value(text: &str) -> Value {
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Int(i);
+    }
+    if let Some(h) = text.strip_prefix("0x") {
+        if let Ok(bytes) = hex::decode(h) {
+            return Value::Bytes(bytes);
+        }
+    }
+    Value::Str(text.to_string())
+}
+
+/// Splits `ENTITY:FIELD=REST`.
+fn entity_field(spec: &str, verb: &str) -> Result<(String, String, String), String> {
+    let (target, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{verb} {spec:?}: expected ENTITY:FIELD=VALUE"))?;
+    let (entity, field) = target
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{verb} {spec:?}: expected ENTITY:FIELD before '='"))?;
+    Ok((entity.to_string(), field.to_string(), rest.to_string()))
+}
+
+/// Parses one operation in the text form `garrison tx` takes after its
+/// flag, and plugins write after a verb: `put ENTITY:FIELD=VALUE`,
+/// `delete ENTITY`, `incr ENTITY:FIELD=BY[,min=N][,max=N]`,
+/// `expect_version ENTITY=VERSION`, `expect ENTITY:FIELD=[VALUE]`,
+/// `emit KIND[:FIELD=VALUE,...]`. The error says what is wrong.
+pub fn parse_op(verb: &str, spec: &str) -> Result<Op, String> {
+    Ok(match verb {
+        "put" => {
+            let (entity, field, value) = entity_field(spec, verb)?;
+            Op::Put {
+                entity,
+                fields: vec![(field, parse_value(&value))],
+            }
+        }
+        "delete" => Op::Delete {
+            entity: spec.to_string(),
+        },
+        "incr" => {
+            let (entity, field, rest) = entity_field(spec, verb)?;
+            let mut parts = rest.split(',');
+            let by = parts.next().unwrap_or_default();
+            let by: i64 = by
+                .parse()
+                .map_err(|_| format!("incr {spec:?}: {by:?} is not an integer"))?;
+            let (mut min, mut max) = (None, None);
+            for part in parts {
+                let bound = |v: &str| {
+                    v.parse::<i64>()
+                        .map_err(|_| format!("incr {spec:?}: bound {v:?} is not an integer"))
+                };
+                match part.split_once('=') {
+                    Some(("min", v)) => min = Some(bound(v)?),
+                    Some(("max", v)) => max = Some(bound(v)?),
+                    _ => {
+                        return Err(format!(
+                            "incr {spec:?}: expected min=N or max=N after the amount, got {part:?}"
+                        ))
+                    }
+                }
+            }
+            Op::Increment {
+                entity,
+                field,
+                by,
+                min,
+                max,
+            }
+        }
+        "expect_version" => {
+            let (entity, version) = spec
+                .rsplit_once('=')
+                .ok_or_else(|| format!("expect_version {spec:?}: expected ENTITY=VERSION"))?;
+            let version = version
+                .parse()
+                .map_err(|_| format!("expect_version {spec:?}: {version:?} is not a version"))?;
+            Op::ExpectVersion {
+                entity: entity.to_string(),
+                version,
+            }
+        }
+        "expect" => {
+            let (entity, field, value) = entity_field(spec, verb)?;
+            Op::ExpectField {
+                entity,
+                field,
+                value: (!value.is_empty()).then(|| parse_value(&value)),
+            }
+        }
+        "emit" => {
+            let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+            let mut fields = Vec::new();
+            for part in rest.split(',').filter(|p| !p.is_empty()) {
+                let (field, value) = part
+                    .split_once('=')
+                    .ok_or_else(|| format!("emit {spec:?}: expected FIELD=VALUE, got {part:?}"))?;
+                fields.push((field.to_string(), parse_value(value)));
+            }
+            Op::Emit {
+                kind: kind.to_string(),
+                fields,
+            }
+        }
+        other => {
+            return Err(format!(
+            "{other:?} is not an operation: use put, delete, incr, expect_version, expect or emit"
+        ))
+        }
+    })
+}
+
+/// Parses operations one per line, each a verb and its text as
+/// [`parse_op`] takes them (`put unit/1:hp=10`); blank lines are skipped.
+/// Each operation is checked against the limits.
+pub fn parse_ops(text: &str) -> Result<Vec<Op>, String> {
+    let mut ops = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (verb, spec) = line.split_once(' ').unwrap_or((line, ""));
+        let op = parse_op(verb, spec.trim()).map_err(|e| format!("line {}: {e}", n + 1))?;
+        check_op(&op).map_err(|e| format!("line {}: {e}", n + 1))?;
+        ops.push(op);
+    }
+    if ops.is_empty() || ops.len() > MAX_OPS_PER_TRANSACTION {
+        return Err(format!(
+            "a transaction has 1 to {MAX_OPS_PER_TRANSACTION} operations, not {}",
+            ops.len()
+        ));
+    }
+    Ok(ops)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
     let seed3 = [0xa5; 32];
     let seed4 = [0x07; 32];
     let seed5 = [0x55; 32];
+    let seed6 = [0x66; 32];
     let tx = |seed: &[u8; 32], location: &str, sequence, ops| Transaction {
         cluster: "dev".into(),
         location: location.into(),
@@ -106,6 +107,26 @@ pub fn vectors() -> Vec<([u8; 32], Transaction)> {
                 1,
                 vec![Op::Admin(AdminOp::DeployRule {
                     text: "rule r\npattern a: emitted \"x\"\nemit \"y\"\n".into(),
+                })],
+            ),
+        ),
+        (
+            seed6,
+            tx(
+                &seed6,
+                "@cluster",
+                2,
+                vec![Op::Admin(AdminOp::DeployPlugin {
+                    spec: {
+                        let mut spec = garrison_client::plugins::PluginSpec::new(
+                            "p",
+                            b"\0asm\x01\0\0\0".to_vec(),
+                            "game_master",
+                        );
+                        spec.locations = vec!["alpha".into()];
+                        spec.on = vec!["resupply".into()];
+                        spec
+                    },
                 })],
             ),
         ),

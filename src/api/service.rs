@@ -19,7 +19,8 @@ use garrison_client::api::{
     AuditEntry, AuditQuery, AuditRead, Rejection, MAX_AUDIT_ENTRIES_PER_READ,
 };
 use garrison_client::events::{Cursor, EventQuery, PackedBatch};
-use garrison_client::policy::ADMIN_LOCATION;
+use garrison_client::plugins::{LocationPlugins, PluginLogLine, PluginSet};
+use garrison_client::policy::{AdminOp, ADMIN_LOCATION};
 use garrison_client::rules::{LocationRules, RuleSet};
 use garrison_client::token::{Challenge, SessionToken, TokenClaims};
 use garrison_client::tx::{KeyCache, Op};
@@ -50,6 +51,9 @@ use crate::security::session::Sessions;
 use crate::server::ApiLimits;
 use crate::state::location::{EventsReply, LocationApp, LocationCommand, LocationQuery};
 
+/// Most plugin log lines one read returns.
+pub const MAX_PLUGIN_LOG_LINES_PER_READ: usize = 1_000;
+
 /// Serves one client connection's requests against this node.
 #[derive(Clone)]
 pub struct ApiService {
@@ -73,6 +77,8 @@ pub struct ApiService {
     /// Event reads waiting on this connection, and the most allowed.
     connection_polls: Arc<AtomicU32>,
     max_connection_polls: u32,
+    /// The node's plugin host: deploys are validated here.
+    plugins: crate::plugins::NodePlugins,
 }
 
 /// Maps the consensus layer's errors to what a client can act on.
@@ -155,8 +161,15 @@ impl ApiService {
             max_polls: limits.max_event_polls,
             connection_polls: Arc::new(AtomicU32::new(0)),
             max_connection_polls: limits.max_event_polls_per_connection,
+            plugins: Default::default(),
         };
         service.for_connection(limits)
+    }
+
+    /// Validates plugin deploys, and serves plugin log lines, with `plugins`.
+    pub fn with_plugins(mut self, plugins: crate::plugins::NodePlugins) -> Self {
+        self.plugins = plugins;
+        self
     }
 
     /// A copy for a new connection, with its own bucket and activity clock.
@@ -301,28 +314,57 @@ impl ApiService {
     /// Proposes an administrative transaction to the meta group; if it
     /// changed the policy or created locations, carries the policy into
     /// every location concerned before answering.
-    async fn submit_admin(&self, signed: SignedTransaction) -> Result<TxReceipt, ApiError> {
-        let command = codec::encode(&AdminCommand::Submit(signed));
+    async fn submit_admin(
+        &self,
+        signed: SignedTransaction,
+        tx: &Transaction,
+    ) -> Result<TxReceipt, ApiError> {
+        // Modules are validated here, by this node's engine, which the
+        // plugin set then names; apply checks only what is deterministic.
+        let mut engine = None;
+        for (i, op) in tx.ops.iter().enumerate() {
+            if let Op::Admin(AdminOp::DeployPlugin { spec }) = op {
+                let validated = self.plugins.validate(&spec.module).map_err(|why| {
+                    ApiError::InvalidRequest(format!(
+                        "operation {i}: plugin {:?} is refused: {why}",
+                        spec.name
+                    ))
+                })?;
+                engine = Some(validated);
+            }
+        }
+        let command = codec::encode(&match engine {
+            Some(engine) => AdminCommand::SubmitValidated { signed, engine },
+            None => AdminCommand::Submit(signed),
+        });
         let reply = self
             .node
             .extension_command(command)
             .await
             .map_err(api_error)?;
-        let (receipt, changed, rules_changed, created) = match decode::<AdminReply>(&reply)? {
-            AdminReply::Submitted {
-                receipt,
-                policy,
-                rules,
-                created,
-            } => (receipt, policy.is_some(), rules.is_some(), created),
-            AdminReply::Refused(why) => return Err(ApiError::InvalidRequest(why)),
-            other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
-        };
+        let (receipt, changed, rules_changed, plugins_changed, created) =
+            match decode::<AdminReply>(&reply)? {
+                AdminReply::Submitted {
+                    receipt,
+                    policy,
+                    rules,
+                    plugins,
+                    created,
+                } => (
+                    receipt,
+                    policy.is_some(),
+                    rules.is_some(),
+                    plugins.is_some(),
+                    created,
+                ),
+                AdminReply::Refused(why) => return Err(ApiError::InvalidRequest(why)),
+                other => return Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+            };
         // A committed duplicate may be the retry of a submission whose push
         // failed: push again (a location ignores a policy it already has).
         let committed = matches!(receipt.outcome, Outcome::Committed { .. });
         let repush = receipt.duplicate && committed;
-        if !(changed || rules_changed || repush || !created.is_empty()) {
+        if !(changed || rules_changed || plugins_changed || repush || !created.is_empty()) {
             return Ok(receipt);
         }
         self.node
@@ -340,17 +382,21 @@ impl ApiService {
                 .map(|l| l.group)
                 .collect()
         };
-        let (groups, rules_to) = (to(changed), to(rules_changed));
+        let (groups, rules_to, plugins_to) = (to(changed), to(rules_changed), to(plugins_changed));
         let mut failed =
             propagate::push(&self.node, &propagate::meta_policy(&self.node), groups).await;
         let rules = propagate::meta_rules(&self.node);
         if rules.version > 0 {
             failed.extend(propagate::push_rules(&self.node, &rules, rules_to).await);
         }
+        let plugins = propagate::meta_plugins(&self.node);
+        if plugins.version > 0 {
+            failed.extend(propagate::push_plugins(&self.node, &plugins, plugins_to).await);
+        }
         if let Some((group, e)) = failed.first() {
             return Err(ApiError::Unavailable(format!(
-                "committed at meta index {}, but {} location(s) have not applied the policy or \
-                 the rules yet (group {group}: {e}); resubmit the same transaction to wait for them",
+                "committed at meta index {}, but {} location(s) have not applied the policy, \
+                 the rules or the plugins yet (group {group}: {e}); resubmit the same transaction to wait for them",
                 receipt.index,
                 failed.len()
             )));
@@ -478,7 +524,7 @@ impl Garrison for ApiService {
         let (group, tx) = self.admit(&signed).await?;
         if group == META_GROUP {
             self.precheck_admin(&tx)?;
-            return self.submit_admin(signed).await;
+            return self.submit_admin(signed, &tx).await;
         }
         let written = self
             .node
@@ -811,5 +857,43 @@ impl Garrison for ApiService {
             self.query(&location, LocationQuery::Rules, mode).await?;
         rules.index = index;
         Ok(rules)
+    }
+
+    async fn plugins(
+        self,
+        _: context::Context,
+        version: u16,
+        mode: ReadMode,
+    ) -> Result<PluginSet, ApiError> {
+        self.admit_request(version)?;
+        let (_, plugins) = self.admin_query(&AdminQuery::Plugins, mode).await?;
+        Ok(plugins)
+    }
+
+    async fn location_plugins(
+        self,
+        _: context::Context,
+        version: u16,
+        location: String,
+        mode: ReadMode,
+    ) -> Result<LocationPlugins, ApiError> {
+        self.admit_request(version)?;
+        let (index, mut plugins): (u64, LocationPlugins) =
+            self.query(&location, LocationQuery::Plugins, mode).await?;
+        plugins.index = index;
+        Ok(plugins)
+    }
+
+    async fn plugin_logs(
+        self,
+        _: context::Context,
+        version: u16,
+        plugin: Option<String>,
+        after: u64,
+        max: u32,
+    ) -> Result<Vec<PluginLogLine>, ApiError> {
+        self.admit_request(version)?;
+        let max = (max as usize).min(MAX_PLUGIN_LOG_LINES_PER_READ);
+        Ok(self.plugins.logs(plugin.as_deref(), after, max))
     }
 }

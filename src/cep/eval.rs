@@ -101,6 +101,7 @@ pub fn matches(matcher: &Matcher, event: &LocationEvent) -> bool {
         (EventKind::Of(t), body) if *t != body.event_type() => return false,
         (EventKind::Of(_), EventBody::Emitted { kind, .. }) => Some(kind.as_str()),
         (EventKind::Of(_), EventBody::Matched { rule, .. }) => Some(rule.as_str()),
+        (EventKind::Of(_), EventBody::Derived { kind, .. }) => Some(kind.as_str()),
         (EventKind::Of(_), body) => body.entity().map(|(e, _)| e),
     };
     match (&matcher.pattern, subject) {
@@ -118,6 +119,7 @@ pub fn attribute(event: &LocationEvent, attr: &Attr) -> Option<Val> {
         Attr::Kind => match &event.body {
             EventBody::Emitted { kind, .. } => Some(Val::Str(kind.clone())),
             EventBody::Matched { rule, .. } => Some(Val::Str(rule.clone())),
+            EventBody::Derived { kind, .. } => Some(Val::Str(kind.clone())),
             _ => None,
         },
         Attr::Time => i64::try_from(event.log_time_ms).ok().map(Val::Int),
@@ -130,11 +132,15 @@ pub fn attribute(event: &LocationEvent, attr: &Attr) -> Option<Val> {
                 .iter()
                 .find(|c| c.field == *name)
                 .map(|c| Val::from(&c.new)),
-            EventBody::Emitted { fields, .. } | EventBody::Matched { fields, .. } => fields
+            EventBody::Emitted { fields, .. }
+            | EventBody::Matched { fields, .. }
+            | EventBody::Derived { fields, .. } => fields
                 .iter()
                 .find(|(f, _)| f == name)
                 .map(|(_, v)| Val::from(v)),
-            EventBody::Committed { .. } | EventBody::Rejected { .. } => None,
+            EventBody::Committed { .. }
+            | EventBody::Rejected { .. }
+            | EventBody::PluginFailed { .. } => None,
         },
         Attr::Old(name) => match &event.body {
             EventBody::Changed { changes, .. } => changes

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod dev;
 #[allow(rustdoc::broken_intra_doc_links)]
 pub mod ops;
+pub mod plugin;
 pub mod rules;
 pub mod watch;
 
@@ -72,6 +73,8 @@ pub enum Command {
     /// Rules of the complex event processor: check one, or backtest it on a
     /// location's retained events.
     Rules(rules::RulesArgs),
+    /// WebAssembly plugins: deploy, remove, list, show, logs.
+    Plugin(plugin::PluginArgs),
     /// List the locations.
     Locations,
     /// Show every node's view of every group.
@@ -205,6 +208,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         Command::Watch(args) => watch::run(&cli, args).await,
         Command::Admin(args) => admin::run(&cli, args).await,
         Command::Rules(args) => rules::command(&cli, args).await,
+        Command::Plugin(args) => plugin::command(&cli, args).await,
         Command::Locations => ops::locations(&cli).await,
         Command::Status => ops::status(&cli).await,
         Command::Check(args) => ops::check(&cli, args).await,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use garrison_client::api::{GroupConsistency, Outcome, ReadMode, MAX_ENTITIES_PER_READ};
-use garrison_client::{Client, Entity, Keypair, Op, Player, Value};
+use garrison_client::{Client, Entity, Keypair, Op, Player};
 
 use super::{connect, endpoints, home, Cli};
 
@@ -73,106 +73,8 @@ pub struct TxArgs {
     pub emit: Vec<String>,
 }
 
-fn parse_value(text: &str) -> Value {
-    if let Ok(i) = text.parse::<i64>() {
-        return Value::Int(i);
-    }
-    if let Some(h) = text.strip_prefix("0x") {
-        if let Ok(bytes) = hex::decode(h) {
-            return Value::Bytes(bytes);
-        }
-    }
-    Value::Str(text.to_string())
-}
-
-/// Splits `ENTITY:FIELD=REST`.
-fn entity_field(spec: &str, flag: &str) -> anyhow::Result<(String, String, String)> {
-    let (target, rest) = spec
-        .split_once('=')
-        .with_context(|| format!("--{flag} {spec:?}: expected ENTITY:FIELD=VALUE"))?;
-    let (entity, field) = target
-        .rsplit_once(':')
-        .with_context(|| format!("--{flag} {spec:?}: expected ENTITY:FIELD before '='"))?;
-    Ok((entity.to_string(), field.to_string(), rest.to_string()))
-}
-
 fn parse_op(flag: &str, spec: &str) -> anyhow::Result<Op> {
-    Ok(match flag {
-        "put" => {
-            let (entity, field, value) = entity_field(spec, flag)?;
-            Op::Put {
-                entity,
-                fields: vec![(field, parse_value(&value))],
-            }
-        }
-        "delete" => Op::Delete {
-            entity: spec.to_string(),
-        },
-        "incr" => {
-            let (entity, field, rest) = entity_field(spec, flag)?;
-            let mut parts = rest.split(',');
-            let by = parts.next().unwrap_or_default();
-            let by: i64 = by
-                .parse()
-                .with_context(|| format!("--incr {spec:?}: {by:?} is not an integer"))?;
-            let (mut min, mut max) = (None, None);
-            for part in parts {
-                let bound = |v: &str| {
-                    v.parse::<i64>()
-                        .with_context(|| format!("--incr {spec:?}: bound {v:?} is not an integer"))
-                };
-                match part.split_once('=') {
-                    Some(("min", v)) => min = Some(bound(v)?),
-                    Some(("max", v)) => max = Some(bound(v)?),
-                    _ => bail!(
-                        "--incr {spec:?}: expected min=N or max=N after the amount, got {part:?}"
-                    ),
-                }
-            }
-            Op::Increment {
-                entity,
-                field,
-                by,
-                min,
-                max,
-            }
-        }
-        "expect_version" => {
-            let (entity, version) = spec
-                .rsplit_once('=')
-                .with_context(|| format!("--expect-version {spec:?}: expected ENTITY=VERSION"))?;
-            let version = version.parse().with_context(|| {
-                format!("--expect-version {spec:?}: {version:?} is not a version")
-            })?;
-            Op::ExpectVersion {
-                entity: entity.to_string(),
-                version,
-            }
-        }
-        "expect" => {
-            let (entity, field, value) = entity_field(spec, flag)?;
-            Op::ExpectField {
-                entity,
-                field,
-                value: (!value.is_empty()).then(|| parse_value(&value)),
-            }
-        }
-        "emit" => {
-            let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
-            let mut fields = Vec::new();
-            for part in rest.split(',').filter(|p| !p.is_empty()) {
-                let (field, value) = part.split_once('=').with_context(|| {
-                    format!("--emit {spec:?}: expected FIELD=VALUE, got {part:?}")
-                })?;
-                fields.push((field.to_string(), parse_value(value)));
-            }
-            Op::Emit {
-                kind: kind.to_string(),
-                fields,
-            }
-        }
-        other => unreachable!("no operation flag {other}"),
-    })
+    garrison_client::tx::parse_op(flag, spec).map_err(|e| anyhow::anyhow!("--{e}"))
 }
 
 /// The operations in the order their flags appear on the command line.

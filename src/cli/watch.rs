@@ -268,6 +268,26 @@ pub fn event_line(e: &StreamEvent) -> String {
                 fields_text(fields.iter().map(|(k, v)| (k, v)))
             )
         }
+        EventBody::Derived {
+            plugin,
+            version,
+            cause,
+            kind,
+            fields,
+        } => format!(
+            "derived {kind} by plugin {plugin} v{version} from #{cause} {}",
+            fields_text(fields.iter().map(|(k, v)| (k, v)))
+        ),
+        EventBody::PluginFailed {
+            plugin,
+            version,
+            cause,
+            failure,
+            suspended,
+        } => {
+            let then = if *suspended { "; suspended" } else { "" };
+            format!("plugin {plugin} v{version} failed on #{cause}: {failure}{then}")
+        }
     };
     format!("{}  {}  by {}", e.id, what.trim_end(), short(&e.player))
 }

@@ -19,6 +19,17 @@ fn json_fields<'a>(fields: impl Iterator<Item = (&'a String, &'a Value)>) -> ser
     serde_json::Value::Object(fields.map(|(k, v)| (k.clone(), json_value(v))).collect())
 }
 
+/// An entity as one JSON object, as a plugin's `read` gets it: its key,
+/// owner (hex), version and fields.
+pub fn entity_json(key: &str, e: &garrison_client::Entity) -> serde_json::Value {
+    serde_json::json!({
+        "key": key,
+        "owner": hex::encode(e.owner),
+        "version": e.version,
+        "fields": json_fields(e.fields.iter()),
+    })
+}
+
 /// The event as one JSON object (`docs/formats.md`, "garrison watch --json").
 pub fn event_json(e: &StreamEvent) -> serde_json::Value {
     let mut object = serde_json::json!({
@@ -86,6 +97,26 @@ pub fn event_json(e: &StreamEvent) -> serde_json::Value {
             "window": window.map(|(start, end)| serde_json::json!([start, end])),
             "fields": json_fields(fields.iter().map(|(k, v)| (k, v))),
             "depth": depth,
+        }),
+        EventBody::Derived {
+            plugin,
+            version,
+            cause,
+            kind,
+            fields,
+        } => serde_json::json!({
+            "plugin": plugin, "version": version, "cause": cause, "kind": kind,
+            "fields": json_fields(fields.iter().map(|(k, v)| (k, v))),
+        }),
+        EventBody::PluginFailed {
+            plugin,
+            version,
+            cause,
+            failure,
+            suspended,
+        } => serde_json::json!({
+            "plugin": plugin, "version": version, "cause": cause,
+            "failure": failure.to_string(), "suspended": suspended,
         }),
     };
     if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), extra) {

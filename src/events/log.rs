@@ -94,6 +94,11 @@ impl PartialEq for EventLog {
 impl Eq for EventLog {}
 
 impl EventLog {
+    /// The events held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &RetainedEvent> {
+        self.events.iter()
+    }
+
     /// Encodes every event held again (after a restore).
     pub fn encode_all(&mut self) {
         self.encoded = self.events.iter().map(encoding).collect();

@@ -11,8 +11,10 @@
 //! which returns 0 when it is content. The host calls a plugin makes are
 //! collected, and count only if it returns 0 within its fuel.
 
-use garrison_client::events::{EventBody, StreamEvent};
-use garrison_client::Value;
+use crate::state::fragment::Fragment;
+use garrison_client::events::StreamEvent;
+use garrison_client::{Op, Value};
+
 use wasmtime::{
     Caller, Config, Engine, ExternType, Linker, Module, ResourceLimiter, Store, Trap, ValType,
 };
@@ -26,8 +28,12 @@ pub const MAX_PLUGIN_TABLE_ELEMENTS: usize = 10_000;
 /// Largest memory a plugin's instance may have, in bytes (declared at
 /// most that at deploy, and never grown past it).
 pub const MAX_PLUGIN_MEMORY_BYTES: usize = 16 * 1024 * 1024;
-/// Largest module, in bytes (WAT text or WebAssembly binary).
-pub const MAX_PLUGIN_MODULE_BYTES: usize = 1024 * 1024;
+/// Largest module source [`PluginRuntime::load`] reads, in bytes (WAT
+/// text or a binary; a deploy carries at most
+/// [`garrison_client::plugins::MAX_PLUGIN_MODULE_BYTES`] of binary).
+pub const MAX_PLUGIN_SOURCE_BYTES: usize = 1024 * 1024;
+/// Most transactions one call may propose.
+pub const MAX_PROPOSALS_PER_EVENT: usize = 4;
 /// Most derived events one call may emit.
 pub const MAX_EMITS_PER_EVENT: usize = 16;
 /// Most log lines one call may write; more are counted, not kept.
@@ -42,11 +48,15 @@ pub const MAX_PLUGIN_STACK_BYTES: usize = 256 * 1024;
 
 /// The functions a module may import from module `garrison`, with their
 /// parameters (all `i32`) and whether they return an `i32`.
-pub const HOST_API: [(&str, usize, bool); 2] = [
+pub const HOST_API: [(&str, usize, bool); 4] = [
     // emit(kind_ptr, kind_len, fields_ptr, fields_len) -> 0 | error
     ("emit", 4, true),
     // log(ptr, len)
     ("log", 2, false),
+    // read(key_ptr, key_len, out_ptr, out_cap) -> -1 absent | JSON length
+    ("read", 4, true),
+    // propose(location_ptr, location_len, ops_ptr, ops_len) -> 0 | error
+    ("propose", 4, true),
 ];
 
 /// The engine's settings that decide what a module computes, as text:
@@ -84,16 +94,19 @@ pub enum PluginError {
 pub struct Output {
     /// Derived events: kind and fields, in the order emitted.
     pub emitted: Vec<(String, Vec<(String, Value)>)>,
-    /// Log lines (node-local: not part of the replicated outcome).
-    pub logs: Vec<String>,
+    /// Transactions: the location (`None`: the event's) and the
+    /// operations, in the order proposed.
+    pub proposals: Vec<(Option<String>, Vec<Op>)>,
     /// Fuel used.
     pub fuel_used: u64,
 }
 
-/// What a call's host functions collect.
+/// What a call's host functions collect, and the entities they read.
 struct Host {
+    world: Fragment,
     emitted: Vec<(String, Vec<(String, Value)>)>,
     logs: Vec<String>,
+    proposals: Vec<(Option<String>, Vec<Op>)>,
     /// The first malformed request, which fails the call.
     bad: Option<String>,
     /// The memory cap was hit.
@@ -138,10 +151,12 @@ impl ResourceLimiter for Host {
     }
 }
 
-/// The runtime: one engine for every plugin of the node.
+/// The runtime: one engine for every plugin of the node, and the host
+/// API linked once.
 #[derive(Clone)]
 pub struct PluginRuntime {
     engine: Engine,
+    linker: Linker<Host>,
 }
 
 /// A validated, compiled module.
@@ -199,6 +214,181 @@ fn string(bytes: Vec<u8>, what: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
 }
 
+/// The host API, for every call of the engine.
+fn linker(engine: &Engine) -> Linker<Host> {
+    let mut linker = Linker::new(engine);
+    linker
+        .func_wrap(
+            "garrison",
+            "emit",
+            |mut caller: Caller<'_, Host>,
+             kp: i32,
+             kl: i32,
+             fp: i32,
+             fl: i32|
+             -> wasmtime::Result<i32> {
+                charge(
+                    &mut caller,
+                    (kl as u32 as usize).saturating_add(fl as u32 as usize),
+                )?;
+                let request = read_bytes(&mut caller, kp, kl)
+                    .and_then(|k| string(k, "the kind"))
+                    .and_then(|kind| {
+                        let fields = read_bytes(&mut caller, fp, fl)
+                            .and_then(|f| string(f, "the fields"))
+                            .and_then(|f| parse_fields(&f))?;
+                        Ok((kind, fields))
+                    })
+                    .and_then(|(kind, fields)| {
+                        garrison_client::tx::check_emit(&kind, &fields)?;
+                        Ok((kind, fields))
+                    });
+                let host = caller.data_mut();
+                let limit = (MAX_EMITS_PER_EVENT, "events emitted");
+                Ok(collect(
+                    &mut host.bad,
+                    &mut host.emitted,
+                    request,
+                    limit,
+                    "emit",
+                ))
+            },
+        )
+        .expect("garrison.emit is defined once");
+    linker
+        .func_wrap(
+            "garrison",
+            "log",
+            |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> wasmtime::Result<()> {
+                let len = (len as u32 as usize).min(MAX_LOG_LINE_BYTES);
+                charge(&mut caller, len)?;
+                let line = read_bytes(&mut caller, ptr, len as i32)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                let host = caller.data_mut();
+                if let Ok(line) = line {
+                    if host.logs.len() < MAX_LOG_LINES_PER_EVENT {
+                        host.logs.push(line);
+                    }
+                }
+                Ok(())
+            },
+        )
+        .expect("garrison.log is defined once");
+    linker
+        .func_wrap(
+            "garrison",
+            "read",
+            |mut caller: Caller<'_, Host>,
+             kp: i32,
+             kl: i32,
+             out: i32,
+             cap: i32|
+             -> wasmtime::Result<i32> {
+                charge(&mut caller, kl as u32 as usize)?;
+                let key = match read_bytes(&mut caller, kp, kl).and_then(|k| string(k, "the key")) {
+                    Ok(key) => key,
+                    Err(why) => {
+                        caller.data_mut().bad.get_or_insert(format!("read: {why}"));
+                        return Ok(-1);
+                    }
+                };
+                let json = caller
+                    .data()
+                    .world
+                    .entities
+                    .get(&key)
+                    .map(|e| crate::events::json::entity_json(&key, e).to_string());
+                let Some(json) = json else {
+                    return Ok(-1);
+                };
+                // Copying costs what it copies; a too-small buffer learns
+                // the length for the price of the call alone.
+                let fits = json.len() <= cap as u32 as usize;
+                if fits {
+                    charge(&mut caller, json.len())?;
+                    if let Err(why) = write_bytes(&mut caller, out, json.as_bytes()) {
+                        caller.data_mut().bad.get_or_insert(format!("read: {why}"));
+                        return Ok(-1);
+                    }
+                }
+                Ok(json.len() as i32)
+            },
+        )
+        .expect("garrison.read is defined once");
+    linker
+        .func_wrap(
+            "garrison",
+            "propose",
+            |mut caller: Caller<'_, Host>,
+             lp: i32,
+             ll: i32,
+             op: i32,
+             ol: i32|
+             -> wasmtime::Result<i32> {
+                charge(
+                    &mut caller,
+                    (ll as u32 as usize).saturating_add(ol as u32 as usize),
+                )?;
+                let request = read_bytes(&mut caller, lp, ll)
+                    .and_then(|l| string(l, "the location"))
+                    .and_then(|location| {
+                        let ops = read_bytes(&mut caller, op, ol)
+                            .and_then(|o| string(o, "the operations"))
+                            .and_then(|o| garrison_client::tx::parse_ops(&o))?;
+                        Ok(((!location.is_empty()).then_some(location), ops))
+                    });
+                let host = caller.data_mut();
+                let limit = (MAX_PROPOSALS_PER_EVENT, "transactions proposed");
+                Ok(collect(
+                    &mut host.bad,
+                    &mut host.proposals,
+                    request,
+                    limit,
+                    "propose",
+                ))
+            },
+        )
+        .expect("garrison.propose is defined once");
+    linker
+}
+
+/// Keeps a host call's request in `kept`, within `limit` (a count and
+/// what it counts); a malformed or excess request is the call's first
+/// failure in `bad`. Returns what the plugin sees: 0 kept, 1 not.
+fn collect<T>(
+    bad: &mut Option<String>,
+    kept: &mut Vec<T>,
+    request: Result<T, String>,
+    (max, what): (usize, &str),
+    call: &str,
+) -> i32 {
+    match request {
+        Ok(_) if kept.len() >= max => {
+            bad.get_or_insert(format!("more than {max} {what}"));
+            1
+        }
+        Ok(request) => {
+            kept.push(request);
+            0
+        }
+        Err(why) => {
+            bad.get_or_insert(format!("{call}: {why}"));
+            1
+        }
+    }
+}
+
+/// Writes `bytes` at `ptr` in the caller's memory.
+fn write_bytes(caller: &mut Caller<'_, Host>, ptr: i32, bytes: &[u8]) -> Result<(), String> {
+    let memory = caller
+        .get_export("memory")
+        .and_then(|e| e.into_memory())
+        .ok_or("the module exports no memory")?;
+    memory
+        .write(caller, ptr as u32 as usize, bytes)
+        .map_err(|_| format!("[{ptr}, +{}) is outside the memory", bytes.len()))
+}
+
 impl PluginRuntime {
     /// The runtime with the deterministic configuration (threads and
     /// shared memory are not compiled in: wasmtime's `threads` feature is
@@ -213,9 +403,10 @@ impl PluginRuntime {
             .wasm_multi_memory(false)
             .wasm_gc(false)
             .max_wasm_stack(MAX_PLUGIN_STACK_BYTES);
-        Engine::new(&config)
-            .map(|engine| Self { engine })
-            .map_err(|e| format!("the plugin engine does not start: {e}"))
+        let engine =
+            Engine::new(&config).map_err(|e| format!("the plugin engine does not start: {e}"))?;
+        let linker = linker(&engine);
+        Ok(Self { engine, linker })
     }
 
     /// Checks and compiles a module (WAT text or a binary): only the host
@@ -223,9 +414,9 @@ impl PluginRuntime {
     /// exports the ABI needs with their types.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, PluginError> {
         let refuse = |why: String| PluginError::Refused(why);
-        if bytes.len() > MAX_PLUGIN_MODULE_BYTES {
+        if bytes.len() > MAX_PLUGIN_SOURCE_BYTES {
             return Err(refuse(format!(
-                "the module is {} bytes; the limit is {MAX_PLUGIN_MODULE_BYTES}",
+                "the module is {} bytes; the limit is {MAX_PLUGIN_SOURCE_BYTES}",
                 bytes.len()
             )));
         }
@@ -304,100 +495,46 @@ impl PluginRuntime {
         Ok(Plugin { module })
     }
 
-    fn linker(&self) -> Linker<Host> {
-        let mut linker = Linker::new(&self.engine);
-        linker
-            .func_wrap(
-                "garrison",
-                "emit",
-                |mut caller: Caller<'_, Host>,
-                 kp: i32,
-                 kl: i32,
-                 fp: i32,
-                 fl: i32|
-                 -> wasmtime::Result<i32> {
-                    charge(
-                        &mut caller,
-                        (kl as u32 as usize).saturating_add(fl as u32 as usize),
-                    )?;
-                    let request = read_bytes(&mut caller, kp, kl)
-                        .and_then(|k| string(k, "the kind"))
-                        .and_then(|kind| {
-                            let fields = read_bytes(&mut caller, fp, fl)
-                                .and_then(|f| string(f, "the fields"))
-                                .and_then(|f| parse_fields(&f))?;
-                            Ok((kind, fields))
-                        })
-                        .and_then(|(kind, fields)| {
-                            garrison_client::tx::check_emit(&kind, &fields)?;
-                            Ok((kind, fields))
-                        });
-                    let host = caller.data_mut();
-                    match request {
-                        Ok(_) if host.emitted.len() >= MAX_EMITS_PER_EVENT => {
-                            host.bad.get_or_insert(format!(
-                                "more than {MAX_EMITS_PER_EVENT} events emitted"
-                            ));
-                            Ok(1)
-                        }
-                        Ok(event) => {
-                            host.emitted.push(event);
-                            Ok(0)
-                        }
-                        Err(why) => {
-                            host.bad.get_or_insert(format!("emit: {why}"));
-                            Ok(1)
-                        }
-                    }
-                },
-            )
-            .expect("garrison.emit is defined once");
-        linker
-            .func_wrap(
-                "garrison",
-                "log",
-                |mut caller: Caller<'_, Host>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-                    let len = (len as u32 as usize).min(MAX_LOG_LINE_BYTES);
-                    charge(&mut caller, len)?;
-                    let line = read_bytes(&mut caller, ptr, len as i32)
-                        .map(|b| String::from_utf8_lossy(&b).into_owned());
-                    let host = caller.data_mut();
-                    if let Ok(line) = line {
-                        if host.logs.len() < MAX_LOG_LINES_PER_EVENT {
-                            host.logs.push(line);
-                        }
-                    }
-                    Ok(())
-                },
-            )
-            .expect("garrison.log is defined once");
-        linker
-    }
-
-    /// Runs `plugin` on `event` with `fuel`: a fresh instance, the event's
-    /// kind and JSON in its memory, `on_event` called. The same inputs give
-    /// the same result on every node.
+    /// Runs `plugin` on `event` with `fuel`, reading entities from
+    /// `world`: a fresh instance, the event's kind and JSON in its memory,
+    /// `on_event` called. The same inputs give the same result on every
+    /// node. The call's log lines (node-local, kept whether it failed or
+    /// not) and `world` are handed back (a store holds only what it owns).
     pub fn run(
         &self,
         plugin: &Plugin,
         event: &StreamEvent,
         fuel: u64,
-    ) -> Result<Output, PluginError> {
+        world: Fragment,
+    ) -> (Result<Output, PluginError>, Vec<String>, Fragment) {
         let host = Host {
+            world,
             emitted: Vec::new(),
             logs: Vec::new(),
+            proposals: Vec::new(),
             bad: None,
             capped: false,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| h);
-        store
-            .set_fuel(fuel)
-            .map_err(|e| PluginError::Trap(e.to_string()))?;
-        let result = self.call(&mut store, plugin, event);
+        let result = match store.set_fuel(fuel) {
+            Ok(()) => self.call(&mut store, plugin, event),
+            Err(e) => Err(e),
+        };
         let left = store.get_fuel().unwrap_or(0);
         let fuel_used = fuel.saturating_sub(left);
-        let host = store.into_data();
+        let mut host = store.into_data();
+        let world = std::mem::take(&mut host.world);
+        let logs = std::mem::take(&mut host.logs);
+        (Self::outcome(result, host, fuel_used), logs, world)
+    }
+
+    /// What a call's result and its host's collection come to.
+    fn outcome(
+        result: wasmtime::Result<i32>,
+        host: Host,
+        fuel_used: u64,
+    ) -> Result<Output, PluginError> {
         match result {
             Err(_) if host.capped => Err(PluginError::MemoryCap),
             Err(e) => match e.downcast_ref::<Trap>() {
@@ -414,7 +551,7 @@ impl PluginRuntime {
                 }
                 Ok(Output {
                     emitted: host.emitted,
-                    logs: host.logs,
+                    proposals: host.proposals,
                     fuel_used,
                 })
             }
@@ -427,11 +564,8 @@ impl PluginRuntime {
         plugin: &Plugin,
         event: &StreamEvent,
     ) -> wasmtime::Result<i32> {
-        let instance = self.linker().instantiate(&mut *store, &plugin.module)?;
-        let kind = match &event.body {
-            EventBody::Emitted { kind, .. } | EventBody::Matched { kind, .. } => kind.clone(),
-            body => body.event_type().name().to_string(),
-        };
+        let instance = self.linker.instantiate(&mut *store, &plugin.module)?;
+        let kind = event.body.kind();
         let json = crate::events::json::event_json(event).to_string();
         let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "alloc")?;
         let on_event =
@@ -442,7 +576,7 @@ impl PluginRuntime {
             .get_memory(&mut *store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("the module exports no memory"))?;
         let start = ptr as u32 as usize;
-        let mut bytes = kind.clone().into_bytes();
+        let mut bytes = kind.as_bytes().to_vec();
         bytes.extend_from_slice(json.as_bytes());
         memory.write(&mut *store, start, &bytes).map_err(|_| {
             wasmtime::Error::msg(format!("alloc returned {ptr}, outside the memory"))
@@ -457,7 +591,7 @@ impl PluginRuntime {
 
 #[cfg(test)]
 mod tests {
-    use garrison_client::events::EventId;
+    use garrison_client::events::{EventBody, EventId};
 
     use super::*;
 
@@ -485,6 +619,8 @@ mod tests {
             r#"(module
                  (import "garrison" "emit" (func $emit (param i32 i32 i32 i32) (result i32)))
                  (import "garrison" "log" (func $log (param i32 i32)))
+                 (import "garrison" "read" (func $read (param i32 i32 i32 i32) (result i32)))
+                 (import "garrison" "propose" (func $propose (param i32 i32 i32 i32) (result i32)))
                  (memory (export "memory") 1)
                  (data (i32.const 16) "refilled")
                  (data (i32.const 32) "depot=depot/1,amount=5")
@@ -505,14 +641,22 @@ mod tests {
     fn run(text: &str) -> Result<Output, PluginError> {
         let rt = PluginRuntime::new().unwrap();
         let plugin = rt.load(text.as_bytes()).unwrap();
-        rt.run(&plugin, &event(), 1_000_000)
+        rt.run(&plugin, &event(), 1_000_000, Fragment::default()).0
+    }
+
+    fn run_logs(text: &str) -> (Result<Output, PluginError>, Vec<String>) {
+        let rt = PluginRuntime::new().unwrap();
+        let plugin = rt.load(text.as_bytes()).unwrap();
+        let (result, logs, _) = rt.run(&plugin, &event(), 1_000_000, Fragment::default());
+        (result, logs)
     }
 
     #[test]
     fn a_plugin_emits_and_logs_and_sees_the_event() {
         // Logs the kind it was given, emits one event.
         let body = format!("(call $log (local.get $kp) (local.get $kl)) {EMIT} (i32.const 0)");
-        let out = run(&module("", &body)).unwrap();
+        let (out, logs) = run_logs(&module("", &body));
+        let out = out.unwrap();
         assert_eq!(
             out.emitted,
             [(
@@ -523,7 +667,7 @@ mod tests {
                 ]
             )]
         );
-        assert_eq!(out.logs, ["resupply"]);
+        assert_eq!(logs, ["resupply"]);
         assert!(
             out.fuel_used > 2 * HOST_CALL_FUEL,
             "host calls cost fuel: {}",

@@ -18,6 +18,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 
 use garrison_client::api::{Event, EventKind, Outcome, Rejection, TxReceipt};
+use garrison_client::plugins::{DeployedPlugin, PluginSet, MAX_PLUGINS, MAX_PLUGIN_SET_BYTES};
 use garrison_client::policy::{Action, AdminOp, Scope, ADMIN_LOCATION};
 use garrison_client::rules::{DeployedRule, RuleSet, MAX_RULES, MAX_RULE_SET_BYTES};
 use garrison_client::token::MAX_TOKEN_TTL_MS;
@@ -32,7 +33,7 @@ use crate::security::sequence::{self, Admission, Players};
 use crate::state::location::decode_image;
 
 /// Version of [`AdminImage`].
-pub const ADMIN_FORMAT_VERSION: u16 = 3;
+pub const ADMIN_FORMAT_VERSION: u16 = 4;
 
 /// What the meta group's extension entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +48,19 @@ pub enum AdminCommand {
         /// How many replicas a location created by an admin transaction gets.
         replication_factor: u32,
     },
-    /// A signed administrative transaction that passed ingress checks.
+    /// A signed administrative transaction that passed ingress checks
+    /// (one that deploys a plugin is refused here: it comes as
+    /// [`AdminCommand::SubmitValidated`]).
     Submit(SignedTransaction),
+    /// A signed administrative transaction whose plugin modules the
+    /// proposing node validated with the engine of fingerprint `engine`,
+    /// which the plugin set records.
+    SubmitValidated {
+        /// The transaction.
+        signed: SignedTransaction,
+        /// The validating engine's fingerprint.
+        engine: String,
+    },
     /// Advances the session clock (tokens expire on it) by the time the
     /// proposing leader measured, on its monotonic clock, since it saw the
     /// last tick applied; proposed about once a second.
@@ -77,6 +89,8 @@ pub enum AdminReply {
         policy: Option<Policy>,
         /// The new rule set, if the transaction changed it.
         rules: Option<RuleSet>,
+        /// The new plugin set, if the transaction changed it.
+        plugins: Option<PluginSet>,
         /// The locations it created.
         created: Vec<String>,
     },
@@ -128,6 +142,8 @@ pub enum AdminQuery {
     },
     /// The latest revocation of a player's tokens; the reply is `Option<Revocation>`.
     Revoked(PlayerKey),
+    /// The deployed plugins; the reply is [`PluginSet`].
+    Plugins,
 }
 
 /// The extension's whole state, as meta snapshots store it.
@@ -139,6 +155,8 @@ pub struct AdminImage {
     pub policy: Policy,
     /// The rules of the complex event processor.
     pub rules: RuleSet,
+    /// The WebAssembly plugins.
+    pub plugins: PluginSet,
     /// Replicas of a location created by an admin transaction.
     pub replication_factor: u32,
     /// Every player that has submitted an administrative transaction.
@@ -179,6 +197,11 @@ impl AdminApp {
     /// The deployed rules.
     pub fn rules(&self) -> &RuleSet {
         &self.state.rules
+    }
+
+    /// The deployed plugins.
+    pub fn plugins(&self) -> &PluginSet {
+        &self.state.plugins
     }
 
     /// The latest revocation of `player`'s tokens, if still relevant.
@@ -227,11 +250,13 @@ impl AdminApp {
         ctx: &ApplyContext<'_>,
         directory: &mut Directory,
         signed: &SignedTransaction,
+        engine: Option<&str>,
     ) -> AdminReply {
         let done = |receipt| AdminReply::Submitted {
             receipt,
             policy: None,
             rules: None,
+            plugins: None,
             created: Vec::new(),
         };
         let fresh = match sequence::admit(&self.state.players, ADMIN_LOCATION, ctx.index, signed) {
@@ -242,7 +267,7 @@ impl AdminApp {
             let reason = Rejection::PolicyPending;
             (Outcome::Rejected { op: None, reason }, None)
         } else {
-            match self.carry_out(ctx, directory, &fresh.tx) {
+            match self.carry_out(ctx, directory, &fresh.tx, engine) {
                 Ok(c) => {
                     self.state.revoked = c.revoked;
                     (
@@ -250,7 +275,7 @@ impl AdminApp {
                             events: c.events,
                             emitted: Vec::new(),
                         },
-                        Some((c.policy, c.rules, c.directory, c.created)),
+                        Some((c.policy, c.rules, c.plugins, c.directory, c.created)),
                     )
                 }
                 Err((op, reason)) => (
@@ -269,7 +294,7 @@ impl AdminApp {
             signed,
             outcome,
         );
-        let Some((mut policy, mut rules, dir, created)) = changes else {
+        let Some((mut policy, mut rules, mut plugins, dir, created)) = changes else {
             return done(receipt);
         };
         *directory = dir;
@@ -283,10 +308,16 @@ impl AdminApp {
             rules.version = ctx.index;
             self.state.rules = rules.clone();
         }
+        let plugins_changed = plugins != self.state.plugins;
+        if plugins_changed {
+            plugins.version = ctx.index;
+            self.state.plugins = plugins.clone();
+        }
         AdminReply::Submitted {
             receipt,
             policy: changed.then_some(policy),
             rules: rules_changed.then_some(rules),
+            plugins: plugins_changed.then_some(plugins),
             created,
         }
     }
@@ -299,9 +330,11 @@ impl AdminApp {
         ctx: &ApplyContext<'_>,
         directory: &Directory,
         tx: &Transaction,
+        engine: Option<&str>,
     ) -> Result<Carried, (u32, Rejection)> {
         let mut policy = self.state.policy.clone();
         let mut rules = self.state.rules.clone();
+        let mut plugins = self.state.plugins.clone();
         let mut dir = directory.clone();
         let mut revoked = self.state.revoked.clone();
         let mut events = Vec::new();
@@ -383,6 +416,45 @@ impl AdminApp {
                     }
                     events.push(event(format!("rule/{name}"), EventKind::Deleted));
                 }
+                AdminOp::DeployPlugin { spec } => {
+                    let Some(engine) = engine else {
+                        let why = "a plugin deploy must be validated by the proposing node";
+                        return Err(at(Rejection::Malformed(why.into())));
+                    };
+                    let refuse = |why: String| at(Rejection::AdminRefused(why));
+                    spec.check_limits().map_err(refuse)?;
+                    if !policy.roles.contains_key(&spec.role) {
+                        return Err(refuse(format!(
+                            "the plugin's role {:?} is not defined",
+                            spec.role
+                        )));
+                    }
+                    let new = !plugins.plugins.contains_key(&spec.name);
+                    if new && plugins.plugins.len() >= MAX_PLUGINS {
+                        return Err(refuse(format!(
+                            "{MAX_PLUGINS} plugins are deployed, the limit; remove one first"
+                        )));
+                    }
+                    plugins.engine = engine.to_string();
+                    let deployed = DeployedPlugin {
+                        version: ctx.index,
+                        spec: spec.clone(),
+                    };
+                    plugins.plugins.insert(spec.name.clone(), deployed);
+                    let kind = if new {
+                        EventKind::Created
+                    } else {
+                        EventKind::Changed
+                    };
+                    events.push(event(format!("plugin/{}", spec.name), kind));
+                }
+                AdminOp::RemovePlugin { name } => {
+                    if plugins.plugins.remove(name).is_none() {
+                        let why = format!("no plugin {name:?} is deployed");
+                        return Err(at(Rejection::AdminRefused(why)));
+                    }
+                    events.push(event(format!("plugin/{name}"), EventKind::Deleted));
+                }
                 op => {
                     policy.apply_admin(op).map_err(at)?;
                     events.push(event(policy_entity(op), EventKind::Changed));
@@ -396,10 +468,19 @@ impl AdminApp {
             let last = tx.ops.len().saturating_sub(1) as u32;
             return Err((last, Rejection::AdminRefused(why)));
         }
+        let bytes = codec::encode(&plugins).len();
+        if bytes > MAX_PLUGIN_SET_BYTES {
+            let why = format!(
+                "the plugins would take {bytes} bytes; the limit is {MAX_PLUGIN_SET_BYTES}"
+            );
+            let last = tx.ops.len().saturating_sub(1) as u32;
+            return Err((last, Rejection::AdminRefused(why)));
+        }
         Ok(Carried {
             events,
             policy,
             rules,
+            plugins,
             directory: dir,
             revoked,
             created,
@@ -412,6 +493,7 @@ struct Carried {
     events: Vec<Event>,
     policy: Policy,
     rules: RuleSet,
+    plugins: PluginSet,
     directory: Directory,
     revoked: BTreeMap<PlayerKey, Revocation>,
     created: Vec<String>,
@@ -452,6 +534,8 @@ fn policy_entity(op: &AdminOp) -> String {
         AdminOp::RevokeTokens { player } => format!("tokens/{}", hex::encode(player)),
         AdminOp::DeployRule { .. } => "rule".into(),
         AdminOp::RemoveRule { name } => format!("rule/{name}"),
+        AdminOp::DeployPlugin { spec } => format!("plugin/{}", spec.name),
+        AdminOp::RemovePlugin { name } => format!("plugin/{name}"),
     }
 }
 
@@ -468,7 +552,10 @@ impl MetaExtension for AdminApp {
                 roles,
                 replication_factor,
             }) => self.bootstrap(ctx, &admins, &roles, replication_factor),
-            Ok(AdminCommand::Submit(signed)) => self.submit(ctx, directory, &signed),
+            Ok(AdminCommand::Submit(signed)) => self.submit(ctx, directory, &signed, None),
+            Ok(AdminCommand::SubmitValidated { signed, engine }) => {
+                self.submit(ctx, directory, &signed, Some(&engine))
+            }
             Ok(AdminCommand::Tick { elapsed_ms }) => {
                 // The clock starts at the log time of the first tick, so
                 // token times read like dates; after that only elapsed
@@ -489,6 +576,7 @@ impl MetaExtension for AdminApp {
         match codec::decode::<AdminQuery>(query) {
             Ok(AdminQuery::Policy) => codec::encode(&self.state.policy),
             Ok(AdminQuery::Rules) => codec::encode(&self.state.rules),
+            Ok(AdminQuery::Plugins) => codec::encode(&self.state.plugins),
             Ok(AdminQuery::NextSequence(player)) => codec::encode(&self.next_sequence(&player)),
             Ok(AdminQuery::Audit {
                 reader,

@@ -22,6 +22,7 @@ use garrison_client::tx::PlayerKey;
 use garrison_raft::{codec, Error, GroupId, Node, META_GROUP};
 use tokio_util::sync::CancellationToken;
 
+use garrison_client::plugins::PluginSet;
 use garrison_client::rules::RuleSet;
 
 use crate::security::access::Policy;
@@ -67,6 +68,22 @@ fn meta_rules_version(node: &Node) -> u64 {
     read_admin(node, |a| a.rules().version)
 }
 
+/// The plugins of this node's meta replica.
+pub fn meta_plugins(node: &Node) -> PluginSet {
+    read_admin(node, |a| a.plugins().clone())
+}
+
+/// The version of those plugins, without copying them.
+fn meta_plugins_version(node: &Node) -> u64 {
+    read_admin(node, |a| a.plugins().version)
+}
+
+/// The plugin set version of this node's replica of `group` (0: none, or
+/// not a location hosted here).
+pub fn location_plugins_version(node: &Node, group: GroupId) -> u64 {
+    read_location(node, group, |l| l.plugins().version)
+}
+
 /// Reads this node's replica of location `group` (0 if it has none).
 fn read_location(node: &Node, group: GroupId, read: impl FnOnce(&LocationApp) -> u64) -> u64 {
     node.read_local(group, |s| {
@@ -109,7 +126,17 @@ pub async fn push_rules(
     push_entry(node, payload, rules.version, "rule set", groups).await
 }
 
-/// Proposes `payload` (a policy or a rule set of version `version`) to
+/// Proposes `plugins` as [`push`] proposes a policy.
+pub async fn push_plugins(
+    node: &Node,
+    plugins: &PluginSet,
+    groups: Vec<GroupId>,
+) -> Vec<(GroupId, Error)> {
+    let payload = codec::encode(&LocationCommand::Plugins(plugins.clone()));
+    push_entry(node, payload, plugins.version, "plugin set", groups).await
+}
+
+/// Proposes `payload` (a policy, a rule set or a plugin set of version `version`) to
 /// each of `groups`; the groups that did not reach `version`, with why.
 async fn push_entry(
     node: &Node,
@@ -145,7 +172,7 @@ pub async fn sync(node: Node, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(POLICY_SYNC_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The versions every led location had at the last sweep (0: sweep).
-    let mut swept = (0, 0);
+    let mut swept = (0, 0, 0);
     let mut last_sweep = Instant::now();
     let sweep_every = Duration::from_millis(POLICY_SWEEP_INTERVAL_MS);
     loop {
@@ -156,7 +183,11 @@ pub async fn sync(node: Node, stop: CancellationToken) {
         // Most ticks find nothing new: the walk over thousands of locations
         // runs when the policy moved, after a failed push, or once a sweep
         // interval; the policy is copied only to push it.
-        let versions = (meta_policy_version(&node), meta_rules_version(&node));
+        let versions = (
+            meta_policy_version(&node),
+            meta_rules_version(&node),
+            meta_plugins_version(&node),
+        );
         if versions.0 == 0 || (versions == swept && last_sweep.elapsed() < sweep_every) {
             continue;
         }
@@ -177,16 +208,28 @@ pub async fn sync(node: Node, stop: CancellationToken) {
             push(&node, &meta_policy(&node), behind).await
         };
         let behind: Vec<GroupId> = led
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|&g| location_rules_version(&node, g) < versions.1)
             .collect();
         if !behind.is_empty() {
             failed.extend(push_rules(&node, &meta_rules(&node), behind).await);
         }
+        let behind: Vec<GroupId> = led
+            .into_iter()
+            .filter(|&g| location_plugins_version(&node, g) < versions.2)
+            .collect();
+        if !behind.is_empty() {
+            failed.extend(push_plugins(&node, &meta_plugins(&node), behind).await);
+        }
         for (group, e) in &failed {
             tracing::debug!(group, "policy or rules sync failed, will retry: {e}");
         }
-        swept = if failed.is_empty() { versions } else { (0, 0) };
+        swept = if failed.is_empty() {
+            versions
+        } else {
+            (0, 0, 0)
+        };
     }
 }
 

@@ -14,8 +14,9 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt};
+use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt, BAN_PREFIX, BAN_UNTIL_FIELD};
 use garrison_client::events::{Cursor, EventBody, EventFilter, StartAt};
+use garrison_client::plugins::PluginSet;
 use garrison_client::policy::{Action, Reader};
 use garrison_client::rules::{LocationRules, RuleSet, RuleStatus};
 use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
@@ -29,6 +30,9 @@ use crate::events::consumers::Consumers;
 use crate::events::log::{EventLog, Found, ReadLimits, RetainedEvent, Trimmed};
 use crate::events::observers::EventHub;
 use crate::events::outcome_event;
+#[cfg(feature = "plugins")]
+use crate::plugins::host::{EntryAt, PluginHost};
+use crate::plugins::state::PluginState;
 use crate::security::access::Policy;
 use crate::security::audit::AuditLog;
 use crate::security::sequence::{self, Admission, Players};
@@ -39,7 +43,7 @@ use crate::state::fragment::Fragment;
 pub const MAX_READ_REPLY_BYTES: usize = 512 * 1024;
 
 /// Version of [`LocationImage`].
-pub const LOCATION_FORMAT_VERSION: u16 = 4;
+pub const LOCATION_FORMAT_VERSION: u16 = 5;
 
 /// What a location group's log entries carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +58,11 @@ pub enum LocationCommand {
     /// node like the policy; taken only if newer than the location's. The
     /// reply is the location's rule set version after it.
     Rules(RuleSet),
+    /// The cluster's plugins as of meta index `plugins.version`, proposed
+    /// by a node like the policy; taken only if newer than the location's.
+    /// A plugin bound here sees the events of later entries. The reply is
+    /// the location's plugin set version after it.
+    Plugins(PluginSet),
     /// Lets log time pass: proposed by the leader when a rule's deadline
     /// (a window's end, an absence's `within`) has passed on its clock and
     /// no entry came. The reply is how many matches it made (`u32`).
@@ -124,6 +133,9 @@ pub enum LocationQuery {
     /// The rules at work here; the reply is [`LocationRules`] (its
     /// `index` left 0 for the caller to fill in).
     Rules,
+    /// The plugins at work here; the reply is
+    /// [`garrison_client::plugins::LocationPlugins`] (its `index` left 0).
+    Plugins,
     /// A named consumer's saved cursor; the reply is `Option<Cursor>`.
     Consumer {
         /// Its player.
@@ -165,6 +177,8 @@ pub struct LocationImage {
     /// The deployed rules that apply here, with their partial matches and
     /// open windows.
     pub cep: CepState,
+    /// The deployed plugins that run here, with their records.
+    pub plugins: PluginState,
 }
 
 /// The [`GroupApp`] of a location group.
@@ -180,6 +194,9 @@ pub struct LocationApp {
     /// The node's pending rule deadlines, told this location's after each
     /// entry; never read here.
     deadlines: Option<(GroupId, Arc<Deadlines>)>,
+    /// The node's plugin host, which runs this location's plugins.
+    #[cfg(feature = "plugins")]
+    plugin_host: Option<Arc<PluginHost>>,
 }
 
 impl Drop for LocationApp {
@@ -221,7 +238,31 @@ impl LocationApp {
             cache: None,
             hub: None,
             deadlines: None,
+            #[cfg(feature = "plugins")]
+            plugin_host: None,
         }
+    }
+
+    /// Runs this location's plugins on `host`.
+    #[cfg(feature = "plugins")]
+    pub fn with_plugin_host(mut self, host: Arc<PluginHost>) -> Self {
+        self.plugin_host = Some(host);
+        self
+    }
+
+    /// The plugins here.
+    pub fn plugins(&self) -> &PluginState {
+        &self.state.plugins
+    }
+
+    /// The fingerprint of the engine this replica runs plugins on (`None`:
+    /// it has none).
+    fn engine(&self) -> Option<&str> {
+        #[cfg(feature = "plugins")]
+        if let Some(host) = &self.plugin_host {
+            return Some(host.fingerprint());
+        }
+        None
     }
 
     /// Tells `deadlines`, as group `group`, when this location's rules next
@@ -326,6 +367,12 @@ impl LocationApp {
                 reason: Rejection::PolicyPending,
             };
             (pending, Vec::new())
+        } else if let Some(until_ms) = self.banned(&player, log_time_ms) {
+            let banned = Outcome::Rejected {
+                op: None,
+                reason: Rejection::Banned { until_ms },
+            };
+            (banned, Vec::new())
         } else {
             let policy = &self.state.policy;
             let location = self.location.as_str();
@@ -358,6 +405,27 @@ impl LocationApp {
         }
     }
 
+    /// Until when `player` is banned here, if a ban entity
+    /// (`ban/<key hex>`) holds an end later than `log_time_ms`.
+    fn banned(&self, player: &PlayerKey, log_time_ms: u64) -> Option<u64> {
+        let entities = &self.state.fragment.entities;
+        // Most locations hold no ban at all: one range probe decides.
+        let mut bans = entities.range::<str, _>((
+            std::ops::Bound::Included(BAN_PREFIX),
+            std::ops::Bound::Unbounded,
+        ));
+        if !bans.next().is_some_and(|(k, _)| k.starts_with(BAN_PREFIX)) {
+            return None;
+        }
+        let key = format!("{BAN_PREFIX}{}", hex::encode(player));
+        match entities.get(&key)?.fields.get(BAN_UNTIL_FIELD)? {
+            garrison_client::Value::Int(until) if *until > 0 && *until as u64 > log_time_ms => {
+                Some(*until as u64)
+            }
+            _ => None,
+        }
+    }
+
     /// After every entry: the rules see its events (and log time passing)
     /// and append their matches; then the events are retained and the
     /// location's next deadline is told.
@@ -375,12 +443,51 @@ impl LocationApp {
             .state
             .cep
             .entry(index, log_time_ms, player, &mut events);
+        if !events.is_empty() && self.state.plugins.active() {
+            self.run_plugins(index, log_time_ms, player, &mut events);
+        }
         if !events.is_empty() {
             self.retain(index, log_time_ms, player, events);
         }
         self.tell_deadline();
         matches
     }
+
+    /// Offers the entry's events to the plugins, which append theirs.
+    /// (Apply refuses the entry before this on a node without the engine
+    /// the plugins name: see [`GroupApp::refusal`].)
+    #[cfg(feature = "plugins")]
+    fn run_plugins(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        player: Option<PlayerKey>,
+        events: &mut Vec<EventBody>,
+    ) {
+        let Some(host) = &self.plugin_host else {
+            return;
+        };
+        let at = EntryAt {
+            location: &self.location,
+            index,
+            log_time_ms,
+            player,
+        };
+        let state = &mut self.state;
+        let effects = host.run_entry(
+            &at,
+            &mut state.plugins,
+            &mut state.fragment,
+            &state.policy,
+            events,
+        );
+        if let (Some((group, cache)), false) = (&self.cache, effects.changed.is_empty()) {
+            cache.changed(*group, index, effects.changed.iter().map(String::as_str));
+        }
+    }
+
+    #[cfg(not(feature = "plugins"))]
+    fn run_plugins(&mut self, _: u64, _: u64, _: Option<PlayerKey>, _: &mut Vec<EventBody>) {}
 
     /// Tells the node's deadlines when this location's rules next need
     /// log time to pass.
@@ -564,6 +671,7 @@ impl LocationApp {
                     next_deadline_ms: cep.next_deadline(),
                 })
             }
+            LocationQuery::Plugins => codec::encode(&self.state.plugins.status()),
             LocationQuery::Consumer { player, consumer } => {
                 codec::encode(&self.state.consumers.load(&player, &consumer))
             }
@@ -595,6 +703,12 @@ impl GroupApp for LocationApp {
                 self.state.cep.set_rules(&rules, &self.location);
                 self.tell_deadline();
                 codec::encode(&self.state.cep.version)
+            }
+            Ok(LocationCommand::Plugins(plugins)) => {
+                // Like rules, from the next entry on.
+                self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
+                let version = self.state.plugins.take(&plugins, &self.location, ctx.index);
+                codec::encode(&version)
             }
             Ok(LocationCommand::Tick) => {
                 let matches = self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
@@ -657,6 +771,10 @@ impl GroupApp for LocationApp {
         self.tell_deadline();
     }
 
+    fn refusal(&self) -> Option<String> {
+        self.state.plugins.refusal(self.engine())
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -688,6 +806,9 @@ pub struct LocationFactory {
     pub hub: Arc<EventHub>,
     /// The node's pending rule deadlines.
     pub deadlines: Arc<Deadlines>,
+    /// The node's plugin host.
+    #[cfg(feature = "plugins")]
+    pub plugins: Arc<PluginHost>,
 }
 
 impl garrison_raft::AppFactory for LocationFactory {
@@ -695,6 +816,8 @@ impl garrison_raft::AppFactory for LocationFactory {
         let app = LocationApp::new(location)
             .with_hub(group, self.hub.clone())
             .with_deadlines(group, self.deadlines.clone());
+        #[cfg(feature = "plugins")]
+        let app = app.with_plugin_host(self.plugins.clone());
         Box::new(match &self.cache {
             Some(cache) => app.with_cache(group, cache.clone()),
             None => app,
