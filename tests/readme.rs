@@ -365,6 +365,13 @@ impl Dev {
         let mut said = String::new();
         for _ in 0..DEV_START_ATTEMPTS {
             let home = tempfile::tempdir().expect("make a temporary home");
+            // The tour runs from the repository's root: its examples are
+            // where a reader's would be.
+            std::os::unix::fs::symlink(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+                home.path().join("examples"),
+            )
+            .expect("link the examples");
             let log_path = home.path().join("dev.out");
             let log = std::fs::File::create(&log_path).expect("create dev.out");
             let base = free_base_port().to_string();
