@@ -353,7 +353,9 @@ impl Server {
         #[cfg(feature = "plugins")]
         let plugin_host =
             Arc::new(crate::plugins::host::PluginHost::new().map_err(|e| anyhow::anyhow!(e))?);
+        let outboxes = Arc::new(crate::plugins::outbox::Outboxes::default());
         let factory = Arc::new(LocationFactory {
+            outboxes: outboxes.clone(),
             cache: cache.clone(),
             hub: hub.clone(),
             deadlines: deadlines.clone(),
@@ -380,6 +382,11 @@ impl Server {
         let stop = CancellationToken::new();
         tokio::spawn(propagate::sync(node.clone(), stop.clone()));
         tokio::spawn(ticks::run(node.clone(), deadlines, stop.clone()));
+        tokio::spawn(crate::plugins::outbox::drain(
+            node.clone(),
+            outboxes,
+            stop.clone(),
+        ));
         tokio::spawn(session::clock(node.clone(), sessions, stop.clone()));
         tokio::spawn(propagate::bootstrap(
             node.clone(),

@@ -292,6 +292,9 @@ impl World {
             EventBody::PluginFailed {
                 plugin, failure, ..
             } => format!("plugin {plugin} failed: {failure}"),
+            EventBody::Delivered { plugin, source, .. } => {
+                format!("delivered {plugin} from {source}")
+            }
         };
         format!("{}.{} {who} {}", e.index, e.position, what.trim_end())
     }

@@ -307,3 +307,88 @@ async fn the_plugin_commands_deploy_list_show_and_remove() {
     assert!(out.contains("no plugins deployed"), "{out}");
     servers.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_for_another_location_applies_once_across_the_leaders_death() {
+    let mut servers = Servers::start(3, "plugins-outbox").await;
+    let client = servers.client().await;
+    let base = "base-camp";
+    servers.create_location(&client, LOCATION).await;
+    servers.create_location(&client, base).await;
+    let mut admin = Player::new(admin_key());
+    let put = Op::Put {
+        entity: "depot/1".into(),
+        fields: vec![("ammo".into(), Value::Int(0))],
+    };
+    admin.transact(&client, base, vec![put]).await.unwrap();
+    // On "ship" in LOCATION, adds 5 to base-camp's depot.
+    let relay = wat::parse_str(
+        r#"(module
+             (import "garrison" "propose" (func $propose (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 16) "incr depot/1:ammo=5")
+             (data (i32.const 64) "base-camp")
+             (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+             (func (export "on_event") (param i32 i32 i32 i32) (result i32)
+               (call $propose (i32.const 64) (i32.const 9) (i32.const 16) (i32.const 19))))"#,
+    )
+    .unwrap();
+    let mut spec = PluginSpec::new("relay", relay, "game_master");
+    spec.locations = vec![LOCATION.into()];
+    spec.on = vec!["ship".into()];
+    let deployed = deploy(&mut admin, &client, spec).await;
+    let ship = Op::Emit {
+        kind: "ship".into(),
+        fields: vec![],
+    };
+    let shipped = admin.transact(&client, LOCATION, vec![ship]).await.unwrap();
+    // The source's leader dies at once: before or after it delivered.
+    let source = group_of(&client, LOCATION).await;
+    let target = group_of(&client, base).await;
+    let leader = servers.server(0).node.leader(source).unwrap();
+    servers.stop(leader as usize - 1).await;
+    let base_ammo = || async {
+        let read = client
+            .get_entity(base, "depot/1", ReadMode::Linearizable)
+            .await
+            .unwrap();
+        read.entity.and_then(|e| e.fields.get("ammo").cloned())
+    };
+    eventually("the delivery and its acknowledgement", || async {
+        base_ammo().await == Some(Value::Int(5))
+            && client.location_plugins(LOCATION).await.unwrap().outbox == 0
+    })
+    .await;
+    // A duplicate injected by hand does nothing.
+    let delivery = garrison::plugins::state::Delivery {
+        source: LOCATION.into(),
+        seq: 1,
+        plugin: "relay".into(),
+        version: deployed.index,
+        role: "game_master".into(),
+        cause: garrison_client::events::EventId {
+            location: LOCATION.into(),
+            index: shipped.index,
+            position: 0,
+        },
+        ops: vec![Op::Increment {
+            entity: "depot/1".into(),
+            field: "ammo".into(),
+            by: 5,
+            min: None,
+            max: None,
+        }],
+    };
+    let node = &servers.servers.iter().flatten().next().unwrap().node;
+    let payload = garrison_raft::codec::encode(
+        &garrison::state::location::LocationCommand::Deliver(delivery),
+    );
+    let reply = node.write(target, payload).await.unwrap();
+    let reply: garrison::plugins::state::DeliveryReply =
+        garrison_raft::codec::decode(&reply.reply).unwrap();
+    assert!(reply.duplicate, "{reply:?}");
+    assert_eq!(base_ammo().await, Some(Value::Int(5)));
+    servers.restart(leader as usize - 1).await;
+    same_state(&servers, target).await;
+    servers.shutdown().await;
+}

@@ -312,6 +312,21 @@ pub enum EventBody {
         /// in a row).
         suspended: bool,
     },
+    /// A plugin's transaction for this location arrived from another
+    /// location's outbox (after the entity events it made, if any).
+    Delivered {
+        /// The plugin's name.
+        plugin: String,
+        /// Its version.
+        version: u64,
+        /// The event in the other location its call was for.
+        source: EventId,
+        /// Its idempotency key in the source's outbox (with the source's
+        /// name).
+        seq: u64,
+        /// Why it was refused, if it was (then it changed nothing).
+        refused: Option<Box<crate::plugins::PluginFailure>>,
+    },
 }
 
 impl EventBody {
@@ -327,6 +342,7 @@ impl EventBody {
             EventBody::Matched { .. } => EventType::Matched,
             EventBody::Derived { .. } => EventType::Derived,
             EventBody::PluginFailed { .. } => EventType::PluginFailed,
+            EventBody::Delivered { .. } => EventType::Delivered,
         }
     }
 
@@ -373,11 +389,13 @@ pub enum EventType {
     Derived,
     /// [`EventBody::PluginFailed`].
     PluginFailed,
+    /// [`EventBody::Delivered`].
+    Delivered,
 }
 
 impl EventType {
     /// Every type, in order.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::Created,
         EventType::Changed,
         EventType::Deleted,
@@ -387,6 +405,7 @@ impl EventType {
         EventType::Matched,
         EventType::Derived,
         EventType::PluginFailed,
+        EventType::Delivered,
     ];
 
     /// The lower-case name filters and the command line use.
@@ -401,6 +420,7 @@ impl EventType {
             EventType::Matched => "matched",
             EventType::Derived => "derived",
             EventType::PluginFailed => "plugin_failed",
+            EventType::Delivered => "delivered",
         }
     }
 }

@@ -288,6 +288,8 @@ pub struct LocationPlugins {
     pub engine: String,
     /// The deployed plugins that run there, by name.
     pub plugins: Vec<PluginStatus>,
+    /// Transactions for other locations waiting in its outbox.
+    pub outbox: u64,
 }
 
 /// A plugin's log line, as a node kept it (node-local: lines are not part

@@ -140,7 +140,8 @@ pub fn attribute(event: &LocationEvent, attr: &Attr) -> Option<Val> {
                 .map(|(_, v)| Val::from(v)),
             EventBody::Committed { .. }
             | EventBody::Rejected { .. }
-            | EventBody::PluginFailed { .. } => None,
+            | EventBody::PluginFailed { .. }
+            | EventBody::Delivered { .. } => None,
         },
         Attr::Old(name) => match &event.body {
             EventBody::Changed { changes, .. } => changes

@@ -193,6 +193,9 @@ pub async fn command(cli: &Cli, args: &PluginArgs) -> anyhow::Result<i32> {
                             "  at {location}, as of index {}: version {}, {} runs, {} failures ({} in a row), {} fuel, {} skipped",
                             here.index, status.version, r.runs, r.failures, r.failures_in_a_row, r.fuel_used, r.skipped
                         );
+                        if here.outbox > 0 {
+                            println!("  {} transactions in {location}'s outbox", here.outbox);
+                        }
                         if let Some(at) = r.suspended_at {
                             println!("  suspended at index {at}");
                         }

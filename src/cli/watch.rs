@@ -288,6 +288,19 @@ pub fn event_line(e: &StreamEvent) -> String {
             let then = if *suspended { "; suspended" } else { "" };
             format!("plugin {plugin} v{version} failed on #{cause}: {failure}{then}")
         }
+        EventBody::Delivered {
+            plugin,
+            version,
+            source,
+            seq,
+            refused,
+        } => {
+            let outcome = match refused {
+                Some(failure) => format!(": {failure}"),
+                None => String::new(),
+            };
+            format!("delivered from plugin {plugin} v{version} for {source} (#{seq}){outcome}")
+        }
     };
     format!("{}  {}  by {}", e.id, what.trim_end(), short(&e.player))
 }

@@ -118,6 +118,16 @@ pub fn event_json(e: &StreamEvent) -> serde_json::Value {
             "plugin": plugin, "version": version, "cause": cause,
             "failure": failure.to_string(), "suspended": suspended,
         }),
+        EventBody::Delivered {
+            plugin,
+            version,
+            source,
+            seq,
+            refused,
+        } => serde_json::json!({
+            "plugin": plugin, "version": version, "source": source.to_string(), "seq": seq,
+            "refused": refused.as_ref().map(|f| f.to_string()),
+        }),
     };
     if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), extra) {
         o.extend(extra);

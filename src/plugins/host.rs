@@ -22,7 +22,7 @@ use garrison_client::plugins::{plugin_identity, PluginFailure, PluginLogLine, Pl
 use garrison_client::Op;
 
 use super::runtime::{engine_fingerprint, Plugin, PluginError, PluginRuntime, MAX_LOG_LINE_BYTES};
-use super::state::{PluginRun, PluginState};
+use super::state::{Delivery, OutboxItem, PluginRun, PluginState, MAX_OUTBOX_ITEMS};
 use crate::security::access::Policy;
 use crate::state::fragment::Fragment;
 
@@ -176,8 +176,14 @@ impl PluginHost {
         let offered = events.len();
         let mut calls = 0;
         let mut added = 0;
+        let PluginState {
+            plugins: runs,
+            outbox,
+            next_seq,
+            ..
+        } = plugins;
         for position in 0..offered {
-            for run in plugins.plugins.values_mut() {
+            for run in runs.values_mut() {
                 let spec = &run.deployed.spec;
                 if run.record.suspended_at.is_some()
                     || run.bound_at >= at.index
@@ -200,16 +206,32 @@ impl PluginHost {
                     player: at.player,
                     body: events[position].clone(),
                 };
-                let result = self.call(at, run, &event, fragment, policy, added);
+                let room = MAX_OUTBOX_ITEMS - outbox.len();
+                let result = self.call(at, run, &event, fragment, policy, added, room);
                 let (version, name) = (run.deployed.version, run.deployed.spec.name.clone());
                 let cause = position as u32;
                 run.record.runs += 1;
                 match result {
-                    Ok((mut new, changed, logs)) => {
+                    Ok((mut new, changed, outbound, logs)) => {
                         run.record.failures_in_a_row = 0;
                         added += new.len();
                         effects.changed.extend(changed);
                         events.append(&mut new);
+                        for (target, ops) in outbound {
+                            *next_seq += 1;
+                            outbox.push_back(OutboxItem {
+                                target,
+                                delivery: Delivery {
+                                    source: at.location.to_string(),
+                                    seq: *next_seq,
+                                    plugin: name.clone(),
+                                    version,
+                                    role: run.deployed.spec.role.clone(),
+                                    cause: event.id.clone(),
+                                    ops,
+                                },
+                            });
+                        }
                         self.log(&name, &event.id, logs);
                     }
                     Err((failure, logs)) => {
@@ -237,9 +259,14 @@ impl PluginHost {
         effects
     }
 
-    /// One call: the events it adds and the entities it changed, or why it
+    /// One call: the events it adds, the entities it changed and its
+    /// transactions for other locations (at most `room`), or why it
     /// failed; with its log lines either way.
-    #[allow(clippy::type_complexity, clippy::result_large_err)] // once per call, not hot
+    #[allow(
+        clippy::type_complexity,
+        clippy::result_large_err,
+        clippy::too_many_arguments
+    )] // once per call, not hot
     fn call(
         &self,
         at: &EntryAt<'_>,
@@ -248,7 +275,16 @@ impl PluginHost {
         fragment: &mut Fragment,
         policy: &Policy,
         added: usize,
-    ) -> Result<(Vec<EventBody>, Vec<String>, Vec<String>), (PluginFailure, Vec<String>)> {
+        room: usize,
+    ) -> Result<
+        (
+            Vec<EventBody>,
+            Vec<String>,
+            Vec<(String, Vec<Op>)>,
+            Vec<String>,
+        ),
+        (PluginFailure, Vec<String>),
+    > {
         let spec = &run.deployed.spec;
         let plugin = self
             .compiled(spec)
@@ -269,18 +305,18 @@ impl PluginHost {
         run.record.fuel_used += out.fuel_used;
         let fail = |f: PluginFailure, logs: Vec<String>| Err((f, logs));
         let mut ops: Vec<Op> = Vec::new();
+        let mut outbound = Vec::new();
         for (location, proposed) in out.proposals {
             match location {
-                Some(l) if l != at.location => {
-                    return fail(
-                        PluginFailure::BadOutput(format!(
-                            "a transaction for another location ({l}): plugins act on their own location"
-                        )),
-                        logs,
-                    )
-                }
+                Some(l) if l != at.location => outbound.push((l, proposed)),
                 _ => ops.extend(proposed),
             }
+        }
+        if outbound.len() > room {
+            let why = format!(
+                "the outbox holds {MAX_OUTBOX_ITEMS} transactions for other locations, the most"
+            );
+            return fail(PluginFailure::BadOutput(why), logs);
         }
         if ops.len() > garrison_client::tx::MAX_OPS_PER_TRANSACTION {
             let why = format!(
@@ -326,7 +362,7 @@ impl PluginHost {
                     fields,
                 }),
         );
-        Ok((new, changed, logs))
+        Ok((new, changed, outbound, logs))
     }
 }
 

@@ -36,6 +36,8 @@
 //! - [`host`]: the node's host: compiled modules, node-local log lines,
 //!   and the run of a location's plugins over one applied entry, their
 //!   transactions applied in that entry.
+//! - [`outbox`]: transactions for other locations, kept in the source's
+//!   replicated outbox and delivered once per key by its leader.
 //!
 //! Deploys are administrative transactions ([`crate::security::admin`]);
 //! the plugin set reaches each location's log like the policy
@@ -45,6 +47,7 @@
 
 #[cfg(feature = "plugins")]
 pub mod host;
+pub mod outbox;
 #[cfg(feature = "plugins")]
 pub mod runtime;
 pub mod state;

@@ -39,6 +39,7 @@ fn key(n: u8) -> Keypair {
 
 /// One replica of a location, driven entry by entry.
 struct Replica {
+    location: String,
     app: LocationApp,
     membership: Membership,
     index: u64,
@@ -48,10 +49,15 @@ struct Replica {
 
 impl Replica {
     fn new(host: &Arc<PluginHost>) -> Self {
+        Self::named(host, LOCATION)
+    }
+
+    fn named(host: &Arc<PluginHost>, location: &str) -> Self {
         let nodes: std::collections::BTreeMap<u64, Node> =
             [(1u64, Node::new("x"))].into_iter().collect();
         let mut r = Self {
-            app: LocationApp::new(LOCATION).with_plugin_host(host.clone()),
+            location: location.to_string(),
+            app: LocationApp::new(location).with_plugin_host(host.clone()),
             membership: Membership::new(vec![[1u64].into_iter().collect()], nodes),
             index: 0,
             log_time_ms: 1_000_000,
@@ -100,7 +106,7 @@ impl Replica {
         *seq += 1;
         let tx = Transaction {
             cluster: "test".into(),
-            location: LOCATION.into(),
+            location: self.location.clone(),
             player: who.public(),
             sequence: *seq,
             ops,
@@ -462,4 +468,65 @@ fn a_node_whose_engine_differs_refuses_to_apply() {
     r.apply(&LocationCommand::Plugins(set));
     let why = r.app.refusal().expect("refused");
     assert!(why.contains("wasmtime 0.0.0"), "{why}");
+}
+
+#[test]
+fn a_transaction_for_another_location_goes_through_the_outbox_once() {
+    let host = host();
+    let mut a = Replica::new(&host);
+    let mut b = Replica::named(&host, "bravo");
+    // Proposes its increment to "bravo", written at 64.
+    let body = "(drop (call $propose (i32.const 64) (i32.const 5) (i32.const 16) (i32.const 19)))";
+    let relay = |end: &str| {
+        wat::parse_str(format!(
+            r#"(module
+                 (import "garrison" "propose" (func $propose (param i32 i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (data (i32.const 16) "incr depot/1:ammo=1")
+                 (data (i32.const 64) "bravo")
+                 (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+                 (func (export "on_event") (param i32 i32 i32 i32) (result i32) {body} {end}))"#
+        ))
+        .unwrap()
+    };
+    b.tx(&key(1), vec![put("depot/1", "ammo", 0)]);
+    a.deploy(3, &[spec("relay", relay("(i32.const 0)"), &["ship"])]);
+    let shipped = a.emit("ship", &[]);
+    let item = a
+        .app
+        .plugins()
+        .outbox
+        .front()
+        .cloned()
+        .expect("an outbox item");
+    assert_eq!(item.target, "bravo");
+    assert_eq!(
+        (item.delivery.seq, item.delivery.cause.index),
+        (1, shipped.index)
+    );
+    // Delivered twice (a leader died before the acknowledgement): once.
+    let first: crate::plugins::state::DeliveryReply =
+        codec::decode(&b.apply(&LocationCommand::Deliver(item.delivery.clone()))).unwrap();
+    let again: crate::plugins::state::DeliveryReply =
+        codec::decode(&b.apply(&LocationCommand::Deliver(item.delivery.clone()))).unwrap();
+    assert_eq!((first.duplicate, first.refused), (false, None));
+    assert!(again.duplicate);
+    assert_eq!(b.field("depot/1", "ammo"), Some(Value::Int(1)));
+    assert!(b
+        .app
+        .events()
+        .iter()
+        .any(|e| matches!(&e.body, EventBody::Delivered { plugin, source, .. } if plugin == "relay" && source.index == shipped.index)));
+    let dropped: bool = codec::decode(&a.apply(&LocationCommand::Delivered {
+        seq: 1,
+        refused: None,
+    }))
+    .unwrap();
+    assert!(dropped);
+    assert!(a.app.plugins().outbox.is_empty());
+    // A failed call puts nothing in the outbox.
+    let trap = relay("unreachable");
+    a.deploy(9, &[spec("relay", trap, &["ship"])]);
+    a.emit("ship", &[]);
+    assert!(a.app.plugins().outbox.is_empty());
 }

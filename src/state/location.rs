@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use garrison_client::api::{Entity, Outcome, Rejection, TxReceipt, BAN_PREFIX, BAN_UNTIL_FIELD};
 use garrison_client::events::{Cursor, EventBody, EventFilter, StartAt};
-use garrison_client::plugins::PluginSet;
+use garrison_client::plugins::{plugin_identity, PluginFailure, PluginSet};
 use garrison_client::policy::{Action, Reader};
 use garrison_client::rules::{LocationRules, RuleSet, RuleStatus};
 use garrison_client::tx::{PlayerKey, SignedTransaction, Transaction};
@@ -32,7 +32,8 @@ use crate::events::observers::EventHub;
 use crate::events::outcome_event;
 #[cfg(feature = "plugins")]
 use crate::plugins::host::{EntryAt, PluginHost};
-use crate::plugins::state::PluginState;
+use crate::plugins::outbox::Outboxes;
+use crate::plugins::state::{Delivery, DeliveryReply, PluginState};
 use crate::security::access::Policy;
 use crate::security::audit::AuditLog;
 use crate::security::sequence::{self, Admission, Players};
@@ -63,6 +64,19 @@ pub enum LocationCommand {
     /// A plugin bound here sees the events of later entries. The reply is
     /// the location's plugin set version after it.
     Plugins(PluginSet),
+    /// A plugin's transaction from another location's outbox, proposed by
+    /// the node that leads that location. Taken once per key; the reply
+    /// is a [`DeliveryReply`].
+    Deliver(Delivery),
+    /// The target took this location's oldest outbox item (key `seq`),
+    /// proposed by the node that delivered it; the reply is `bool` (the
+    /// item was still there and is dropped).
+    Delivered {
+        /// The item's key.
+        seq: u64,
+        /// Why the target refused its operations, if it did.
+        refused: Option<PluginFailure>,
+    },
     /// Lets log time pass: proposed by the leader when a rule's deadline
     /// (a window's end, an absence's `within`) has passed on its clock and
     /// no entry came. The reply is how many matches it made (`u32`).
@@ -197,6 +211,9 @@ pub struct LocationApp {
     /// The node's plugin host, which runs this location's plugins.
     #[cfg(feature = "plugins")]
     plugin_host: Option<Arc<PluginHost>>,
+    /// The node's outbox registry, told whether this location's outbox
+    /// holds items (and what it was last told); never read here.
+    outboxes: Option<(GroupId, Arc<Outboxes>, bool)>,
 }
 
 impl Drop for LocationApp {
@@ -209,6 +226,9 @@ impl Drop for LocationApp {
         }
         if let Some((group, deadlines)) = &self.deadlines {
             deadlines.set(*group, None);
+        }
+        if let Some((group, outboxes, _)) = &self.outboxes {
+            outboxes.set(*group, false);
         }
     }
 }
@@ -240,6 +260,80 @@ impl LocationApp {
             deadlines: None,
             #[cfg(feature = "plugins")]
             plugin_host: None,
+            outboxes: None,
+        }
+    }
+
+    /// Tells `outboxes`, as group `group`, when this location's outbox
+    /// holds items.
+    pub fn with_outboxes(mut self, group: GroupId, outboxes: Arc<Outboxes>) -> Self {
+        self.outboxes = Some((group, outboxes, false));
+        self
+    }
+
+    /// Tells the node's outbox registry, if what it knows changed.
+    fn tell_outbox(&mut self) {
+        let holds = !self.state.plugins.outbox.is_empty();
+        if let Some((group, outboxes, told)) = &mut self.outboxes {
+            if *told != holds {
+                outboxes.set(*group, holds);
+                *told = holds;
+            }
+        }
+    }
+
+    /// Applies a delivery from another location's outbox: once per key,
+    /// under the plugin's identity and the role it carries. Its events (the
+    /// entity events, then an [`EventBody::Delivered`]) are not offered to
+    /// this location's plugins, so plugins cannot bounce transactions
+    /// between locations for ever.
+    fn deliver(&mut self, index: u64, log_time_ms: u64, d: Delivery) -> DeliveryReply {
+        if !self.state.plugins.take_delivery(&d) {
+            self.after_entry(index, log_time_ms, None, Vec::new());
+            return DeliveryReply {
+                duplicate: true,
+                refused: None,
+            };
+        }
+        let me = plugin_identity(&d.plugin);
+        let (refused, mut events) = if self.state.policy.version == 0 {
+            let reason = Rejection::PolicyPending;
+            (
+                Some(PluginFailure::Refused { op: None, reason }),
+                Vec::new(),
+            )
+        } else {
+            let policy = &self.state.policy;
+            let role = [d.role.as_str()];
+            let applied =
+                self.state
+                    .fragment
+                    .apply(&self.location, &me, &d.ops, index, &|op, owner| {
+                        policy.check_as(&role, &me, op.action(), op.subject(), owner)
+                    });
+            match applied.outcome {
+                Outcome::Committed { events, .. } => {
+                    if let Some((group, cache)) = &self.cache {
+                        cache.changed(*group, index, events.iter().map(|e| e.entity.as_str()));
+                    }
+                    (None, applied.events)
+                }
+                Outcome::Rejected { op, reason } => {
+                    (Some(PluginFailure::Refused { op, reason }), Vec::new())
+                }
+            }
+        };
+        events.push(EventBody::Delivered {
+            plugin: d.plugin,
+            version: d.version,
+            source: d.cause,
+            seq: d.seq,
+            refused: refused.clone().map(Box::new),
+        });
+        self.entry_events(index, log_time_ms, None, events, false);
+        DeliveryReply {
+            duplicate: false,
+            refused,
         }
     }
 
@@ -434,7 +528,19 @@ impl LocationApp {
         index: u64,
         log_time_ms: u64,
         player: Option<PlayerKey>,
+        events: Vec<EventBody>,
+    ) -> usize {
+        self.entry_events(index, log_time_ms, player, events, true)
+    }
+
+    /// [`Self::after_entry`], offering the events to the plugins or not.
+    fn entry_events(
+        &mut self,
+        index: u64,
+        log_time_ms: u64,
+        player: Option<PlayerKey>,
         mut events: Vec<EventBody>,
+        to_plugins: bool,
     ) -> usize {
         if self.state.cep.rules.is_empty() && events.is_empty() {
             return 0;
@@ -443,8 +549,9 @@ impl LocationApp {
             .state
             .cep
             .entry(index, log_time_ms, player, &mut events);
-        if !events.is_empty() && self.state.plugins.active() {
+        if to_plugins && !events.is_empty() && self.state.plugins.active() {
             self.run_plugins(index, log_time_ms, player, &mut events);
+            self.tell_outbox();
         }
         if !events.is_empty() {
             self.retain(index, log_time_ms, player, events);
@@ -710,6 +817,15 @@ impl GroupApp for LocationApp {
                 let version = self.state.plugins.take(&plugins, &self.location, ctx.index);
                 codec::encode(&version)
             }
+            Ok(LocationCommand::Deliver(delivery)) => {
+                codec::encode(&self.deliver(ctx.index, ctx.log_time_ms, delivery))
+            }
+            Ok(LocationCommand::Delivered { seq, refused }) => {
+                let dropped = self.state.plugins.delivered(seq, refused);
+                self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
+                self.tell_outbox();
+                codec::encode(&dropped)
+            }
             Ok(LocationCommand::Tick) => {
                 let matches = self.after_entry(ctx.index, ctx.log_time_ms, None, Vec::new());
                 codec::encode(&(matches as u32))
@@ -762,6 +878,7 @@ impl GroupApp for LocationApp {
     }
 
     fn restored_at(&mut self, index: u64) {
+        self.tell_outbox();
         if let Some((group, cache)) = &self.cache {
             cache.restored(*group, index, &self.state.policy);
         }
@@ -809,13 +926,16 @@ pub struct LocationFactory {
     /// The node's plugin host.
     #[cfg(feature = "plugins")]
     pub plugins: Arc<PluginHost>,
+    /// The node's outbox registry.
+    pub outboxes: Arc<Outboxes>,
 }
 
 impl garrison_raft::AppFactory for LocationFactory {
     fn create(&self, group: GroupId, location: &str) -> Box<dyn GroupApp> {
         let app = LocationApp::new(location)
             .with_hub(group, self.hub.clone())
-            .with_deadlines(group, self.deadlines.clone());
+            .with_deadlines(group, self.deadlines.clone())
+            .with_outboxes(group, self.outboxes.clone());
         #[cfg(feature = "plugins")]
         let app = app.with_plugin_host(self.plugins.clone());
         Box::new(match &self.cache {
