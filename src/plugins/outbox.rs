@@ -3,7 +3,8 @@
 //! A plugin's call in location A may propose a transaction for location
 //! B. It cannot apply there in A's entry (B is another Raft group), so A's
 //! apply appends it, with the call's other effects or not at all, to A's
-//! replicated outbox under the next key of A's outbox ([`Delivery::seq`]).
+//! replicated outbox under the next key of A's outbox
+//! ([`Delivery::seq`](super::state::Delivery::seq)).
 //! The node that leads A drains the outbox oldest first ([`drain`]):
 //!
 //! 1. it proposes the item to B as [`LocationCommand::Deliver`]; B's apply
