@@ -43,6 +43,9 @@ pub struct Member {
     pub peer_addr: String,
     /// Its client API address.
     pub api_addr: String,
+    /// Its HTTP/JSON API address (`docs/http.md`), if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
 }
 
 /// Limits of the client port.
@@ -292,6 +295,8 @@ pub struct Server {
     pub node: Node,
     /// The bound client API address.
     pub api_addr: SocketAddr,
+    /// The bound HTTP API address, if the node serves one.
+    pub http_addr: Option<SocketAddr>,
     /// The node's event hub: components observe applied events through it.
     pub hub: Arc<EventHub>,
     stop: CancellationToken,
@@ -318,11 +323,36 @@ impl Server {
         Self::start_with_listeners(config, peer_listener, api_listener).await
     }
 
-    /// Like [`Server::start`], on listeners the caller has bound already.
+    /// Like [`Server::start`], on listeners the caller has bound already
+    /// (the HTTP port's, if the configuration names one, it binds itself).
     pub async fn start_with_listeners(
         config: ServerConfig,
         peer_listener: TcpListener,
         api_listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let http_listener = match &config.me()?.http_addr {
+            None => None,
+            Some(addr) => {
+                let addr: SocketAddr = addr
+                    .parse()
+                    .with_context(|| format!("http_addr {addr:?} is not an address"))?;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr}"))?,
+                )
+            }
+        };
+        Self::start_with_all_listeners(config, peer_listener, api_listener, http_listener).await
+    }
+
+    /// Like [`Server::start_with_listeners`], with the HTTP port's listener
+    /// bound by the caller too (`None`: no HTTP port).
+    pub async fn start_with_all_listeners(
+        config: ServerConfig,
+        peer_listener: TcpListener,
+        api_listener: TcpListener,
+        http_listener: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
         config.me()?;
         config.check()?;
@@ -368,10 +398,16 @@ impl Server {
             .iter()
             .map(|m| (m.id, m.api_addr.clone()))
             .collect();
+        let http_addrs: BTreeMap<u64, String> = config
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id, m.http_addr.clone()?)))
+            .collect();
         let service = ApiService::new(
             node.clone(),
             config.cluster.clone(),
             api_addrs,
+            http_addrs,
             &config.api,
             sessions.clone(),
             cache,
@@ -396,16 +432,29 @@ impl Server {
             stop.clone(),
         ));
         let api_addr = api_listener.local_addr()?;
+        let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        if let Some(listener) = http_listener {
+            tokio::spawn(serve_clients(
+                listener,
+                config.api.clone(),
+                api_tls.clone(),
+                service.clone(),
+                Protocol::Http(crate::api::http::router()),
+                stop.clone(),
+            ));
+        }
         tokio::spawn(serve_clients(
             api_listener,
             config.api.clone(),
             api_tls,
             service,
+            Protocol::Tarpc,
             stop.clone(),
         ));
         Ok(Self {
             node,
             api_addr,
+            http_addr,
             hub,
             stop,
         })
@@ -418,25 +467,43 @@ impl Server {
     }
 }
 
+/// What a client port speaks.
+#[derive(Clone)]
+enum Protocol {
+    /// The `Garrison` tarpc service.
+    Tarpc,
+    /// The same service over HTTP/JSON (`docs/http.md`).
+    Http(axum::Router<ApiService>),
+}
+
+/// Accepts client connections on `listener` (with `tls`, after the
+/// handshake) and serves each in `protocol`, with its own copy of
+/// `service` (its own rate bucket and idle clock).
 async fn serve_clients(
     listener: TcpListener,
     limits: ApiLimits,
     tls: Option<ServerTls>,
     service: ApiService,
+    protocol: Protocol,
     stop: CancellationToken,
 ) {
     let max = limits.max_connections;
+    let what = match protocol {
+        Protocol::Tarpc => "client",
+        Protocol::Http(_) => "HTTP client",
+    };
     garrison_wire::accept_connections(
         listener,
         max,
-        "client",
+        what,
         stop.clone(),
         move |stream, peer, permit| {
             let service = service.for_connection(&limits);
             let (limits, tls, stop) = (limits.clone(), tls.clone(), stop.clone());
+            let protocol = protocol.clone();
             tokio::spawn(async move {
                 match tls {
-                    None => serve_client(stream, peer, &limits, service, &stop).await,
+                    None => serve_client(stream, peer, &limits, service, &protocol, &stop).await,
                     Some(tls) => {
                         let handshake = garrison_wire::within(
                             limits.handshake_timeout_ms,
@@ -447,7 +514,8 @@ async fn serve_clients(
                             _ = stop.cancelled() => {}
                             done = handshake => match done {
                                 Ok(stream) => {
-                                    serve_client(stream, peer, &limits, service, &stop).await
+                                    serve_client(stream, peer, &limits, service, &protocol, &stop)
+                                        .await
                                 }
                                 Err(e) => tracing::info!(
                                     %peer,
@@ -471,10 +539,39 @@ async fn serve_client<S>(
     peer: SocketAddr,
     limits: &ApiLimits,
     service: ApiService,
+    protocol: &Protocol,
     stop: &CancellationToken,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    if let Protocol::Http(router) = protocol {
+        let connection = service.connection();
+        let router = router.clone().with_state(service);
+        let serve = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper::service::service_fn(move |request| {
+                    let router = router.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            crate::api::http::call(router, request).await,
+                        )
+                    }
+                }),
+            );
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            done = serve => match done {
+                Ok(()) => tracing::debug!(%peer, "HTTP client connection closed"),
+                Err(e) => tracing::debug!(%peer, "HTTP client connection failed: {e}"),
+            },
+            why = connection.close_when_idle() => {
+                tracing::info!(%peer, "closing HTTP client connection: {why}")
+            }
+        }
+        return;
+    }
     let framed = Framed::new(
         stream,
         garrison_wire::frame_codec(limits.max_frame_bytes as usize),

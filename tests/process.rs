@@ -102,6 +102,7 @@ fn write_configs(dir: &Path, n: u64) -> (Vec<Proc>, Vec<String>) {
             id,
             peer_addr: format!("127.0.0.1:{}", free_port()),
             api_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: None,
         })
         .collect();
     let mut procs = Vec::new();

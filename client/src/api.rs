@@ -12,7 +12,7 @@ use crate::token::{Challenge, SessionToken, TokenClaims, TokenError};
 use crate::tx::{PlayerKey, SignedTransaction, TxError, Value};
 
 /// Version of the client API; a node refuses clients of another version.
-pub const API_VERSION: u16 = 7;
+pub const API_VERSION: u16 = 8;
 
 /// Most entities one location read returns.
 pub const MAX_ENTITIES_PER_READ: u32 = 10_000;
@@ -361,6 +361,8 @@ pub struct NodeStatus {
     pub node: u64,
     /// Client API address of every node, by id.
     pub api_addrs: BTreeMap<u64, String>,
+    /// HTTP API address of every node that serves one, by id.
+    pub http_addrs: BTreeMap<u64, String>,
     /// The groups this node holds.
     pub groups: Vec<GroupInfo>,
     /// The node's entity cache.

@@ -63,6 +63,8 @@ pub struct ApiService {
     pub cluster: String,
     /// Client API address of every node, by id.
     pub api_addrs: BTreeMap<u64, String>,
+    /// HTTP API address of every node that serves one, by id.
+    pub http_addrs: BTreeMap<u64, String>,
     players: Arc<PlayerLimiter>,
     connection: Arc<Connection>,
     sessions: Arc<Sessions>,
@@ -135,10 +137,12 @@ fn info(record: &LocationRecord) -> LocationInfo {
 
 impl ApiService {
     /// The service of a node, before any connection.
+    #[allow(clippy::too_many_arguments)] // the node's parts, each kept as it is
     pub fn new(
         node: Node,
         cluster: String,
         api_addrs: BTreeMap<u64, String>,
+        http_addrs: BTreeMap<u64, String>,
         limits: &ApiLimits,
         sessions: Arc<Sessions>,
         cache: Option<Arc<EntityCache>>,
@@ -148,6 +152,7 @@ impl ApiService {
             node,
             cluster,
             api_addrs,
+            http_addrs,
             players: Arc::new(PlayerLimiter::new(
                 limits.player_transactions_per_s,
                 limits.player_burst,
@@ -725,6 +730,7 @@ impl Garrison for ApiService {
             cluster: self.cluster.clone(),
             node: self.node.id(),
             api_addrs: self.api_addrs.clone(),
+            http_addrs: self.http_addrs.clone(),
             groups,
             cache: self.cache.as_ref().map(|c| c.stats()).unwrap_or_default(),
             events: EventStats {

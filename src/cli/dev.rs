@@ -27,6 +27,8 @@ use crate::server::{ApiTlsFiles, Member, Server, ServerConfig};
 pub const DEV_LOCATIONS: [&str; 3] = ["alpha", "bravo", "charlie"];
 /// How long `dev` waits for its nodes to form a cluster.
 pub const DEV_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Node N's HTTP port is the base port plus this plus N.
+pub const HTTP_PORT_OFFSET: u64 = 200;
 /// How long a node gets to stop after SIGTERM before it is killed.
 pub const DEV_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,7 +41,8 @@ pub struct DevArgs {
     /// Where the nodes keep their data (default: $GARRISON_HOME/dev).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Client ports are BASE+1..BASE+N, peer ports BASE+101..BASE+100+N.
+    /// Client ports are BASE+1..BASE+N, peer ports BASE+101..BASE+100+N,
+    /// HTTP ports BASE+201..BASE+200+N.
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
     /// Serve clients over TLS too (certificates from the dev CA; the other
@@ -56,6 +59,10 @@ fn node_config(args: &DevArgs, dir: &Path, id: u64, admin: &Keypair) -> ServerCo
             id: n,
             peer_addr: format!("127.0.0.1:{}", base_port as u64 + 100 + n),
             api_addr: format!("127.0.0.1:{}", base_port as u64 + n),
+            http_addr: Some(format!(
+                "127.0.0.1:{}",
+                base_port as u64 + HTTP_PORT_OFFSET + n
+            )),
         })
         .collect();
     ServerConfig {
@@ -189,7 +196,10 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
     let configs = prepare(&dir, args)?;
     // Another cluster on these ports would answer in place of ours.
     for member in &configs[0].1.members {
-        for addr in [&member.api_addr, &member.peer_addr] {
+        for addr in [&member.api_addr, &member.peer_addr]
+            .into_iter()
+            .chain(member.http_addr.as_ref())
+        {
             if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
                 bail!("{addr} is not free ({e}); is another garrison dev running? Stop it, or use --base-port");
             }
@@ -240,9 +250,17 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("creating location {name}"))?;
     }
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let http_endpoints: Vec<String> = configs[0]
+        .1
+        .members
+        .iter()
+        .filter_map(|m| Some(format!("{scheme}://{}", m.http_addr.as_ref()?)))
+        .collect();
     let file = ClusterFile {
         cluster: client.cluster().to_string(),
         endpoints: endpoints.clone(),
+        http_endpoints,
         ca: ca.clone(),
     };
     std::fs::write(ClusterFile::path(&dir), toml::to_string(&file)?)?;
@@ -255,8 +273,13 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<i32> {
     );
     for ((_, config), (_, child)) in configs.iter().zip(&children) {
         let me = config.me()?;
+        let http = me
+            .http_addr
+            .as_ref()
+            .map(|a| format!("  http {scheme}://{a}"))
+            .unwrap_or_default();
         println!(
-            "  node {}: client {}  peer {}  pid {}",
+            "  node {}: client {}{http}  peer {}  pid {}",
             me.id,
             me.api_addr,
             me.peer_addr,

@@ -113,6 +113,9 @@ pub struct ClusterFile {
     pub cluster: String,
     /// Client API addresses, by node.
     pub endpoints: Vec<String>,
+    /// HTTP API URLs, by node (`docs/http.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_endpoints: Vec<String>,
     /// The CA of the client ports' certificates, when they speak TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,

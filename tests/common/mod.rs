@@ -94,12 +94,14 @@ impl Servers {
         for id in 1..=n {
             let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
             members.push(Member {
                 id,
                 peer_addr: peer.local_addr().unwrap().to_string(),
                 api_addr: api.local_addr().unwrap().to_string(),
+                http_addr: Some(http.local_addr().unwrap().to_string()),
             });
-            listeners.push((peer, api));
+            listeners.push((peer, api, http));
         }
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let certs = tempfile::tempdir().unwrap();
@@ -108,7 +110,7 @@ impl Servers {
         token_key().save(&certs.path().join("token.key")).unwrap();
         let mut servers = Vec::new();
         let mut configs = Vec::new();
-        for (i, (peer, api_listener)) in listeners.into_iter().enumerate() {
+        for (i, (peer, api_listener, http_listener)) in listeners.into_iter().enumerate() {
             let mut config = ServerConfig {
                 node_id: i as u64 + 1,
                 cluster: cluster.into(),
@@ -128,7 +130,7 @@ impl Servers {
             edit(&mut config);
             configs.push(config.clone());
             servers.push(Some(
-                Server::start_with_listeners(config, peer, api_listener)
+                Server::start_with_all_listeners(config, peer, api_listener, Some(http_listener))
                     .await
                     .expect("server starts"),
             ));
