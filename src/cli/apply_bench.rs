@@ -1,7 +1,9 @@
 //! `garrison bench --mode apply`: the cost of applying transactions in
 //! one location, in this process (no cluster, no network, no disk), with
 //! no rules, with the given rules, and with ten copies of each; what the
-//! complex event processor adds to apply, per entry and per event.
+//! complex event processor adds to apply, per entry and per event. With
+//! plugins: the cost of one call of each on a sample event, and of apply
+//! with each subscribed to every event.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,9 +48,11 @@ fn context(membership: &Membership, index: u64, log_time_ms: u64) -> ApplyContex
 }
 
 /// Applies `count` puts of `players` players (one entry each, 1 ms of log
-/// time apart) under `rules`, and measures.
+/// time apart) under `rules`, and with `plugin` (a module, subscribed to
+/// every event) if given, and measures.
 pub fn measure(
     rules: &[Rule],
+    plugin: Option<&[u8]>,
     players: u32,
     count: u64,
     value_size: usize,
@@ -66,7 +70,15 @@ pub fn measure(
     let roles = RolesFile::parse(DEFAULT_ROLES_TOML).map_err(anyhow::Error::msg)?;
     let policy =
         Policy::bootstrap(&roles.policy(), &[keys[0].public()], 1).map_err(anyhow::Error::msg)?;
-    let mut app = LocationApp::new("bench-0");
+    let app = LocationApp::new("bench-0");
+    #[cfg(feature = "plugins")]
+    let app = match plugin {
+        Some(_) => app.with_plugin_host(std::sync::Arc::new(
+            crate::plugins::host::PluginHost::new().map_err(anyhow::Error::msg)?,
+        )),
+        None => app,
+    };
+    let mut app = app;
     app.apply(
         &context(&membership, 1, 1_000),
         &codec::encode(&LocationCommand::Policy(policy)),
@@ -76,6 +88,12 @@ pub fn measure(
         &context(&membership, 2, 1_000),
         &codec::encode(&LocationCommand::Rules(set)),
     );
+    if let Some(module) = plugin {
+        app.apply(
+            &context(&membership, 3, 1_000),
+            &codec::encode(&LocationCommand::Plugins(plugin_set(module)?)),
+        );
+    }
     let payload = "x".repeat(value_size);
     let mut sequences = vec![0u64; keys.len()];
     // Signed before the clock starts: apply trusts ingress's check.
@@ -103,7 +121,7 @@ pub fn measure(
     let mut matches = 0u64;
     let started = Instant::now();
     for (i, entry) in entries.iter().enumerate() {
-        let index = 3 + i as u64;
+        let index = 4 + i as u64;
         app.apply(&context(&membership, index, 2_000 + i as u64), entry);
         if let Some(newest) = app.events().newest().filter(|c| c.index == index) {
             events += newest.position as u64 + 1;
@@ -121,6 +139,87 @@ pub fn measure(
         us_per_entry: elapsed * 1e6 / count.max(1) as f64,
         us_per_event: elapsed * 1e6 / events.max(1) as f64,
     })
+}
+
+/// A plugin set of `module` alone, subscribed to every event, as the
+/// validating engine records it.
+fn plugin_set(module: &[u8]) -> anyhow::Result<garrison_client::plugins::PluginSet> {
+    #[cfg(feature = "plugins")]
+    {
+        let spec = garrison_client::plugins::PluginSpec::new("bench", module.to_vec(), "admin");
+        let deployed = garrison_client::plugins::DeployedPlugin { version: 3, spec };
+        Ok(garrison_client::plugins::PluginSet {
+            version: 3,
+            engine: crate::plugins::runtime::engine_fingerprint(),
+            plugins: [("bench".to_string(), deployed)].into_iter().collect(),
+        })
+    }
+    #[cfg(not(feature = "plugins"))]
+    {
+        let _ = module;
+        anyhow::bail!("this build has no plugin engine")
+    }
+}
+
+/// Microseconds per call of each plugin on a sample event (a `resupply`
+/// game event naming a depot and a killer), and per entry with each
+/// subscribed to every event.
+#[cfg(feature = "plugins")]
+pub fn plugins(
+    files: &[PathBuf],
+    players: u32,
+    count: u64,
+    value_size: usize,
+) -> anyhow::Result<i32> {
+    use crate::plugins::runtime::PluginRuntime;
+    use crate::state::fragment::Fragment;
+    use garrison_client::events::{EventBody, EventId, StreamEvent};
+    let runtime = PluginRuntime::new().map_err(anyhow::Error::msg)?;
+    let event = StreamEvent {
+        id: EventId {
+            location: "bench-0".into(),
+            index: 7,
+            position: 0,
+        },
+        log_time_ms: 1_000_000,
+        player: Some([3; 32]),
+        body: EventBody::Emitted {
+            kind: "resupply".into(),
+            fields: vec![
+                ("by".into(), Value::Str("erin".into())),
+                ("depot".into(), Value::Str("depot/1".into())),
+            ],
+        },
+    };
+    let none = measure(&[], None, players, count, value_size)?;
+    println!(
+        "apply in one location, {count} puts of {players} players: {:.2} us per entry without plugins",
+        none.us_per_entry
+    );
+    for file in files {
+        let module = super::plugin::module_bytes(file)?;
+        let plugin = runtime
+            .load(&module)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let calls = 2_000u32;
+        let mut fuel = 0;
+        let started = Instant::now();
+        for _ in 0..calls {
+            let (result, _, _) = runtime.run(&plugin, &event, 1_000_000, Fragment::default());
+            fuel = result.map(|o| o.fuel_used).unwrap_or(0);
+        }
+        let per_call = started.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
+        let cost = measure(&[], Some(&module), players, count, value_size)?;
+        println!(
+            "  {}: {per_call:.1} us and {fuel} fuel per call on a resupply event; \
+             on every event: {:.2} us per entry, {:.2} us per event ({:.2}x)",
+            file.display(),
+            cost.us_per_entry,
+            cost.us_per_event,
+            cost.us_per_entry / none.us_per_entry
+        );
+    }
+    Ok(0)
 }
 
 /// Copies of `rules`, renamed `NAME_k`, `copies` of each.
@@ -150,7 +249,7 @@ pub fn run(files: &[PathBuf], players: u32, count: u64, value_size: usize) -> an
         if set.is_empty() && !rules.is_empty() && base.is_some() {
             continue;
         }
-        let cost = measure(&set, players, count, value_size)?;
+        let cost = measure(&set, None, players, count, value_size)?;
         let slower = base.map_or(String::new(), |b: f64| {
             format!("  ({:.2}x the cost with none)", cost.us_per_entry / b)
         });

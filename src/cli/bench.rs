@@ -94,6 +94,11 @@ pub struct BenchArgs {
     /// apply with (`--mode apply`).
     #[arg(long, num_args = 1..)]
     pub rules: Vec<PathBuf>,
+    /// Plugin modules (WAT or .wasm) to deploy before the run, each
+    /// subscribed to every event (`--mode put`), or to measure (`--mode
+    /// apply`: one call on a sample event, and apply with each).
+    #[arg(long, num_args = 1..)]
+    pub plugins: Vec<PathBuf>,
     /// With `--mode failover` or `idle`: the `garrison dev` directory whose
     /// `node-N/pid` files name the processes (default: $GARRISON_HOME/dev).
     #[arg(long)]
@@ -123,6 +128,15 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     }
     if args.mode == Mode::Apply {
         let count = args.count.unwrap_or(20_000);
+        #[cfg(feature = "plugins")]
+        if !args.plugins.is_empty() {
+            return super::apply_bench::plugins(
+                &args.plugins,
+                args.clients,
+                count,
+                args.value_size,
+            );
+        }
         return super::apply_bench::run(&args.rules, args.clients, count, args.value_size);
     }
     let client = Arc::new(connect(cli).await?);
@@ -159,6 +173,30 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     }
     if !args.rules.is_empty() {
         println!("deployed {} rules", args.rules.len());
+    }
+    for file in &args.plugins {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("bench")
+            .to_string();
+        let spec = garrison_client::plugins::PluginSpec::new(
+            &name,
+            super::plugin::module_bytes(file)?,
+            "game_master",
+        );
+        let receipt = admin
+            .admin(&client, vec![AdminOp::DeployPlugin { spec }])
+            .await?;
+        if !matches!(receipt.outcome, Outcome::Committed { .. }) {
+            bail!("deploying {}: {:?}", file.display(), receipt.outcome);
+        }
+    }
+    if !args.plugins.is_empty() {
+        println!(
+            "deployed {} plugins, each on every event",
+            args.plugins.len()
+        );
     }
     let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(args.duration);
